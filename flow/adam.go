@@ -1,0 +1,139 @@
+package flow
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// AdamConfig holds the optimiser's settings.
+type AdamConfig struct {
+	LR    float64 `json:"lr"`
+	Beta1 float64 `json:"beta1"`
+	Beta2 float64 `json:"beta2"`
+	Eps   float64 `json:"eps"`
+	// ClipNorm, when positive, rescales the mean gradient to at most this
+	// global L2 norm before the update.
+	ClipNorm float64 `json:"clip_norm"`
+}
+
+// DefaultAdam is the paper's setting: lr 1e-3, beta1 0.9, beta2 0.99 (in
+// today's convention), eps 1e-4, no clipping.
+func DefaultAdam() AdamConfig {
+	return AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.99, Eps: 1e-4}
+}
+
+// Validate reports what is wrong with c, if anything.
+func (c AdamConfig) Validate() error {
+	var errs []error
+	if !(c.LR > 0) || math.IsInf(c.LR, 0) {
+		errs = append(errs, fmt.Errorf("learning rate %v: must be positive", c.LR))
+	}
+	if !(c.Beta1 >= 0 && c.Beta1 < 1) {
+		errs = append(errs, fmt.Errorf("beta1 %v: must be in [0,1)", c.Beta1))
+	}
+	if !(c.Beta2 >= 0 && c.Beta2 < 1) {
+		errs = append(errs, fmt.Errorf("beta2 %v: must be in [0,1)", c.Beta2))
+	}
+	if !(c.Eps > 0) {
+		errs = append(errs, fmt.Errorf("eps %v: must be positive", c.Eps))
+	}
+	if !(c.ClipNorm >= 0) {
+		errs = append(errs, fmt.Errorf("clip norm %v: must be 0 (off) or positive", c.ClipNorm))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid optimiser config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ErrNonFinite is returned when a gradient holds NaN or ±Inf; the update is
+// not applied.
+var ErrNonFinite = errors.New("gradient is not finite")
+
+// Adam is the optimiser's state: first and second moments laid out like the
+// parameters, and the number of updates applied.
+type Adam struct {
+	Config AdamConfig
+	M, V   []float32
+	Step   int64
+	pool   *pool
+}
+
+// NewAdam returns zeroed optimiser state for n parameters.
+func NewAdam(c AdamConfig, n int) *Adam {
+	return &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), pool: defaultPool()}
+}
+
+// adamChunks fixes how reductions are split, so their result does not depend on
+// the number of threads.
+const adamChunks = 64
+
+// GradNorm returns the global L2 norm of g, summed in a fixed order.
+func (a *Adam) GradNorm(g []float32) float64 {
+	var parts [adamChunks]float64
+	a.pool.run(adamChunks, func(c int) {
+		lo, hi := chunk(len(g), adamChunks, c)
+		var s float64
+		for _, v := range g[lo:hi] {
+			s += float64(v) * float64(v)
+		}
+		parts[c] = s
+	})
+	var s float64
+	for _, p := range parts {
+		s += p
+	}
+	return math.Sqrt(s)
+}
+
+// Update applies one Adam step that increases the log-likelihood, given
+// gradSum, the gradient of the SUM of log-likelihoods over a global batch of
+// batch samples. The mean gradient gradSum/batch is clipped when configured.
+// It returns the mean gradient's norm before clipping. A non-finite gradient
+// returns ErrNonFinite and changes nothing.
+func (a *Adam) Update(params, gradSum []float32, batch int) (float64, error) {
+	if len(params) != len(gradSum) || len(params) != len(a.M) {
+		return 0, fmt.Errorf("adam: %d parameters, %d gradients, %d moments", len(params), len(gradSum), len(a.M))
+	}
+	if batch < 1 {
+		return 0, fmt.Errorf("adam: batch size %d", batch)
+	}
+	norm := a.GradNorm(gradSum) / float64(batch)
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return norm, ErrNonFinite
+	}
+	scale := 1 / float64(batch)
+	if c := a.Config.ClipNorm; c > 0 && norm > c {
+		scale *= c / norm
+	}
+	a.Step++
+	t := float64(a.Step)
+	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
+	c1, c2 := 1-b1, 1-b2
+	// Fold the bias corrections into the step size and epsilon:
+	// p += lr * mhat / (sqrt(vhat) + eps) with mhat = m/(1-b1^t), vhat = v/(1-b2^t).
+	bc1 := 1 - math.Pow(a.Config.Beta1, t)
+	bc2 := 1 - math.Pow(a.Config.Beta2, t)
+	lr := float32(a.Config.LR * math.Sqrt(bc2) / bc1)
+	eps := float32(a.Config.Eps * math.Sqrt(bc2))
+	sc := float32(scale)
+	M, V := a.M, a.V
+	a.pool.run(adamChunks, func(c int) {
+		lo, hi := chunk(len(params), adamChunks, c)
+		p, g, m, v := params[lo:hi], gradSum[lo:hi], M[lo:hi], V[lo:hi]
+		for i := range p {
+			gi := g[i] * sc
+			mi := b1*m[i] + c1*gi
+			vi := b2*v[i] + c2*gi*gi
+			m[i], v[i] = mi, vi
+			p[i] += lr * mi / (float32(math.Sqrt(float64(vi))) + eps)
+		}
+	})
+	return norm, nil
+}
+
+// chunk returns the bounds of part c of n items split into parts pieces.
+func chunk(n, parts, c int) (lo, hi int) {
+	return n * c / parts, n * (c + 1) / parts
+}

@@ -1,0 +1,87 @@
+package flow
+
+// Gradient runs the n samples of x (n x Dim, natural pixel order) forward and
+// backward, writes into grad (laid out like Params) the gradient of the SUM of
+// their log-likelihoods, and returns that sum. grad is overwritten, not added to.
+func (m *Model) Gradient(w *Workspace, x []float32, n int, grad []float32) float64 {
+	m.check(w, n, x)
+	if len(grad) != len(m.Params) {
+		panic("flow: gradient buffer does not match the parameters")
+	}
+	total := m.run(w, x, n)
+	gv := w.views(m.Layout, grad)
+	D, half := m.Config.Dim, m.Config.Dim/2
+
+	// Through the prior and the scaling: h_j = z_j exp(s_j), log p gains s_j.
+	g := w.g[:n*D]
+	ds := gv.Scale
+	for j := range ds {
+		ds[j] = float32(n)
+	}
+	for i := 0; i < n; i++ {
+		hi, ghi, gi := w.h[i*D:(i+1)*D], w.gh[i*D:(i+1)*D], g[i*D:(i+1)*D]
+		for j, gh := range ghi {
+			ds[j] += gh * hi[j]
+		}
+		for p, j := range m.perm {
+			gi[p] = ghi[j] * w.expS[j]
+		}
+	}
+
+	// Through the couplings, last first: y1 = x1, y2 = x2 + m(x1), so
+	// dL/dx2 = dL/dy2 and dL/dx1 = dL/dy1 + J_m(x1)^T dL/dy2.
+	for k := m.Config.Couplings - 1; k >= 0; k-- {
+		x1, x2 := m.halves(k)
+		in := w.state(k, n)
+		layers := m.P.Couplings[k].Layers
+		glayers := gv.Couplings[k].Layers
+		delta, ldd := g[x2:], D
+		next := w.d1
+		for l := len(layers) - 1; l >= 0; l-- {
+			d, gd := layers[l], glayers[l]
+			var a []float32
+			lda := d.In
+			if l == 0 {
+				a, lda = in[x1:], D
+			} else {
+				a = w.activation(k, l-1, n)
+			}
+			gemm(true, false, d.In, d.Out, n, 1, a, lda, delta, ldd, 0, gd.W, d.Out)
+			colSums(gd.B, delta, n, ldd, w.one)
+			if l > 0 {
+				nd := next[:n*d.In]
+				gemm(false, true, n, d.In, d.Out, 1, delta, ldd, d.W, d.Out, 0, nd, d.In)
+				reluMask(nd, a)
+				delta, ldd = nd, d.In
+				if &next[0] == &w.d1[0] {
+					next = w.d2
+				} else {
+					next = w.d1
+				}
+			} else if k > 0 {
+				gemm(false, true, n, half, d.Out, 1, delta, ldd, d.W, d.Out, 1, g[x1:], D)
+			}
+		}
+	}
+	return total
+}
+
+// reluMask zeroes d wherever the ReLU output a is not positive.
+func reluMask(d, a []float32) {
+	a = a[:len(d)]
+	for i, v := range a {
+		if v <= 0 {
+			d[i] = 0
+		}
+	}
+}
+
+// views returns views of grad, cached so that a training loop reusing one
+// gradient buffer does not allocate.
+func (w *Workspace) views(l Layout, grad []float32) Views {
+	if w.gradBuf != &grad[0] {
+		w.gradViews = l.Views(grad)
+		w.gradBuf = &grad[0]
+	}
+	return w.gradViews
+}

@@ -1,0 +1,157 @@
+package flow
+
+import "math"
+
+// mlp runs coupling k's MLP on the n rows of a (n x Dim/2, leading dimension
+// lda) and writes beta*out + MLP(a) into out (leading dimension ldo), keeping
+// the hidden activations in the workspace for the backward pass.
+func (m *Model) mlp(w *Workspace, k, n int, a []float32, lda int, beta float32, out []float32, ldo int) {
+	layers := m.P.Couplings[k].Layers
+	L := len(layers) - 1
+	for l, d := range layers {
+		if l == L {
+			gemm(false, false, n, d.Out, d.In, 1, a, lda, d.W, d.Out, beta, out, ldo)
+			for i := 0; i < n; i++ {
+				row := out[i*ldo : i*ldo+d.Out]
+				for j, b := range d.B {
+					row[j] += b
+				}
+			}
+			return
+		}
+		act := w.activation(k, l, n)
+		gemm(false, false, n, d.Out, d.In, 1, a, lda, d.W, d.Out, 0, act, d.Out)
+		biasReLU(act, d.B)
+		a, lda = act, d.Out
+	}
+}
+
+// biasReLU sets each row r of x (rows of len(b)) to max(0, r + b).
+func biasReLU(x, b []float32) {
+	n := len(b)
+	for i := 0; i+n <= len(x); i += n {
+		row := x[i : i+n : i+n]
+		for j, bj := range b {
+			v := row[j] + bj
+			if v < 0 {
+				v = 0
+			}
+			row[j] = v
+		}
+	}
+}
+
+// run pushes n samples of x (natural order) through the flow, leaving every
+// state in the workspace, h and d log p(h)/dh in w.h and w.gh, and per-sample
+// log-likelihoods in w.ll. It returns their sum.
+func (m *Model) run(w *Workspace, x []float32, n int) float64 {
+	D := m.Config.Dim
+	z := w.state(0, n)
+	for i := 0; i < n; i++ {
+		xi, zi := x[i*D:(i+1)*D], z[i*D:(i+1)*D]
+		for p, j := range m.perm {
+			zi[p] = xi[j]
+		}
+	}
+	for k := range m.P.Couplings {
+		in, out := w.state(k, n), w.state(k+1, n)
+		copy(out, in)
+		x1, x2 := m.halves(k)
+		m.mlp(w, k, n, in[x1:], D, 1, out[x2:], D)
+	}
+	var sumS float64
+	for j, s := range m.P.Scale {
+		w.expS[j] = float32(math.Exp(float64(s)))
+		sumS += float64(s)
+	}
+	zC := w.state(m.Config.Couplings, n)
+	gaussian := m.Config.Prior == Gaussian
+	var total float64
+	for i := 0; i < n; i++ {
+		zi := zC[i*D : (i+1)*D]
+		hi, gi := w.h[i*D:(i+1)*D], w.gh[i*D:(i+1)*D]
+		for p, j := range m.perm {
+			hi[j] = zi[p] * w.expS[j]
+		}
+		var ll float64
+		if gaussian {
+			for j, h := range hi {
+				ll -= 0.5 * float64(h) * float64(h)
+				gi[j] = -h
+			}
+			ll -= 0.5 * float64(D) * math.Log(2*math.Pi)
+		} else {
+			for j, h := range hi {
+				lp, g := logistic(float64(h))
+				ll += lp
+				gi[j] = float32(g)
+			}
+		}
+		ll += sumS
+		w.ll[i] = ll
+		total += ll
+	}
+	return total
+}
+
+// logistic returns the standard logistic log-density at h,
+// -(softplus(h) + softplus(-h)), and its derivative -tanh(h/2), both computed
+// without overflow for any h.
+func logistic(h float64) (logp, dlogp float64) {
+	a := math.Abs(h)
+	e := math.Exp(-a)
+	logp = -a - 2*math.Log1p(e)
+	t := (1 - e) / (1 + e) // tanh(|h|/2)
+	if h > 0 {
+		t = -t
+	}
+	return logp, t
+}
+
+// LogLikelihood writes log p(x) in nats of each of the n samples in x (n x Dim,
+// natural pixel order) into ll and returns their sum.
+func (m *Model) LogLikelihood(w *Workspace, x []float32, n int, ll []float64) float64 {
+	m.check(w, n, x)
+	total := m.run(w, x, n)
+	copy(ll, w.ll[:n])
+	return total
+}
+
+// Forward maps the n samples of x to the latent h = f(x) (both n x Dim, natural
+// pixel order).
+func (m *Model) Forward(w *Workspace, x []float32, n int, h []float32) {
+	m.check(w, n, x, h)
+	m.run(w, x, n)
+	copy(h, w.h[:n*m.Config.Dim])
+}
+
+// Inverse maps the n latents of h back to x = f⁻¹(h) (both n x Dim, natural
+// pixel order).
+func (m *Model) Inverse(w *Workspace, h []float32, n int, x []float32) {
+	m.check(w, n, h, x)
+	D, half := m.Config.Dim, m.Config.Dim/2
+	z := w.state(0, n)
+	for i := 0; i < n; i++ {
+		hi, zi := h[i*D:(i+1)*D], z[i*D:(i+1)*D]
+		for p, j := range m.perm {
+			zi[p] = float32(float64(hi[j]) * math.Exp(-float64(m.P.Scale[j])))
+		}
+	}
+	out := w.out[:n*half]
+	for k := m.Config.Couplings - 1; k >= 0; k-- {
+		x1, x2 := m.halves(k)
+		m.mlp(w, k, n, z[x1:], D, 0, out, half)
+		for i := 0; i < n; i++ {
+			zi, oi := z[i*D+x2:i*D+x2+half], out[i*half:(i+1)*half]
+			for j := range zi {
+				zi[j] -= oi[j]
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		xi, zi := x[i*D:(i+1)*D], z[i*D:(i+1)*D]
+		for p, j := range m.perm {
+			xi[j] = zi[p]
+		}
+	}
+}

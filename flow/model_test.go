@@ -1,0 +1,176 @@
+package flow
+
+import (
+	"errors"
+	"math"
+	"testing"
+)
+
+func TestParamCountOfThePaperModel(t *testing.T) {
+	l := NewLayout(DefaultConfig())
+	// 4 couplings of 392->1000, 4 x 1000->1000, 1000->392 (weights and biases),
+	// plus 784 log-scales.
+	per := 392*1000 + 1000 + 4*(1000*1000+1000) + 1000*392 + 392
+	if want := 4*per + 784; l.Size() != want {
+		t.Fatalf("layout holds %d parameters, want %d", l.Size(), want)
+	}
+}
+
+func TestZeroedFlowIsThePrior(t *testing.T) {
+	// With every coupling's output layer and the scale zeroed the flow is the
+	// identity, so log p(x) is the logistic log-density of x itself.
+	m, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Init(1)
+	for _, c := range m.P.Couplings {
+		out := c.Layers[len(c.Layers)-1]
+		clear(out.W)
+		clear(out.B)
+	}
+	clear(m.P.Scale)
+	const n = 3
+	x := randomBatch(n, 784, 9)
+	for i := range x {
+		x[i] = 8*x[i] - 4 // exercise both tails
+	}
+	ws := NewWorkspace(m.Config, n)
+	ll := make([]float64, n)
+	m.LogLikelihood(ws, x, n, ll)
+	for i := 0; i < n; i++ {
+		var want float64
+		for _, v := range x[i*784 : (i+1)*784] {
+			e := math.Exp(float64(v))
+			want += math.Log(e / ((1 + e) * (1 + e))) // logistic density e^x/(1+e^x)^2
+		}
+		if math.Abs(ll[i]-want) > 1e-9*math.Abs(want)+1e-6 {
+			t.Errorf("sample %d: log p(x) %v, logistic density %v", i, ll[i], want)
+		}
+	}
+}
+
+func TestInverseUndoesForwardTiny(t *testing.T) {
+	for _, prior := range []Prior{Logistic, Gaussian} {
+		m := randomTinyModel(t, prior, 21)
+		const n = 4
+		x := randomBatch(n, m.Config.Dim, 8)
+		ws := NewWorkspace(m.Config, n)
+		h := make([]float32, len(x))
+		back := make([]float32, len(x))
+		m.Forward(ws, x, n, h)
+		m.Inverse(ws, h, n, back)
+		for i := range x {
+			if math.Abs(float64(back[i]-x[i])) > 1e-5 {
+				t.Fatalf("%s: x[%d] = %v, inverse(forward(x)) = %v", prior, i, x[i], back[i])
+			}
+		}
+	}
+}
+
+// refAdam is Adam written out in float64 from the paper's algorithm, ascending.
+func refAdam(c AdamConfig, p, m, v []float64, g []float64, t int) {
+	var norm float64
+	for _, x := range g {
+		norm += x * x
+	}
+	norm = math.Sqrt(norm)
+	scale := 1.0
+	if c.ClipNorm > 0 && norm > c.ClipNorm {
+		scale = c.ClipNorm / norm
+	}
+	for i := range p {
+		gi := g[i] * scale
+		m[i] = c.Beta1*m[i] + (1-c.Beta1)*gi
+		v[i] = c.Beta2*v[i] + (1-c.Beta2)*gi*gi
+		mh := m[i] / (1 - math.Pow(c.Beta1, float64(t)))
+		vh := v[i] / (1 - math.Pow(c.Beta2, float64(t)))
+		p[i] += c.LR * mh / (math.Sqrt(vh) + c.Eps)
+	}
+}
+
+func TestAdamMatchesReference(t *testing.T) {
+	for _, clip := range []float64{0, 0.5} {
+		c := DefaultAdam()
+		c.ClipNorm = clip
+		const n, batch = 1000, 4
+		a := NewAdam(c, n)
+		p := make([]float32, n)
+		rp, rm, rv := make([]float64, n), make([]float64, n), make([]float64, n)
+		for step := 1; step <= 5; step++ {
+			gs := randomBatch(n, 1, uint64(step))
+			g64 := make([]float64, n)
+			for i := range gs {
+				gs[i] -= 0.5
+				g64[i] = float64(gs[i]) / batch
+			}
+			if _, err := a.Update(p, gs, batch); err != nil {
+				t.Fatal(err)
+			}
+			refAdam(c, rp, rm, rv, g64, step)
+		}
+		for i := range p {
+			if math.Abs(float64(p[i])-rp[i]) > 1e-6 {
+				t.Fatalf("clip %v: param %d = %v, reference %v", clip, i, p[i], rp[i])
+			}
+		}
+	}
+}
+
+func TestAdamRefusesNonFiniteGradients(t *testing.T) {
+	a := NewAdam(DefaultAdam(), 10)
+	p := make([]float32, 10)
+	g := make([]float32, 10)
+	g[3] = float32(math.NaN())
+	if _, err := a.Update(p, g, 1); !errors.Is(err, ErrNonFinite) {
+		t.Fatalf("NaN gradient: err %v, want ErrNonFinite", err)
+	}
+	g[3] = float32(math.Inf(1))
+	if _, err := a.Update(p, g, 1); !errors.Is(err, ErrNonFinite) {
+		t.Fatalf("Inf gradient: err %v, want ErrNonFinite", err)
+	}
+	for i := range p {
+		if p[i] != 0 || a.M[i] != 0 || a.V[i] != 0 {
+			t.Fatal("a refused update changed the state")
+		}
+	}
+	if a.Step != 0 {
+		t.Fatalf("step %d after refused updates", a.Step)
+	}
+}
+
+func TestSameSeedSameTrajectory(t *testing.T) {
+	run := func() []float32 {
+		m := randomTinyModel(t, Logistic, 5)
+		a := NewAdam(DefaultAdam(), m.NumParams())
+		ws := NewWorkspace(m.Config, 8)
+		g := make([]float32, m.NumParams())
+		for step := 0; step < 5; step++ {
+			x := randomBatch(8, m.Config.Dim, uint64(100+step))
+			m.Gradient(ws, x, 8, g)
+			if _, err := a.Update(m.Params, g, 8); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return m.Params
+	}
+	a, b := run(), run()
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("param %d differs between identical runs: %v vs %v", i, a[i], b[i])
+		}
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	bad := []Config{
+		{Dim: 7, Couplings: 4, Hidden: 10, HiddenLayers: 1, Prior: Logistic},
+		{Dim: 8, Couplings: 0, Hidden: 10, HiddenLayers: 1, Prior: Logistic},
+		{Dim: 8, Couplings: 4, Hidden: 10, HiddenLayers: 1, Prior: "cauchy"},
+	}
+	for _, c := range bad {
+		if _, err := New(c); err == nil {
+			t.Errorf("config %+v accepted", c)
+		}
+	}
+}
