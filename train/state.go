@@ -1,0 +1,239 @@
+package train
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"unsafe"
+)
+
+// Point is one entry of the training-loss history.
+type Point struct {
+	Step     int64   `json:"step"`
+	Epoch    float64 `json:"epoch"`
+	TrainNLL float64 `json:"train_nll"`
+}
+
+// EpochResult is what one epoch achieved.
+type EpochResult struct {
+	Epoch         int     `json:"epoch"` // 1-based: the number of epochs completed
+	Step          int64   `json:"step"`
+	TrainNLL      float64 `json:"train_nll"`
+	TestLL        float64 `json:"test_ll"`
+	BitsPerDim    float64 `json:"bits_per_dim"`
+	SamplesPerSec float64 `json:"samples_per_sec"`
+}
+
+// History is the metrics a run has gathered.
+type History struct {
+	Points []Point       `json:"points"`
+	Epochs []EpochResult `json:"epochs"`
+}
+
+// State is everything needed to continue training exactly.
+type State struct {
+	Config   Config
+	Position Position
+	AdamStep int64
+	History  History
+	// LossSum and LossN accumulate the training NLL since the last history
+	// point, so a resumed run records the same history.
+	LossSum float64
+	LossN   int
+	// Params, M and V are the flat parameter buffer and Adam's moments.
+	Params, M, V []float32
+}
+
+// header is the JSON part of an encoded State.
+type header struct {
+	Version  int      `json:"version"`
+	Config   Config   `json:"config"`
+	Position Position `json:"position"`
+	AdamStep int64    `json:"adam_step"`
+	History  History  `json:"history"`
+	LossSum  float64  `json:"loss_sum"`
+	LossN    int      `json:"loss_n"`
+	Floats   int      `json:"floats"`
+}
+
+const (
+	stateMagic   = "NICESTATE"
+	stateVersion = 1
+	// maxHeader bounds the JSON header so a corrupt length cannot make the
+	// reader allocate without limit.
+	maxHeader = 64 << 20
+)
+
+// ErrCorruptState is wrapped by every error about a damaged encoded state.
+var ErrCorruptState = errors.New("training state is corrupt")
+
+// WriteTo encodes s: magic, a length-prefixed JSON header, the three float
+// buffers as raw little-endian float32, and a sha256 of all that.
+func (s *State) WriteTo(w io.Writer) (int64, error) {
+	n := len(s.Params)
+	if len(s.M) != n || len(s.V) != n {
+		return 0, fmt.Errorf("encoding state: %d params but %d and %d moments", n, len(s.M), len(s.V))
+	}
+	h := header{Version: stateVersion, Config: s.Config, Position: s.Position, AdamStep: s.AdamStep, History: s.History, LossSum: s.LossSum, LossN: s.LossN, Floats: n}
+	js, err := json.Marshal(h)
+	if err != nil {
+		return 0, fmt.Errorf("encoding state header: %w", err)
+	}
+	sum := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(w, sum)}
+	var lenBuf [8]byte
+	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(js)))
+	for _, part := range [][]byte{[]byte(stateMagic), lenBuf[:], js, floatBytes(s.Params), floatBytes(s.M), floatBytes(s.V)} {
+		if _, err := cw.Write(part); err != nil {
+			return cw.n, fmt.Errorf("writing state: %w", err)
+		}
+	}
+	k, err := w.Write(sum.Sum(nil))
+	return cw.n + int64(k), err
+}
+
+// Encode returns s encoded as WriteTo writes it.
+func (s *State) Encode() []byte {
+	var b bytes.Buffer
+	b.Grow(len(s.Params)*12 + 1<<16)
+	if _, err := s.WriteTo(&b); err != nil {
+		panic(err) // writing to memory fails only on a malformed state
+	}
+	return b.Bytes()
+}
+
+// ReadState decodes a State written by WriteTo, verifying its checksum.
+func ReadState(r io.Reader) (*State, error) {
+	sum := sha256.New()
+	tr := io.TeeReader(r, sum)
+	var magic [len(stateMagic)]byte
+	if _, err := io.ReadFull(tr, magic[:]); err != nil || string(magic[:]) != stateMagic {
+		return nil, fmt.Errorf("%w: not a nice training state (bad magic)", ErrCorruptState)
+	}
+	var lenBuf [8]byte
+	if _, err := io.ReadFull(tr, lenBuf[:]); err != nil {
+		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
+	}
+	hl := binary.LittleEndian.Uint64(lenBuf[:])
+	if hl > maxHeader {
+		return nil, fmt.Errorf("%w: header length %d", ErrCorruptState, hl)
+	}
+	js := make([]byte, hl)
+	if _, err := io.ReadFull(tr, js); err != nil {
+		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
+	}
+	var h header
+	if err := json.Unmarshal(js, &h); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrCorruptState, err)
+	}
+	if h.Version != stateVersion {
+		return nil, fmt.Errorf("training state version %d: this build reads version %d", h.Version, stateVersion)
+	}
+	if h.Floats < 0 || h.Floats > 1<<31 {
+		return nil, fmt.Errorf("%w: %d floats", ErrCorruptState, h.Floats)
+	}
+	s := &State{Config: h.Config, Position: h.Position, AdamStep: h.AdamStep, History: h.History, LossSum: h.LossSum, LossN: h.LossN}
+	for _, p := range []*[]float32{&s.Params, &s.M, &s.V} {
+		*p = make([]float32, h.Floats)
+		if _, err := io.ReadFull(tr, floatBytes(*p)); err != nil {
+			return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
+		}
+	}
+	return s, checkSum(r, sum)
+}
+
+func checkSum(r io.Reader, sum hash.Hash) error {
+	want := sum.Sum(nil)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(r, got); err != nil {
+		return fmt.Errorf("%w: missing checksum: %v", ErrCorruptState, err)
+	}
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("%w: sha256 mismatch", ErrCorruptState)
+	}
+	return nil
+}
+
+// DecodeState decodes an encoded State held in memory.
+func DecodeState(b []byte) (*State, error) { return ReadState(bytes.NewReader(b)) }
+
+// SaveFile writes s to path atomically: a temporary file in the same folder,
+// synced, then renamed over path, so a crash leaves the old state or the new
+// one, never a mix.
+func (s *State) SaveFile(path string) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".state-*")
+	if err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if _, err := s.WriteTo(bw); err != nil {
+		f.Close()
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadFile reads a State saved by SaveFile.
+func LoadFile(path string) (*State, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading state: %w", err)
+	}
+	defer f.Close()
+	s, err := ReadState(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("loading state %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// floatBytes views a float32 slice as its little-endian bytes (every platform
+// Go supports for this project is little-endian; see init).
+func floatBytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), len(f)*4)
+}
+
+func init() {
+	x := uint16(1)
+	if *(*byte)(unsafe.Pointer(&x)) != 1 {
+		panic("train: the state encoding assumes a little-endian machine")
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
