@@ -1,0 +1,38 @@
+package checkpoint
+
+import (
+	"context"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+)
+
+// BenchmarkBoltSave230MB saves a state the size of the real one (parameters
+// plus two Adam moments, ~230 MB) in 4 MiB chunks, fsync included. It runs
+// only when asked for (-bench), and never under -short. Run it with
+// -benchtime=5x or so: each iteration writes 230 MB.
+func BenchmarkBoltSave230MB(b *testing.B) {
+	if testing.Short() {
+		b.Skip("writes 230 MB per iteration")
+	}
+	const size = 230 << 20
+	blob := make([]byte, size)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i+8 <= size; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			blob[i+j] = byte(v >> (8 * j))
+		}
+	}
+	s, err := OpenBolt(filepath.Join(b.TempDir(), "ckpt.db"), BoltOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	b.SetBytes(size)
+	for i := 0; b.Loop(); i++ {
+		if _, err := s.Save(context.Background(), Meta{Step: uint64(i)}, blob); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
