@@ -191,6 +191,9 @@ func (s *State) SaveFile(path string) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("saving state to %s: %w", path, err)
 	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("saving state to %s: %w", path, err)
 	}

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/plot"
+	"github.com/nice-flow/nice/mnist"
+	"github.com/nice-flow/nice/train"
+)
+
+func init() {
+	register("train", command{summary: "train a NICE model on MNIST in this process", run: runTrain})
+}
+
+// trainFlags are the settings shared by train and the distributed commands.
+type trainFlags struct {
+	cfg     train.Config
+	prior   string
+	dataDir string
+	threads int
+}
+
+func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
+	c := &tf.cfg
+	*c = train.DefaultConfig()
+	fs.StringVar(&tf.dataDir, "data", "", "folder with the four MNIST IDX .gz files (default: found automatically, see README)")
+	fs.IntVar(&c.Epochs, "epochs", c.Epochs, "epochs to train in all")
+	fs.IntVar(&c.Batch, "batch", c.Batch, "global batch size")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the initial parameters, permutations and dequantisation noise")
+	fs.Float64Var(&c.Adam.LR, "lr", c.Adam.LR, "Adam learning rate")
+	fs.Float64Var(&c.Adam.Beta1, "beta1", c.Adam.Beta1, "Adam beta1")
+	fs.Float64Var(&c.Adam.Beta2, "beta2", c.Adam.Beta2, "Adam beta2")
+	fs.Float64Var(&c.Adam.Eps, "eps", c.Adam.Eps, "Adam epsilon")
+	fs.Float64Var(&c.Adam.ClipNorm, "clip", c.Adam.ClipNorm, "clip the mean gradient to this global L2 norm (0: off)")
+	fs.StringVar(&tf.prior, "prior", string(c.Model.Prior), "prior: logistic or gaussian")
+	fs.IntVar(&c.Model.Couplings, "couplings", c.Model.Couplings, "additive coupling layers")
+	fs.IntVar(&c.Model.Hidden, "hidden", c.Model.Hidden, "width of each hidden layer")
+	fs.IntVar(&c.Model.HiddenLayers, "layers", c.Model.HiddenLayers, "hidden layers per coupling")
+	fs.BoolVar(&c.Validation, "validation", c.Validation, "hold out the last 10,000 training images and score on them instead of the test set")
+	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "record the training NLL in the history every this many steps")
+	fs.IntVar(&tf.threads, "threads", 0, "BLAS threads (0: the BLAS default, all cores)")
+}
+
+// config returns the validated training configuration.
+func (tf *trainFlags) config() (train.Config, error) {
+	tf.cfg.Model.Prior = flow.Prior(tf.prior)
+	if err := tf.cfg.Validate(); err != nil {
+		return tf.cfg, err
+	}
+	return tf.cfg, nil
+}
+
+// loadData finds and loads MNIST and splits it as c says.
+func loadData(dir string, c train.Config) (train.Data, error) {
+	dir, err := mnist.FindDir(dir)
+	if err != nil {
+		return train.Data{}, err
+	}
+	tr, te, err := mnist.Load(dir)
+	if err != nil {
+		return train.Data{}, err
+	}
+	return train.SplitData(c, tr, te), nil
+}
+
+// trajectoryFlags change the trajectory, so they must match a resumed state.
+var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every"}
+
+func runTrain(ctx context.Context, args []string) error {
+	fs := newFlagSet("train", "[flags]",
+		"Trains NICE on MNIST in this process: a progress line every few seconds, the test set scored\n"+
+			"every epoch, a sample grid and the learning curves written as PNG files every epoch, and the\n"+
+			"complete state saved (every epoch, every --save-every, on Ctrl-C) so --resume continues exactly.")
+	var tf trainFlags
+	addTrainFlags(fs, &tf)
+	out := fs.String("out", "run", "folder for the state, sample grids and learning curves")
+	resume := fs.Bool("resume", false, "continue the run saved in --out")
+	maxSteps := fs.Int("max-steps", 0, "stop after this many steps in this invocation (0: train to the last epoch)")
+	progress := fs.Duration("progress", 5*time.Second, "interval between progress lines")
+	saveEvery := fs.Duration("save-every", 10*time.Minute, "also save the state this often (0: only at epoch ends and on exit)")
+	nSamples := fs.Int("samples", 100, "samples in each epoch's grid (a square number fills the grid)")
+	given, err := parseFlags(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cfg, err := tf.config()
+	if err != nil {
+		return err
+	}
+	noteBLAS(tf.threads)
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return fmt.Errorf("creating output folder: %w", err)
+	}
+	statePath := filepath.Join(*out, "state.nice")
+
+	var tr *train.Trainer
+	if *resume {
+		s, err := train.LoadFile(statePath)
+		if errors.Is(err, iofs.ErrNotExist) {
+			return fmt.Errorf("nothing to resume: %s does not exist (run without --resume to start)", statePath)
+		}
+		if err != nil {
+			return err
+		}
+		for _, name := range trajectoryFlags {
+			if given[name] && s.Config.Hash() != cfg.Hash() {
+				return fmt.Errorf("--%s differs from the saved run's setting; a resumed run keeps its configuration (drop the flag, or train into another --out)", name)
+			}
+		}
+		if given["epochs"] {
+			s.Config.Epochs = cfg.Epochs
+		}
+		d, err := loadData(tf.dataDir, s.Config)
+		if err != nil {
+			return err
+		}
+		if tr, err = train.Restore(s, d); err != nil {
+			return err
+		}
+		fmt.Printf("resuming %s at epoch %d, step %d\n", statePath, s.Position.Epoch+1, s.Position.Step)
+	} else {
+		if _, err := os.Stat(statePath); err == nil {
+			return fmt.Errorf("%s already holds a run: pass --resume to continue it, or choose another --out", statePath)
+		}
+		d, err := loadData(tf.dataDir, cfg)
+		if err != nil {
+			return err
+		}
+		if tr, err = train.New(cfg, d); err != nil {
+			return err
+		}
+	}
+	c := tr.Config
+	fmt.Printf("NICE: %d couplings of %d x %d, %s prior, %.1f M parameters; batch %d, lr %g; %d training images, scoring on %d %s images; BLAS %s (%d threads)\n",
+		c.Model.Couplings, c.Model.HiddenLayers, c.Model.Hidden, c.Model.Prior, float64(tr.Model.NumParams())/1e6,
+		c.Batch, c.Adam.LR, tr.Data.Train.N, tr.Data.Eval.N, tr.Data.EvalName, flow.BLASName(), flow.BLASThreads())
+
+	loop := trainLoop{tr: tr, out: *out, statePath: statePath, samples: *nSamples}
+	err = loop.run(ctx, *maxSteps, *progress, *saveEvery)
+	if serr := loop.save(); serr != nil {
+		return errors.Join(err, serr)
+	}
+	if tr.Done() {
+		fmt.Printf("training complete: %d epochs, %d steps; state saved to %s\n", tr.Position.Epoch, tr.Position.Step, statePath)
+	} else {
+		fmt.Printf("state saved to %s at epoch %d, step %d (continue with: nice-coord train --out %s --resume)\n",
+			statePath, tr.Position.Epoch+1, tr.Position.Step, *out)
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+type trainLoop struct {
+	tr        *train.Trainer
+	out       string
+	statePath string
+	samples   int
+}
+
+func (l *trainLoop) save() error { return l.tr.State().SaveFile(l.statePath) }
+
+func (l *trainLoop) run(ctx context.Context, maxSteps int, progress, saveEvery time.Duration) error {
+	tr := l.tr
+	spe := tr.StepsPerEpoch()
+	start := time.Now()
+	lastLine, lastSave := start, start
+	epochStart, epochSamples := start, 0
+	var nllSum float64
+	var nllN, lineSamples int
+	for done := 0; !tr.Done() && (maxSteps == 0 || done < maxSteps); done++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := len(tr.BatchIndices(tr.Position))
+		nll, err := tr.Step()
+		if err != nil {
+			return err
+		}
+		nllSum += nll
+		nllN++
+		lineSamples += n
+		epochSamples += n
+		now := time.Now()
+		if now.Sub(lastLine) >= progress {
+			p := tr.Position
+			fmt.Printf("epoch %d/%d  step %d/%d (%4.1f%%)  %6.0f samples/s  train NLL %.2f nats\n",
+				p.Epoch+1, tr.Config.Epochs, p.StepInEpoch, spe, 100*float64(p.StepInEpoch)/float64(spe),
+				float64(lineSamples)/now.Sub(lastLine).Seconds(), nllSum/float64(nllN))
+			lastLine, lineSamples, nllSum, nllN = now, 0, 0, 0
+		}
+		if tr.Position.StepInEpoch == 0 {
+			sps := float64(epochSamples) / time.Since(epochStart).Seconds()
+			if err := l.endEpoch(sps); err != nil {
+				return err
+			}
+			lastSave = time.Now()
+			epochStart, epochSamples = time.Now(), 0
+		} else if saveEvery > 0 && now.Sub(lastSave) >= saveEvery {
+			if err := l.save(); err != nil {
+				return err
+			}
+			lastSave = time.Now()
+		}
+	}
+	return nil
+}
+
+// endEpoch scores the eval set, records the result, writes the sample grid and
+// the learning curves, and saves the state.
+func (l *trainLoop) endEpoch(samplesPerSec float64) error {
+	tr := l.tr
+	t0 := time.Now()
+	ll := tr.Evaluate()
+	r := train.EpochResult{
+		Epoch:         tr.Position.Epoch,
+		Step:          tr.Position.Step,
+		TestLL:        ll,
+		BitsPerDim:    train.BitsPerDim(ll, tr.Model.Config.Dim),
+		SamplesPerSec: samplesPerSec,
+	}
+	if pts := tr.History.Points; len(pts) > 0 {
+		r.TrainNLL = pts[len(pts)-1].TrainNLL
+	}
+	tr.History.Epochs = append(tr.History.Epochs, r)
+	fmt.Printf("epoch %d done: %s log-likelihood %.2f nats per image, %.3f bits/dim (scored %d images in %.1fs)\n",
+		r.Epoch, tr.Data.EvalName, ll, r.BitsPerDim, tr.Data.Eval.N, time.Since(t0).Seconds())
+	if err := writeEpochImages(l.out, tr, r.Epoch, l.samples); err != nil {
+		return err
+	}
+	return l.save()
+}
+
+// writeEpochImages writes samples-eNNN.png and curves.png into dir.
+func writeEpochImages(dir string, tr *train.Trainer, epoch, n int) error {
+	if n > 0 {
+		cols := 1
+		for cols*cols < n {
+			cols++
+		}
+		rows := (n + cols - 1) / cols
+		xs := tr.Samples(rows*cols, tr.Config.Seed+uint64(epoch))
+		if err := writePNG(filepath.Join(dir, fmt.Sprintf("samples-e%03d.png", epoch)), func(f *os.File) error {
+			return plot.SampleGrid(f, xs, rows, cols)
+		}); err != nil {
+			return err
+		}
+	}
+	return writePNG(filepath.Join(dir, "curves.png"), func(f *os.File) error {
+		return plot.Curves(f, "NICE on MNIST: negative log-likelihood (nats per image)", "epoch", curveSeries(tr.History, tr.Data.EvalName)...)
+	})
+}
+
+func curveSeries(h train.History, evalName string) []plot.Series {
+	trainS := plot.Series{Name: "train NLL"}
+	for _, p := range h.Points {
+		trainS.X = append(trainS.X, p.Epoch)
+		trainS.Y = append(trainS.Y, p.TrainNLL)
+	}
+	evalS := plot.Series{Name: evalName + " NLL"}
+	for _, e := range h.Epochs {
+		evalS.X = append(evalS.X, float64(e.Epoch))
+		evalS.Y = append(evalS.Y, -e.TestLL)
+	}
+	return []plot.Series{trainS, evalS}
+}
+
+func writePNG(path string, draw func(*os.File) error) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := draw(f); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
+}
+
