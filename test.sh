@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (see README): formatting, vet, staticcheck, the
+# unit and integration tests with and without OpenBLAS, the race detector on
+# the concurrent packages, and the Docker end-to-end test where an engine answers.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then echo "not gofmt-formatted:"; echo "$bad"; exit 1; fi
+
+step "go vet"
+go vet ./...
+
+if command -v staticcheck >/dev/null 2>&1 || [ -x "$(go env GOPATH)/bin/staticcheck" ]; then
+  step "staticcheck"
+  "$(command -v staticcheck || echo "$(go env GOPATH)/bin/staticcheck")" ./...
+else
+  echo "staticcheck not installed: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"
+fi
+
+step "go test (pure-Go BLAS)"
+go test -count=1 -timeout 20m ./...
+
+if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.a ] || [ -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.a ]; then
+  step "go test -tags openblas"
+  go test -count=1 -timeout 20m -tags openblas ./...
+else
+  echo "OpenBLAS not installed: the openblas build was not tested (apt-get install libopenblas-pthread-dev)"
+fi
+
+race_pkgs=$(go list ./ring/... ./coordinator/... ./worker/... ./internal/membership/... 2>/dev/null || true)
+if [ -n "$race_pkgs" ]; then
+  step "go test -race (concurrent packages)"
+  go test -count=1 -race -timeout 20m $race_pkgs
+fi
+
+if [ -x test/e2e/compose.sh ]; then
+  if docker info >/dev/null 2>&1; then
+    step "end-to-end: docker compose"
+    test/e2e/compose.sh
+  else
+    echo "no Docker engine answers: the compose end-to-end test was skipped"
+  fi
+fi
+echo
+echo "all tests passed"
