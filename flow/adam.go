@@ -58,11 +58,21 @@ type Adam struct {
 	M, V   []float32
 	Step   int64
 	pool   *pool
+
+	// The current call's operands, read by the chunk functions below; bound
+	// once so that an update allocates nothing.
+	params, grad    []float32
+	lr, eps, sc     float32
+	parts           [adamChunks]float64
+	normFn, applyFn func(int)
 }
 
 // NewAdam returns zeroed optimiser state for n parameters.
 func NewAdam(c AdamConfig, n int) *Adam {
-	return &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), pool: defaultPool()}
+	a := &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), pool: defaultPool()}
+	a.normFn = a.normChunk
+	a.applyFn = a.applyChunk
+	return a
 }
 
 // adamChunks fixes how reductions are split, so their result does not depend on
@@ -71,20 +81,31 @@ const adamChunks = 64
 
 // GradNorm returns the global L2 norm of g, summed in a fixed order.
 func (a *Adam) GradNorm(g []float32) float64 {
-	var parts [adamChunks]float64
-	a.pool.run(adamChunks, func(c int) {
-		lo, hi := chunk(len(g), adamChunks, c)
-		var s float64
-		for _, v := range g[lo:hi] {
-			s += float64(v) * float64(v)
-		}
-		parts[c] = s
-	})
+	a.grad = g
+	a.pool.run(adamChunks, a.normFn)
+	a.grad = nil
 	var s float64
-	for _, p := range parts {
+	for _, p := range a.parts {
 		s += p
 	}
 	return math.Sqrt(s)
+}
+
+func (a *Adam) normChunk(c int) {
+	lo, hi := chunk(len(a.grad), adamChunks, c)
+	var s0, s1, s2, s3 float64
+	g := a.grad[lo:hi]
+	i := 0
+	for ; i+4 <= len(g); i += 4 {
+		s0 += float64(g[i]) * float64(g[i])
+		s1 += float64(g[i+1]) * float64(g[i+1])
+		s2 += float64(g[i+2]) * float64(g[i+2])
+		s3 += float64(g[i+3]) * float64(g[i+3])
+	}
+	for ; i < len(g); i++ {
+		s0 += float64(g[i]) * float64(g[i])
+	}
+	a.parts[c] = (s0 + s1) + (s2 + s3)
 }
 
 // Update applies one Adam step that increases the log-likelihood, given
@@ -109,28 +130,36 @@ func (a *Adam) Update(params, gradSum []float32, batch int) (float64, error) {
 	}
 	a.Step++
 	t := float64(a.Step)
-	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
-	c1, c2 := 1-b1, 1-b2
 	// Fold the bias corrections into the step size and epsilon:
 	// p += lr * mhat / (sqrt(vhat) + eps) with mhat = m/(1-b1^t), vhat = v/(1-b2^t).
 	bc1 := 1 - math.Pow(a.Config.Beta1, t)
 	bc2 := 1 - math.Pow(a.Config.Beta2, t)
-	lr := float32(a.Config.LR * math.Sqrt(bc2) / bc1)
-	eps := float32(a.Config.Eps * math.Sqrt(bc2))
-	sc := float32(scale)
-	M, V := a.M, a.V
-	a.pool.run(adamChunks, func(c int) {
-		lo, hi := chunk(len(params), adamChunks, c)
-		p, g, m, v := params[lo:hi], gradSum[lo:hi], M[lo:hi], V[lo:hi]
-		for i := range p {
-			gi := g[i] * sc
-			mi := b1*m[i] + c1*gi
-			vi := b2*v[i] + c2*gi*gi
-			m[i], v[i] = mi, vi
-			p[i] += lr * mi / (float32(math.Sqrt(float64(vi))) + eps)
-		}
-	})
+	a.lr = float32(a.Config.LR * math.Sqrt(bc2) / bc1)
+	a.eps = float32(a.Config.Eps * math.Sqrt(bc2))
+	a.sc = float32(scale)
+	a.params, a.grad = params, gradSum
+	a.pool.run(adamChunks, a.applyFn)
+	a.params, a.grad = nil, nil
 	return norm, nil
+}
+
+func (a *Adam) applyChunk(c int) {
+	lo, hi := chunk(len(a.params), adamChunks, c)
+	p := a.params[lo:hi]
+	g := a.grad[lo:hi]
+	m := a.M[lo:hi]
+	v := a.V[lo:hi]
+	g, m, v = g[:len(p)], m[:len(p)], v[:len(p)]
+	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
+	c1, c2 := 1-b1, 1-b2
+	lr, eps, sc := a.lr, a.eps, a.sc
+	for i := range p {
+		gi := g[i] * sc
+		mi := b1*m[i] + c1*gi
+		vi := b2*v[i] + c2*gi*gi
+		m[i], v[i] = mi, vi
+		p[i] += lr * mi / (float32(math.Sqrt(float64(vi))) + eps)
+	}
 }
 
 // chunk returns the bounds of part c of n items split into parts pieces.
