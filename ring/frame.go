@@ -1,0 +1,91 @@
+package ring
+
+import (
+	"encoding/binary"
+	"math"
+	"unsafe"
+)
+
+// FrameHeader says where the floats of a frame belong. Its fields are those
+// of nicepb.RingFrame without the payload.
+type FrameHeader struct {
+	Generation uint64
+	Seq        uint64 // collective number within the generation, from 1
+	Step       uint32 // 0..N-2 reduce-scatter, N-1..2N-3 all-gather
+	Chunk      uint32
+	Offset     uint64 // index of the frame's first float within its chunk
+	Total      uint64 // floats in the whole buffer
+}
+
+// Apply says what a receiver does with the floats of a frame.
+type Apply uint8
+
+const (
+	// ApplyAdd adds the frame's floats to the destination (reduce-scatter).
+	ApplyAdd Apply = iota
+	// ApplyCopy overwrites the destination (all-gather).
+	ApplyCopy
+)
+
+// CheckFrame compares a received header and payload length (in floats)
+// with what the receiver expects. Both transports call it before they touch
+// the destination, so a refused frame changes nothing.
+func CheckFrame(got *FrameHeader, gotFloats int, want *FrameHeader, wantFloats int) error {
+	switch {
+	case got.Generation < want.Generation:
+		return &FrameError{Field: "generation", Got: got.Generation, Want: want.Generation, Kind: ErrStaleGeneration}
+	case got.Generation != want.Generation:
+		return &FrameError{Field: "generation", Got: got.Generation, Want: want.Generation, Kind: ErrBadFrame}
+	case got.Seq != want.Seq:
+		return &FrameError{Field: "collective", Got: got.Seq, Want: want.Seq, Kind: ErrBadFrame}
+	case got.Total != want.Total:
+		return &FrameError{Field: "total length", Got: got.Total, Want: want.Total, Kind: ErrBadFrame}
+	case got.Step != want.Step:
+		return &FrameError{Field: "step", Got: uint64(got.Step), Want: uint64(want.Step), Kind: ErrBadFrame}
+	case got.Chunk != want.Chunk:
+		return &FrameError{Field: "chunk", Got: uint64(got.Chunk), Want: uint64(want.Chunk), Kind: ErrBadFrame}
+	case got.Offset != want.Offset:
+		return &FrameError{Field: "offset", Got: got.Offset, Want: want.Offset, Kind: ErrBadFrame}
+	case gotFloats != wantFloats:
+		return &FrameError{Field: "length", Got: uint64(gotFloats), Want: uint64(wantFloats), Kind: ErrBadFrame}
+	}
+	return nil
+}
+
+// littleEndian is checked at init: the payload is the memory of the float
+// slice itself, which is only the wire format on little-endian machines.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+func init() {
+	if !littleEndian {
+		panic("ring: the wire format is the memory of []float32, which needs a little-endian machine")
+	}
+}
+
+// floatBytes views f as its bytes, without copying.
+func floatBytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
+}
+
+// addFloats adds src element-wise into dst (len(src) <= len(dst)).
+func addFloats(dst, src []float32) {
+	dst = dst[:len(src)]
+	for i, v := range src {
+		dst[i] += v
+	}
+}
+
+// addBytes adds the little-endian floats in b to dst (len(b) == 4*len(dst)).
+// b may be unaligned, so it is decoded rather than viewed.
+func addBytes(dst []float32, b []byte) {
+	b = b[:4*len(dst)]
+	for i := range dst {
+		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
