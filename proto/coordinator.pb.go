@@ -1029,6 +1029,8 @@ type Commit struct {
 	Batch         int32                  `protobuf:"varint,4,opt,name=batch,proto3" json:"batch,omitempty"`                          // samples in the global batch
 	Snapshot      bool                   `protobuf:"varint,5,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                    // after applying, keep a snapshot for FetchState(snapshot)
 	EvalEpoch     int32                  `protobuf:"varint,6,opt,name=eval_epoch,json=evalEpoch,proto3" json:"eval_epoch,omitempty"` // > 0: after applying, score your shard of the scored set
+	Hold          bool                   `protobuf:"varint,7,opt,name=hold,proto3" json:"hold,omitempty"`                            // after applying, wait for the next Plan instead of going on
+	Scored        *EpochScore            `protobuf:"bytes,8,opt,name=scored,proto3" json:"scored,omitempty"`                         // if set, append to the history before applying
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1105,6 +1107,105 @@ func (x *Commit) GetEvalEpoch() int32 {
 	return 0
 }
 
+func (x *Commit) GetHold() bool {
+	if x != nil {
+		return x.Hold
+	}
+	return false
+}
+
+func (x *Commit) GetScored() *EpochScore {
+	if x != nil {
+		return x.Scored
+	}
+	return nil
+}
+
+// EpochScore is the result of one epoch, recorded in every replica's history.
+type EpochScore struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         int32                  `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Step          int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	TrainNll      float64                `protobuf:"fixed64,3,opt,name=train_nll,json=trainNll,proto3" json:"train_nll,omitempty"`
+	TestLl        float64                `protobuf:"fixed64,4,opt,name=test_ll,json=testLl,proto3" json:"test_ll,omitempty"`
+	BitsPerDim    float64                `protobuf:"fixed64,5,opt,name=bits_per_dim,json=bitsPerDim,proto3" json:"bits_per_dim,omitempty"`
+	SamplesPerSec float64                `protobuf:"fixed64,6,opt,name=samples_per_sec,json=samplesPerSec,proto3" json:"samples_per_sec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpochScore) Reset() {
+	*x = EpochScore{}
+	mi := &file_coordinator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpochScore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpochScore) ProtoMessage() {}
+
+func (x *EpochScore) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpochScore.ProtoReflect.Descriptor instead.
+func (*EpochScore) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EpochScore) GetEpoch() int32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *EpochScore) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *EpochScore) GetTrainNll() float64 {
+	if x != nil {
+		return x.TrainNll
+	}
+	return 0
+}
+
+func (x *EpochScore) GetTestLl() float64 {
+	if x != nil {
+		return x.TestLl
+	}
+	return 0
+}
+
+func (x *EpochScore) GetBitsPerDim() float64 {
+	if x != nil {
+		return x.BitsPerDim
+	}
+	return 0
+}
+
+func (x *EpochScore) GetSamplesPerSec() float64 {
+	if x != nil {
+		return x.SamplesPerSec
+	}
+	return 0
+}
+
 type FetchStateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Position      *Position              `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`  // the state wanted; refused if the source is elsewhere
@@ -1115,7 +1216,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1228,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1241,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FetchStateRequest) GetPosition() *Position {
@@ -1168,7 +1269,7 @@ type StateChunk struct {
 
 func (x *StateChunk) Reset() {
 	*x = StateChunk{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1281,7 @@ func (x *StateChunk) String() string {
 func (*StateChunk) ProtoMessage() {}
 
 func (x *StateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1294,7 @@ func (x *StateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChunk.ProtoReflect.Descriptor instead.
 func (*StateChunk) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StateChunk) GetTotal() int64 {
@@ -1225,7 +1326,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1338,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1351,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 // StatusReply is the status as one JSON object (see coordinator.Status).
@@ -1263,7 +1364,7 @@ type StatusReply struct {
 
 func (x *StatusReply) Reset() {
 	*x = StatusReply{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1376,7 @@ func (x *StatusReply) String() string {
 func (*StatusReply) ProtoMessage() {}
 
 func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1389,7 @@ func (x *StatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
 func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusReply) GetJson() []byte {
@@ -1306,7 +1407,7 @@ type CheckpointsRequest struct {
 
 func (x *CheckpointsRequest) Reset() {
 	*x = CheckpointsRequest{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1419,7 @@ func (x *CheckpointsRequest) String() string {
 func (*CheckpointsRequest) ProtoMessage() {}
 
 func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1432,7 @@ func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 type CheckpointsReply struct {
@@ -1343,7 +1444,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1456,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1469,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckpointsReply) GetJson() []byte {
@@ -1468,7 +1569,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x1d\n" +
 	"\n" +
-	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\"\xa4\x01\n" +
+	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\"\xe5\x01\n" +
 	"\x06Commit\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1478,7 +1579,18 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x05batch\x18\x04 \x01(\x05R\x05batch\x12\x1a\n" +
 	"\bsnapshot\x18\x05 \x01(\bR\bsnapshot\x12\x1d\n" +
 	"\n" +
-	"eval_epoch\x18\x06 \x01(\x05R\tevalEpoch\"^\n" +
+	"eval_epoch\x18\x06 \x01(\x05R\tevalEpoch\x12\x12\n" +
+	"\x04hold\x18\a \x01(\bR\x04hold\x12+\n" +
+	"\x06scored\x18\b \x01(\v2\x13.nice.v1.EpochScoreR\x06scored\"\xb6\x01\n" +
+	"\n" +
+	"EpochScore\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x05R\x05epoch\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x1b\n" +
+	"\ttrain_nll\x18\x03 \x01(\x01R\btrainNll\x12\x17\n" +
+	"\atest_ll\x18\x04 \x01(\x01R\x06testLl\x12 \n" +
+	"\fbits_per_dim\x18\x05 \x01(\x01R\n" +
+	"bitsPerDim\x12&\n" +
+	"\x0fsamples_per_sec\x18\x06 \x01(\x01R\rsamplesPerSec\"^\n" +
 	"\x11FetchStateRequest\x12-\n" +
 	"\bposition\x18\x01 \x01(\v2\x11.nice.v1.PositionR\bposition\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\"N\n" +
@@ -1513,7 +1625,7 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 	return file_coordinator_proto_rawDescData
 }
 
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_coordinator_proto_goTypes = []any{
 	(*Position)(nil),           // 0: nice.v1.Position
 	(*WorkerMessage)(nil),      // 1: nice.v1.WorkerMessage
@@ -1529,12 +1641,13 @@ var file_coordinator_proto_goTypes = []any{
 	(*Fetch)(nil),              // 11: nice.v1.Fetch
 	(*Start)(nil),              // 12: nice.v1.Start
 	(*Commit)(nil),             // 13: nice.v1.Commit
-	(*FetchStateRequest)(nil),  // 14: nice.v1.FetchStateRequest
-	(*StateChunk)(nil),         // 15: nice.v1.StateChunk
-	(*StatusRequest)(nil),      // 16: nice.v1.StatusRequest
-	(*StatusReply)(nil),        // 17: nice.v1.StatusReply
-	(*CheckpointsRequest)(nil), // 18: nice.v1.CheckpointsRequest
-	(*CheckpointsReply)(nil),   // 19: nice.v1.CheckpointsReply
+	(*EpochScore)(nil),         // 14: nice.v1.EpochScore
+	(*FetchStateRequest)(nil),  // 15: nice.v1.FetchStateRequest
+	(*StateChunk)(nil),         // 16: nice.v1.StateChunk
+	(*StatusRequest)(nil),      // 17: nice.v1.StatusRequest
+	(*StatusReply)(nil),        // 18: nice.v1.StatusReply
+	(*CheckpointsRequest)(nil), // 19: nice.v1.CheckpointsRequest
+	(*CheckpointsReply)(nil),   // 20: nice.v1.CheckpointsReply
 }
 var file_coordinator_proto_depIdxs = []int32{
 	2,  // 0: nice.v1.WorkerMessage.hello:type_name -> nice.v1.Hello
@@ -1551,20 +1664,21 @@ var file_coordinator_proto_depIdxs = []int32{
 	9,  // 11: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
 	0,  // 12: nice.v1.Plan.position:type_name -> nice.v1.Position
 	0,  // 13: nice.v1.Fetch.position:type_name -> nice.v1.Position
-	0,  // 14: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
-	1,  // 15: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
-	16, // 16: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
-	18, // 17: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
-	14, // 18: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
-	7,  // 19: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
-	17, // 20: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
-	19, // 21: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
-	15, // 22: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
-	19, // [19:23] is the sub-list for method output_type
-	15, // [15:19] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	14, // 14: nice.v1.Commit.scored:type_name -> nice.v1.EpochScore
+	0,  // 15: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
+	1,  // 16: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
+	17, // 17: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
+	19, // 18: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
+	15, // 19: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
+	7,  // 20: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
+	18, // 21: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
+	20, // 22: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
+	16, // 23: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -1592,7 +1706,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
