@@ -1030,7 +1030,6 @@ type Commit struct {
 	Snapshot      bool                   `protobuf:"varint,5,opt,name=snapshot,proto3" json:"snapshot,omitempty"`                    // after applying, keep a snapshot for FetchState(snapshot)
 	EvalEpoch     int32                  `protobuf:"varint,6,opt,name=eval_epoch,json=evalEpoch,proto3" json:"eval_epoch,omitempty"` // > 0: after applying, score your shard of the scored set
 	Hold          bool                   `protobuf:"varint,7,opt,name=hold,proto3" json:"hold,omitempty"`                            // after applying, wait for the next Plan instead of going on
-	Scored        *EpochScore            `protobuf:"bytes,8,opt,name=scored,proto3" json:"scored,omitempty"`                         // if set, append to the history before applying
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1114,14 +1113,7 @@ func (x *Commit) GetHold() bool {
 	return false
 }
 
-func (x *Commit) GetScored() *EpochScore {
-	if x != nil {
-		return x.Scored
-	}
-	return nil
-}
-
-// EpochScore is the result of one epoch, recorded in every replica's history.
+// EpochScore is the result of one epoch's evaluation.
 type EpochScore struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         int32                  `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -1569,7 +1561,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x1d\n" +
 	"\n" +
-	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\"\xe5\x01\n" +
+	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\"\xb8\x01\n" +
 	"\x06Commit\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1580,8 +1572,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bsnapshot\x18\x05 \x01(\bR\bsnapshot\x12\x1d\n" +
 	"\n" +
 	"eval_epoch\x18\x06 \x01(\x05R\tevalEpoch\x12\x12\n" +
-	"\x04hold\x18\a \x01(\bR\x04hold\x12+\n" +
-	"\x06scored\x18\b \x01(\v2\x13.nice.v1.EpochScoreR\x06scored\"\xb6\x01\n" +
+	"\x04hold\x18\a \x01(\bR\x04hold\"\xb6\x01\n" +
 	"\n" +
 	"EpochScore\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x05R\x05epoch\x12\x12\n" +
@@ -1664,21 +1655,20 @@ var file_coordinator_proto_depIdxs = []int32{
 	9,  // 11: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
 	0,  // 12: nice.v1.Plan.position:type_name -> nice.v1.Position
 	0,  // 13: nice.v1.Fetch.position:type_name -> nice.v1.Position
-	14, // 14: nice.v1.Commit.scored:type_name -> nice.v1.EpochScore
-	0,  // 15: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
-	1,  // 16: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
-	17, // 17: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
-	19, // 18: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
-	15, // 19: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
-	7,  // 20: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
-	18, // 21: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
-	20, // 22: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
-	16, // 23: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	0,  // 14: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
+	1,  // 15: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
+	17, // 16: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
+	19, // 17: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
+	15, // 18: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
+	7,  // 19: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
+	18, // 20: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
+	20, // 21: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
+	16, // 22: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }

@@ -1,0 +1,644 @@
+package coordinator
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	nicepb "github.com/nice-flow/nice/proto"
+	"github.com/nice-flow/nice/train"
+)
+
+// MachineConfig fixes what the step/generation state machine needs to know
+// about the run.
+type MachineConfig struct {
+	// MinWorkers is how many attached workers a generation needs.
+	MinWorkers int
+	// Settle is how long membership must be quiet after a join before a new
+	// generation takes the newcomer in, so that workers starting together
+	// enter together.
+	Settle time.Duration
+	// PrepareTimeout bounds the preparation of a generation (ring set-up and
+	// state transfer); workers not Ready by then are dropped.
+	PrepareTimeout time.Duration
+	// StepTimeout bounds one step; after it the generation is redone.
+	StepTimeout time.Duration
+	// RingGrace is how long a reported ring failure waits for the blamed
+	// peer to be confirmed gone before the generation is simply redone.
+	RingGrace time.Duration
+	// TrainN and EvalN are the sizes of the training and the scored sets.
+	TrainN, EvalN int
+	// Batch is the global batch size; Epochs the number of epochs to train.
+	Batch, Epochs int
+	// CheckpointEvery asks for a snapshot every this many steps (0: only at
+	// epoch ends and on request).
+	CheckpointEvery int
+	// DigestEvery is how often (in steps) workers include a parameter digest
+	// in their reports; informational for the machine.
+	DigestEvery int
+}
+
+// Machine is the coordinator's step and generation logic as a deterministic
+// state machine: events in (Handle), messages and requests out (Output). It
+// does no I/O and reads no clock; see the package documentation.
+type Machine struct {
+	cfg MachineConfig
+	spe int
+
+	workers map[string]*workerState
+	gen     uint64
+	phase   Phase
+	ring    []string // worker ids in rank order
+	// next is the position of the next step to commit.
+	next train.Position
+
+	// coordinator's own state, served to workers when no worker holds the
+	// state at next (start, coordinator restart, every worker lost).
+	coordPos    train.Position
+	coordDigest uint64
+	coordAddr   string
+
+	// generation preparation
+	phaseSince   time.Time
+	refDigest    uint64
+	lastJoin     time.Time
+	joinPending  bool
+	ringFailedAt time.Time
+	blamed       map[string]int
+
+	// the step in flight
+	reports map[string]*nicepb.Report
+
+	// evaluation of a completed epoch
+	evalEpoch int
+	evals     map[string]*nicepb.EvalReport
+
+	snapshotWanted bool
+	stopWanted     bool
+
+	stats Stats
+}
+
+// Phase is where the machine stands.
+type Phase string
+
+// The phases.
+const (
+	Idle      Phase = "idle"      // not enough workers
+	Preparing Phase = "preparing" // a generation is being set up
+	Running   Phase = "running"   // steps are being taken
+	Holding   Phase = "holding"   // stopped at a step boundary on request
+	Finished  Phase = "finished"  // all epochs trained and scored
+)
+
+type workerState struct {
+	id, addr    string
+	incarnation uint64
+	// for the current generation
+	member  bool
+	ready   *nicepb.Ready
+	fetched bool
+}
+
+// Stats are counters the status reports.
+type Stats struct {
+	Committed       int64   // steps committed by this coordinator process
+	Redone          int64   // steps whose first attempt was abandoned
+	Generations     int64   // generations started
+	DigestMismatch  int64   // reports whose digests disagreed
+	LedgerErrors    int64   // commits that broke the ledger
+	LastCommit      time.Time
+	LastStepSeconds float64 // wall time of the last committed step
+	LastAllreduce   float64 // slowest member's all-reduce time in the last step
+	LastTrainNLL    float64
+}
+
+// Output is what a Handle call asks the server to do.
+type Output struct {
+	Sends []Send
+	// Snapshot, if set, asks for the state at Position from the worker at
+	// Addr (it snapshots when applying the commit that reaches Position).
+	Snapshot *SnapshotRequest
+	// Committed describes the step just committed, for the ledger.
+	Committed *Commit
+	// Scored is an epoch's completed evaluation.
+	Scored *nicepb.EpochScore
+	// Disconnect names workers whose sessions must be closed.
+	Disconnect []string
+	// Logs are human-readable notes on what happened.
+	Logs []string
+}
+
+// Send is one message to one worker.
+type Send struct {
+	To  string
+	Msg *nicepb.CoordinatorMessage
+}
+
+// SnapshotRequest asks for a checkpoint of the state at Position.
+type SnapshotRequest struct {
+	Position   train.Position
+	Addr       string
+	Generation uint64
+}
+
+// Commit is one committed step with the shards that computed it.
+type Commit struct {
+	Generation uint64
+	Position   train.Position // the step committed
+	Batch      int
+	Shards     []Shard
+	SumLL      float64
+}
+
+// Shard is the part of a global batch one worker computed.
+type Shard struct {
+	Worker string
+	Lo, Hi int
+}
+
+// NewMachine returns a machine whose own state (served at coordAddr) is at
+// position pos with the given digest: the newest checkpoint, or the
+// initial state at step 0.
+func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr string) *Machine {
+	if cfg.MinWorkers < 1 {
+		cfg.MinWorkers = 1
+	}
+	return &Machine{
+		cfg:         cfg,
+		spe:         train.StepsPerEpoch(cfg.TrainN, cfg.Batch),
+		workers:     map[string]*workerState{},
+		phase:       Idle,
+		next:        pos,
+		coordPos:    pos,
+		coordDigest: digest,
+		coordAddr:   coordAddr,
+		blamed:      map[string]int{},
+		reports:     map[string]*nicepb.Report{},
+		evals:       map[string]*nicepb.EvalReport{},
+	}
+}
+
+// Phase returns the current phase.
+func (m *Machine) Phase() Phase { return m.phase }
+
+// Generation returns the current generation.
+func (m *Machine) Generation() uint64 { return m.gen }
+
+// Next returns the position of the next step to commit.
+func (m *Machine) Next() train.Position { return m.next }
+
+// Ring returns the worker ids of the current generation in rank order.
+func (m *Machine) Ring() []string { return slices.Clone(m.ring) }
+
+// Stats returns the counters.
+func (m *Machine) Stats() Stats { return m.stats }
+
+// Rank returns a worker's rank in the current generation, or -1.
+func (m *Machine) Rank(id string) int { return slices.Index(m.ring, id) }
+
+// Workers returns the attached worker ids, sorted.
+func (m *Machine) Workers() []string {
+	ids := make([]string, 0, len(m.workers))
+	for id := range m.workers {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Addr returns an attached worker's address.
+func (m *Machine) Addr(id string) string {
+	if w := m.workers[id]; w != nil {
+		return w.addr
+	}
+	return ""
+}
+
+// SetOwnState records that the coordinator now holds the state at pos (a
+// checkpoint was taken), so it can serve it if every worker is lost.
+func (m *Machine) SetOwnState(pos train.Position, digest uint64) {
+	m.coordPos, m.coordDigest = pos, digest
+}
+
+// done reports whether every epoch is trained.
+func (m *Machine) done() bool { return m.next.Epoch >= m.cfg.Epochs }
+
+// Attach handles a worker's Hello. A worker attaching again with a newer
+// incarnation replaces its old session.
+func (m *Machine) Attach(now time.Time, id, addr string, incarnation uint64) Output {
+	var out Output
+	if old := m.workers[id]; old != nil {
+		out.Logs = append(out.Logs, fmt.Sprintf("worker %s re-attached (incarnation %d after %d)", id, incarnation, old.incarnation))
+		m.removeWorker(now, id, &out)
+	}
+	m.workers[id] = &workerState{id: id, addr: addr, incarnation: incarnation}
+	m.lastJoin = now
+	m.joinPending = true
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s attached from %s", id, addr))
+	return out
+}
+
+// Detach handles a worker's session ending (or gossip declaring it dead). It
+// ignores a stale incarnation.
+func (m *Machine) Detach(now time.Time, id string, incarnation uint64, reason string) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || (incarnation != 0 && w.incarnation != incarnation) {
+		return out
+	}
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s left: %s", id, reason))
+	m.removeWorker(now, id, &out)
+	return out
+}
+
+func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
+	w := m.workers[id]
+	delete(m.workers, id)
+	delete(m.blamed, id)
+	if w == nil || !w.member {
+		return
+	}
+	switch m.phase {
+	case Preparing, Running:
+		m.abandonStep()
+		m.startGeneration(now, out, "member "+id+" left")
+	}
+}
+
+// abandonStep forgets the step in flight; it is redone by the next generation.
+func (m *Machine) abandonStep() {
+	if len(m.reports) > 0 || m.phase == Running {
+		m.stats.Redone++
+	}
+	clear(m.reports)
+}
+
+// startGeneration plans a new generation of every attached worker, or goes
+// idle if there are too few.
+func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
+	clear(m.reports)
+	m.joinPending = false
+	m.ringFailedAt = time.Time{}
+	m.refDigest = 0
+	for _, w := range m.workers {
+		w.member, w.ready, w.fetched = false, nil, false
+	}
+	ids := m.Workers()
+	if len(ids) < m.cfg.MinWorkers {
+		if m.phase != Idle {
+			out.Logs = append(out.Logs, fmt.Sprintf("waiting for workers: %d attached, %d needed", len(ids), m.cfg.MinWorkers))
+		}
+		m.phase, m.ring = Idle, nil
+		return
+	}
+	m.gen++
+	m.stats.Generations++
+	m.phase = Preparing
+	m.phaseSince = now
+	m.ring = ids
+	ring := make([]*nicepb.RingMember, len(ids))
+	for i, id := range ids {
+		ring[i] = &nicepb.RingMember{Id: id, Addr: m.workers[id].addr}
+	}
+	for rank, id := range ids {
+		m.workers[id].member = true
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Plan{Plan: &nicepb.Plan{
+			Generation: m.gen, Ring: ring, Rank: int32(rank), Position: toPB(m.next),
+		}}}})
+	}
+	out.Logs = append(out.Logs, fmt.Sprintf("generation %d (%s): %d workers %v, from step %d", m.gen, why, len(ids), ids, m.next.Step))
+}
+
+// Ready handles a worker's Ready for a generation.
+func (m *Machine) Ready(now time.Time, id string, r *nicepb.Ready) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || !w.member || m.phase != Preparing || r.Generation != m.gen {
+		return out // stale: a newer generation has been planned since
+	}
+	w.ready = r
+	for _, id := range m.ring {
+		if m.workers[id].ready == nil {
+			return out
+		}
+	}
+	m.settleState(now, &out)
+	return out
+}
+
+// settleState picks the state the generation starts from once every member
+// is Ready, asks the members that lack it to fetch it, and starts the
+// generation when all hold it.
+func (m *Machine) settleState(now time.Time, out *Output) {
+	// Who holds the state at next? Group members by digest.
+	holders := map[uint64][]string{}
+	for _, id := range m.ring {
+		r := m.workers[id].ready
+		if r.HasState && fromPB(r.Position) == m.next {
+			holders[r.StateDigest] = append(holders[r.StateDigest], id)
+		}
+	}
+	var ref uint64
+	var source string
+	switch {
+	case m.refDigest != 0 && m.phaseRefValid():
+		ref = m.refDigest
+	case len(holders) > 0:
+		// The digest most members hold; ties go to the lowest-ranked holder.
+		best := -1
+		for d, ids := range holders {
+			if len(ids) > best || (len(ids) == best && slices.Index(m.ring, ids[0]) < slices.Index(m.ring, holders[ref][0])) {
+				ref, best = d, len(ids)
+			}
+		}
+		if len(holders) > 1 {
+			m.stats.DigestMismatch++
+			out.Logs = append(out.Logs, fmt.Sprintf("replicas disagree at step %d: %d distinct states; the majority's is kept", m.next.Step, len(holders)))
+		}
+	case m.coordPos == m.next:
+		ref = m.coordDigest
+	default:
+		// Nobody holds the state at next: every worker that had it is gone.
+		// Fall back to the coordinator's newest checkpoint.
+		out.Logs = append(out.Logs, fmt.Sprintf("no worker holds the state at step %d; resuming from the checkpoint at step %d", m.next.Step, m.coordPos.Step))
+		m.next = m.coordPos
+		ref = m.coordDigest
+		for _, id := range m.ring {
+			m.workers[id].fetched = false
+		}
+	}
+	m.refDigest = ref
+	source = m.coordAddr
+	if ids := holders[ref]; len(ids) > 0 {
+		source = m.workers[ids[0]].addr
+	}
+	missing := false
+	for _, id := range m.ring {
+		w := m.workers[id]
+		if w.ready.HasState && fromPB(w.ready.Position) == m.next && w.ready.StateDigest == ref {
+			continue
+		}
+		missing = true
+		if w.fetched {
+			continue // asked already; waiting for its new Ready
+		}
+		w.fetched = true
+		w.ready = nil
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Fetch{Fetch: &nicepb.Fetch{
+			Generation: m.gen, SourceAddr: source, Position: toPB(m.next), StateDigest: ref,
+		}}}})
+		out.Logs = append(out.Logs, fmt.Sprintf("worker %s fetches the state at step %d from %s", id, m.next.Step, source))
+	}
+	if missing {
+		return
+	}
+	m.refDigest = 0
+	m.phase = Running
+	m.phaseSince = now
+	if m.done() {
+		m.phase = Finished
+	}
+	eval := int32(0)
+	if m.evalEpoch > 0 {
+		eval = int32(m.evalEpoch)
+		clear(m.evals)
+	}
+	for _, id := range m.ring {
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Start{Start: &nicepb.Start{Generation: m.gen, EvalEpoch: eval}}}})
+	}
+}
+
+// phaseRefValid reports whether a reference digest chosen earlier in this
+// preparation still has a holder or the coordinator behind it.
+func (m *Machine) phaseRefValid() bool {
+	if m.refDigest == m.coordDigest && m.coordPos == m.next {
+		return true
+	}
+	for _, id := range m.ring {
+		r := m.workers[id].ready
+		if r != nil && r.HasState && fromPB(r.Position) == m.next && r.StateDigest == m.refDigest {
+			return true
+		}
+	}
+	return false
+}
+
+// Report handles a worker's report of a finished all-reduce.
+func (m *Machine) Report(now time.Time, id string, r *nicepb.Report) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || !w.member || m.phase != Running || r.Generation != m.gen || r.Step != m.next.Step {
+		return out
+	}
+	m.reports[id] = r
+	if len(m.reports) < len(m.ring) {
+		return out
+	}
+	m.commit(now, &out)
+	return out
+}
+
+func (m *Machine) commit(now time.Time, out *Output) {
+	lo, hi := train.BatchBounds(m.cfg.TrainN, m.cfg.Batch, m.next.StepInEpoch)
+	batch := hi - lo
+	first := m.reports[m.ring[0]]
+	c := &Commit{Generation: m.gen, Position: m.next, Batch: batch}
+	var slowest float64
+	var sum float64
+	ledgerOK := true
+	pos := 0
+	for rank, id := range m.ring {
+		r := m.reports[id]
+		if r.GradDigest != first.GradDigest || (r.ParamsDigest != 0 && first.ParamsDigest != 0 && r.ParamsDigest != first.ParamsDigest) {
+			m.stats.DigestMismatch++
+			out.Logs = append(out.Logs, fmt.Sprintf("step %d: worker %s reports digests %08x/%08x, rank 0 %08x/%08x; redoing the step",
+				m.next.Step, id, r.GradDigest, r.ParamsDigest, first.GradDigest, first.ParamsDigest))
+			m.abandonStep()
+			m.startGeneration(now, out, "digest mismatch")
+			return
+		}
+		wlo, whi := train.Shard(batch, rank, len(m.ring))
+		if int(r.Lo) != pos || int(r.Lo) != wlo || int(r.Hi) != whi {
+			ledgerOK = false
+		}
+		pos = int(r.Hi)
+		c.Shards = append(c.Shards, Shard{Worker: id, Lo: int(r.Lo), Hi: int(r.Hi)})
+		sum += r.SumLl
+		slowest = max(slowest, r.AllreduceSeconds)
+	}
+	if !ledgerOK || pos != batch {
+		m.stats.LedgerErrors++
+		out.Logs = append(out.Logs, fmt.Sprintf("step %d: shards %v do not partition the batch of %d; redoing the step", m.next.Step, c.Shards, batch))
+		m.abandonStep()
+		m.startGeneration(now, out, "ledger check failed")
+		return
+	}
+	c.SumLL = sum
+	after := m.next.Next(m.spe)
+	epochEnd := after.Epoch != m.next.Epoch
+	msg := &nicepb.Commit{Generation: m.gen, Step: m.next.Step, SumLl: sum, Batch: int32(batch)}
+	snapshot := epochEnd || m.snapshotWanted || (m.cfg.CheckpointEvery > 0 && after.Step%int64(m.cfg.CheckpointEvery) == 0)
+	msg.Snapshot = snapshot
+	if epochEnd {
+		msg.EvalEpoch = int32(after.Epoch)
+		m.evalEpoch = after.Epoch
+		clear(m.evals)
+	}
+	hold := m.stopWanted || (m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle)
+	msg.Hold = hold
+	for _, id := range m.ring {
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Commit{Commit: msg}}})
+	}
+	if !m.stats.LastCommit.IsZero() {
+		m.stats.LastStepSeconds = now.Sub(m.stats.LastCommit).Seconds()
+	}
+	m.stats.LastCommit = now
+	m.stats.Committed++
+	m.stats.LastAllreduce = slowest
+	m.stats.LastTrainNLL = -sum / float64(batch)
+	clear(m.reports)
+	out.Committed = c
+	m.next = after
+	if snapshot {
+		out.Snapshot = &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen}
+		m.snapshotWanted = false
+	}
+	m.phaseSince = now
+	switch {
+	case m.stopWanted:
+		m.phase = Holding
+	case hold:
+		m.startGeneration(now, out, "workers joined")
+	case m.done():
+		m.phase = Finished
+	}
+}
+
+// Eval handles a worker's part of an epoch's evaluation.
+func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || !w.member || e.Generation != m.gen || int(e.Epoch) != m.evalEpoch || m.evalEpoch == 0 {
+		return out
+	}
+	m.evals[id] = e
+	if len(m.evals) < len(m.ring) {
+		return out
+	}
+	var sum float64
+	pos := 0
+	for rank, id := range m.ring {
+		r := m.evals[id]
+		lo, hi := train.Shard(m.cfg.EvalN, rank, len(m.ring))
+		if int(r.Lo) != lo || int(r.Hi) != hi || lo != pos {
+			out.Logs = append(out.Logs, fmt.Sprintf("evaluation of epoch %d: shards do not cover the set; ignored", m.evalEpoch))
+			clear(m.evals)
+			return out
+		}
+		pos = hi
+		sum += r.SumLl
+	}
+	ll := sum / float64(m.cfg.EvalN)
+	score := &nicepb.EpochScore{Epoch: int32(m.evalEpoch), Step: int64(m.evalEpoch) * int64(m.spe), TestLl: ll,
+		BitsPerDim: train.BitsPerDim(ll, 784), TrainNll: m.stats.LastTrainNLL}
+	out.Scored = score
+	m.evalEpoch = 0
+	clear(m.evals)
+	return out
+}
+
+// RingFailure handles a worker's report that its ring broke.
+func (m *Machine) RingFailure(now time.Time, id string, f *nicepb.RingFailure) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || !w.member || f.Generation != m.gen || (m.phase != Running && m.phase != Preparing) {
+		return out
+	}
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s: ring of generation %d broke (peer %q): %s", id, f.Generation, f.PeerId, f.Error))
+	if m.ringFailedAt.IsZero() {
+		m.ringFailedAt = now
+	}
+	if f.PeerId != "" && f.PeerId != id {
+		m.blamed[f.PeerId]++
+	}
+	return out
+}
+
+// Tick advances time: starts generations after joins settle, and handles
+// timeouts of preparation, steps and unconfirmed ring failures.
+func (m *Machine) Tick(now time.Time) Output {
+	var out Output
+	switch m.phase {
+	case Idle:
+		if len(m.workers) >= m.cfg.MinWorkers && now.Sub(m.lastJoin) >= m.cfg.Settle {
+			m.startGeneration(now, &out, "enough workers")
+		}
+	case Finished, Holding:
+		if m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle && m.phase == Finished {
+			// Bring a newcomer up to date so it holds the final state too.
+			m.startGeneration(now, &out, "workers joined")
+		}
+	case Preparing:
+		if m.cfg.PrepareTimeout > 0 && now.Sub(m.phaseSince) >= m.cfg.PrepareTimeout {
+			for _, id := range m.ring {
+				if w := m.workers[id]; w != nil && w.ready == nil {
+					out.Logs = append(out.Logs, fmt.Sprintf("worker %s not ready after %v; dropping it", id, m.cfg.PrepareTimeout))
+					out.Disconnect = append(out.Disconnect, id)
+					delete(m.workers, id)
+				}
+			}
+			m.startGeneration(now, &out, "preparation timed out")
+		}
+	case Running:
+		if !m.ringFailedAt.IsZero() && now.Sub(m.ringFailedAt) >= m.cfg.RingGrace {
+			// The blamed peer is still attached: evict a peer blamed twice,
+			// else just redo the generation.
+			for id, n := range m.blamed {
+				if n >= 2 && m.workers[id] != nil {
+					out.Logs = append(out.Logs, fmt.Sprintf("worker %s broke the ring %d times; dropping it", id, n))
+					out.Disconnect = append(out.Disconnect, id)
+					delete(m.workers, id)
+					delete(m.blamed, id)
+				}
+			}
+			m.abandonStep()
+			m.startGeneration(now, &out, "ring broke")
+			return out
+		}
+		if m.cfg.StepTimeout > 0 && now.Sub(m.phaseSince) >= m.cfg.StepTimeout {
+			var late []string
+			for _, id := range m.ring {
+				if m.reports[id] == nil {
+					late = append(late, id)
+				}
+			}
+			out.Logs = append(out.Logs, fmt.Sprintf("step %d timed out after %v waiting for %v; redoing it", m.next.Step, m.cfg.StepTimeout, late))
+			m.abandonStep()
+			m.startGeneration(now, &out, "step timed out")
+		}
+	}
+	return out
+}
+
+// RequestSnapshot asks for a snapshot at the next commit.
+func (m *Machine) RequestSnapshot() { m.snapshotWanted = true }
+
+// RequestStop asks the workers to stop after the next commit (with a
+// snapshot), for a clean shutdown.
+func (m *Machine) RequestStop() {
+	m.stopWanted = true
+	m.snapshotWanted = true
+}
+
+func toPB(p train.Position) *nicepb.Position {
+	return &nicepb.Position{Step: p.Step, Epoch: int32(p.Epoch), StepInEpoch: int32(p.StepInEpoch)}
+}
+
+func fromPB(p *nicepb.Position) train.Position {
+	if p == nil {
+		return train.Position{}
+	}
+	return train.Position{Step: p.Step, Epoch: int(p.Epoch), StepInEpoch: int(p.StepInEpoch)}
+}
