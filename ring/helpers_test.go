@@ -30,7 +30,7 @@ var transports = []struct {
 	make clusterMaker
 }{
 	{"inmem", newInmemCluster},
-	// {"grpc", newGRPCCluster},
+	{"grpc", newGRPCCluster},
 }
 
 func newInmemCluster(t *testing.T, n int, cfg Config, fault FrameFault) *testCluster {

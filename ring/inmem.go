@@ -37,8 +37,7 @@ func (n *InmemNetwork) Transport(addr string) *InmemTransport {
 	if t, ok := n.nodes[addr]; ok {
 		return t
 	}
-	t := &InmemTransport{net: n, addr: addr, pending: make(map[*inmemPipe]struct{}),
-		pipes: make(map[*inmemPipe]struct{}), changed: make(chan struct{})}
+	t := &InmemTransport{net: n, addr: addr, queue: newAcceptQueue(), pipes: make(map[*inmemPipe]struct{})}
 	n.nodes[addr] = t
 	return t
 }
@@ -65,12 +64,11 @@ type InmemTransport struct {
 	net  *InmemNetwork
 	addr string
 
-	mu      sync.Mutex
-	down    error // set by Kill or Close
-	newest  uint64
-	pending map[*inmemPipe]struct{} // announced, not yet accepted
-	pipes   map[*inmemPipe]struct{} // every open link with an end here
-	changed chan struct{}           // closed and replaced when pending grows
+	queue *acceptQueue
+
+	mu    sync.Mutex
+	down  error                   // set by Kill or Close
+	pipes map[*inmemPipe]struct{} // every open link with an end here
 }
 
 // Addr is the address peers dial to reach this transport.
@@ -92,15 +90,16 @@ func (t *InmemTransport) shutdown(cause error) {
 		pipes = append(pipes, p)
 	}
 	t.mu.Unlock()
+	err := fmt.Errorf("member at %s: %w", t.addr, cause)
+	t.queue.shutdown(err)
 	for _, p := range pipes {
-		p.close(fmt.Errorf("member at %s: %w", t.addr, cause))
+		p.close(err)
 	}
 }
 
 func (t *InmemTransport) forget(p *inmemPipe) {
 	t.mu.Lock()
 	delete(t.pipes, p)
-	delete(t.pending, p)
 	t.mu.Unlock()
 }
 
@@ -141,58 +140,21 @@ func (t *InmemTransport) attach(p *inmemPipe) error {
 
 // offer announces an incoming stream, as the arrival of a gRPC call does.
 func (t *InmemTransport) offer(p *inmemPipe) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.down != nil {
-		return t.down
+	if err := t.attach(p); err != nil {
+		return err
 	}
-	if p.id.Generation < t.newest {
-		return &FrameError{Field: "generation", Got: p.id.Generation, Want: t.newest, Kind: ErrStaleGeneration}
-	}
-	t.pipes[p] = struct{}{}
-	t.pending[p] = struct{}{}
-	close(t.changed)
-	t.changed = make(chan struct{})
-	return nil
+	return t.queue.offer(&offer{id: p.id, refuse: p.close, link: p})
 }
 
 // Accept implements RingTransport.
 func (t *InmemTransport) Accept(ctx context.Context, id StreamID) (RecvLink, error) {
-	for {
-		t.mu.Lock()
-		if t.down != nil {
-			err := t.down
-			t.mu.Unlock()
-			return nil, fmt.Errorf("accepting from %s: %w", id.From, err)
-		}
-		t.newest = max(t.newest, id.Generation)
-		var found *inmemPipe
-		var refused []*inmemPipe
-		for p := range t.pending {
-			switch err := id.match(p.id); {
-			case err == nil && found == nil:
-				found = p
-				delete(t.pending, p)
-			case p.id.Generation < t.newest || (err != nil && p.id.Generation == id.Generation):
-				refused = append(refused, p)
-				delete(t.pending, p)
-			}
-		}
-		changed := t.changed
-		t.mu.Unlock()
-		for _, p := range refused {
-			p.close(fmt.Errorf("refused by %s: %w", id.To, id.match(p.id)))
-		}
-		if found != nil {
-			close(found.accepted)
-			return &inmemReceiver{p: found, timer: stoppedTimer()}, nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("accepting from %s: %w", id.From, context.Cause(ctx))
-		}
+	o, err := t.queue.accept(ctx, id)
+	if err != nil {
+		return nil, err
 	}
+	p := o.link.(*inmemPipe)
+	close(p.accepted)
+	return &inmemReceiver{p: p, timer: stoppedTimer()}, nil
 }
 
 // inmemPipe is one stream: a bounded queue of frames and a pool of their
@@ -248,7 +210,7 @@ func stoppedTimer() *time.Timer {
 	return t
 }
 
-func timeoutErr(what string, deadline time.Time, d time.Duration) error {
+func timeoutErr(what string, d time.Duration) error {
 	return fmt.Errorf("%w: %s took longer than %v", ErrTimeout, what, d.Round(time.Millisecond))
 }
 
@@ -278,7 +240,7 @@ func (s *inmemSender) Send(h *FrameHeader, data []float32, deadline time.Time) e
 				s.timer.Stop()
 				return p.closedErr()
 			case <-s.timer.C:
-				return timeoutErr("sending a frame", deadline, d)
+				return timeoutErr("sending a frame", d)
 			}
 		}
 	}
@@ -303,7 +265,7 @@ func (s *inmemSender) WaitAck(seq uint64, deadline time.Time) error {
 		case <-p.closed:
 			return p.closedErr()
 		case <-s.timer.C:
-			return timeoutErr(fmt.Sprintf("acknowledging collective %d", seq), deadline, d)
+			return timeoutErr(fmt.Sprintf("acknowledging collective %d", seq), d)
 		}
 	}
 	return nil
@@ -344,7 +306,7 @@ func (r *inmemReceiver) Recv(want *FrameHeader, dst []float32, op Apply, deadlin
 			r.timer.Stop()
 			return p.closedErr()
 		case <-r.timer.C:
-			return timeoutErr("receiving a frame", deadline, d)
+			return timeoutErr("receiving a frame", d)
 		}
 	}
 	defer func() { p.free <- f }()

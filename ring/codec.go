@@ -1,0 +1,262 @@
+package ring
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// codecName is the gRPC content-subtype of ring streams.
+const codecName = "nice-ring"
+
+func init() { encoding.RegisterCodecV2(frameCodec{}) }
+
+// frameCodec writes and reads nicepb.RingFrame's wire format by hand so
+// that the payload is neither copied into a message nor out of one: an
+// outFrame's payload is the sender's float memory itself, and an inFrame's
+// payload is added or copied from gRPC's receive buffers straight into the
+// receiver's floats, after its header was checked. Other messages (acks)
+// go through the protobuf library.
+type frameCodec struct{}
+
+func (frameCodec) Name() string { return codecName }
+
+func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
+	switch m := v.(type) {
+	case *outFrame:
+		return m.marshal(), nil
+	case proto.Message:
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return nil, fmt.Errorf("ring codec: cannot marshal %T", v)
+}
+
+func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	switch m := v.(type) {
+	case *inFrame:
+		m.unmarshal(data)
+		return nil
+	case proto.Message:
+		b := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer b.Free()
+		return proto.Unmarshal(b.ReadOnlyData(), m)
+	}
+	return fmt.Errorf("ring codec: cannot unmarshal into %T", v)
+}
+
+// Field numbers of nicepb.RingFrame.
+const (
+	fieldGeneration = 1
+	fieldSeq        = 2
+	fieldStep       = 3
+	fieldChunk      = 4
+	fieldOffset     = 5
+	fieldTotal      = 6
+	fieldData       = 7
+)
+
+// outFrame is a RingFrame to send, its payload viewed in place.
+type outFrame struct {
+	h    FrameHeader
+	data []byte
+}
+
+// marshal encodes the header into a pooled buffer, freed by gRPC once
+// written, and appends the payload as a buffer over the caller's memory.
+// Zero fields are left out, as the protobuf library does.
+func (f *outFrame) marshal() mem.BufferSlice {
+	pool := mem.DefaultBufferPool()
+	hp := pool.Get(64)
+	b := (*hp)[:0]
+	for _, kv := range [...]struct {
+		num protowire.Number
+		v   uint64
+	}{
+		{fieldGeneration, f.h.Generation}, {fieldSeq, f.h.Seq}, {fieldStep, uint64(f.h.Step)},
+		{fieldChunk, uint64(f.h.Chunk)}, {fieldOffset, f.h.Offset}, {fieldTotal, f.h.Total},
+	} {
+		if kv.v != 0 {
+			b = protowire.AppendTag(b, kv.num, protowire.VarintType)
+			b = protowire.AppendVarint(b, kv.v)
+		}
+	}
+	if len(f.data) > 0 {
+		b = protowire.AppendTag(b, fieldData, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(len(f.data)))
+	}
+	*hp = b
+	return mem.BufferSlice{mem.NewBuffer(hp, pool), mem.SliceBuffer(f.data)}
+}
+
+// inFrame receives one RingFrame: the receiver sets want, dst and op; the
+// codec fills h and, when CheckFrame accepts the frame, applies it to dst.
+// A refused frame leaves dst alone and sets err.
+type inFrame struct {
+	want *FrameHeader
+	dst  []float32
+	op   Apply
+
+	h   FrameHeader
+	err error
+}
+
+var errPayloadFirst = fmt.Errorf("%w: payload before header or twice", ErrBadFrame)
+
+func (f *inFrame) unmarshal(data mem.BufferSlice) {
+	f.h = FrameHeader{}
+	f.err = nil
+	r := bufCursor{bufs: data}
+	sawData := false
+	for !r.done() {
+		tag, err := r.varint()
+		if err != nil {
+			f.err = err
+			return
+		}
+		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
+		if sawData {
+			f.err = errPayloadFirst
+			return
+		}
+		switch {
+		case typ == protowire.VarintType && num >= fieldGeneration && num <= fieldTotal:
+			v, err := r.varint()
+			if err != nil {
+				f.err = err
+				return
+			}
+			switch num {
+			case fieldGeneration:
+				f.h.Generation = v
+			case fieldSeq:
+				f.h.Seq = v
+			case fieldStep:
+				f.h.Step = uint32(v)
+			case fieldChunk:
+				f.h.Chunk = uint32(v)
+			case fieldOffset:
+				f.h.Offset = v
+			case fieldTotal:
+				f.h.Total = v
+			}
+		case typ == protowire.BytesType && num == fieldData:
+			n, err := r.varint()
+			if err != nil {
+				f.err = err
+				return
+			}
+			if n%4 != 0 || n > uint64(r.remaining()) {
+				f.err = fmt.Errorf("%w: payload of %d bytes is not whole floats or overruns the message of %d", ErrBadFrame, n, r.remaining())
+				return
+			}
+			if f.err = CheckFrame(&f.h, int(n/4), f.want, len(f.dst)); f.err != nil {
+				return
+			}
+			r.apply(f.dst, f.op)
+			sawData = true
+		default:
+			f.err = fmt.Errorf("%w: unexpected field %d of wire type %d", ErrBadFrame, num, typ)
+			return
+		}
+	}
+	if !sawData {
+		// An empty payload is a frame of zero floats.
+		f.err = CheckFrame(&f.h, 0, f.want, len(f.dst))
+	}
+}
+
+var errTruncated = fmt.Errorf("%w: truncated message", ErrBadFrame)
+
+// bufCursor reads a BufferSlice front to back without joining its buffers.
+type bufCursor struct {
+	bufs mem.BufferSlice
+	cur  []byte
+	i    int
+}
+
+func (r *bufCursor) fill() bool {
+	for len(r.cur) == 0 {
+		if r.i >= len(r.bufs) {
+			return false
+		}
+		r.cur = r.bufs[r.i].ReadOnlyData()
+		r.i++
+	}
+	return true
+}
+
+func (r *bufCursor) done() bool { return !r.fill() }
+
+func (r *bufCursor) remaining() int {
+	n := len(r.cur)
+	for _, b := range r.bufs[r.i:] {
+		n += b.Len()
+	}
+	return n
+}
+
+func (r *bufCursor) varint() (uint64, error) {
+	var v uint64
+	for shift := uint(0); shift < 64; shift += 7 {
+		if !r.fill() {
+			return 0, errTruncated
+		}
+		c := r.cur[0]
+		r.cur = r.cur[1:]
+		v |= uint64(c&0x7f) << shift
+		if c < 0x80 {
+			return v, nil
+		}
+	}
+	return 0, errors.New("ring codec: varint overflows 64 bits")
+}
+
+// apply adds or copies the next 4*len(dst) bytes into dst. A float may be
+// split between two buffers; its bytes are gathered in carry.
+func (r *bufCursor) apply(dst []float32, op Apply) {
+	if op == ApplyCopy {
+		out := floatBytes(dst)
+		for len(out) > 0 && r.fill() {
+			n := copy(out, r.cur)
+			out, r.cur = out[n:], r.cur[n:]
+		}
+		return
+	}
+	var carry [4]byte
+	nc := 0
+	for len(dst) > 0 && r.fill() {
+		if nc > 0 {
+			k := copy(carry[nc:], r.cur)
+			nc += k
+			r.cur = r.cur[k:]
+			if nc < 4 {
+				continue
+			}
+			dst[0] += float32frombytes(carry[:])
+			dst = dst[1:]
+			nc = 0
+			continue
+		}
+		whole := min(len(r.cur)/4, len(dst))
+		addBytes(dst[:whole], r.cur[:4*whole])
+		dst, r.cur = dst[whole:], r.cur[4*whole:]
+		if len(dst) > 0 && len(r.cur) > 0 && len(r.cur) < 4 {
+			nc = copy(carry[:], r.cur)
+			r.cur = r.cur[nc:]
+		}
+	}
+}
+
+func float32frombytes(b []byte) float32 {
+	return math.Float32frombits(binary.LittleEndian.Uint32(b))
+}
