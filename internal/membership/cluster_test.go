@@ -1,0 +1,236 @@
+package membership
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// loopbackConfig is a node on 127.0.0.1 with a free port chosen by the
+// kernel (BindPort 0), as coordinator when workerID is "".
+func loopbackConfig(t *testing.T, workerID string, seeds []string) Config {
+	cfg := DefaultConfig()
+	cfg.BindAddr, cfg.BindPort = "127.0.0.1", 0
+	cfg.Seeds = seeds
+	cfg.Meta = Meta{Role: RoleCoordinator, GRPCAddr: "127.0.0.1:9000"}
+	if workerID != "" {
+		cfg.Meta = Meta{Role: RoleWorker, WorkerID: workerID, GRPCAddr: "127.0.0.1:90" + workerID}
+	}
+	cfg.Logger = testLogger(t).With("test_node", "w"+workerID)
+	return cfg
+}
+
+// node is a started member and everything it has reported.
+type node struct {
+	*Gossip
+	mu     sync.Mutex
+	events []timedEvent
+	notify chan struct{}
+}
+
+type timedEvent struct {
+	Event
+	at time.Time
+}
+
+func startNode(t *testing.T, cfg Config) *node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := Join(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	n := &node{Gossip: g, notify: make(chan struct{}, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range g.Events() {
+			n.mu.Lock()
+			n.events = append(n.events, timedEvent{e, time.Now()})
+			n.mu.Unlock()
+			select {
+			case n.notify <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = g.Shutdown()
+		<-done
+	})
+	return n
+}
+
+// waitEvent waits until the node has reported an event matching ok, and
+// returns it with when it was received.
+func (n *node) waitEvent(t *testing.T, timeout time.Duration, what string, ok func(Event) bool) timedEvent {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		n.mu.Lock()
+		for _, e := range n.events {
+			if ok(e.Event) {
+				n.mu.Unlock()
+				return e
+			}
+		}
+		n.mu.Unlock()
+		select {
+		case <-n.notify:
+		case <-deadline:
+			n.mu.Lock()
+			seen := fmt.Sprint(n.events)
+			n.mu.Unlock()
+			t.Fatalf("%s: not seen by %s within %v; it saw %s", what, n.Local().Name, timeout, seen)
+		}
+	}
+}
+
+func (n *node) waitMembers(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(n.Members()) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s sees %d members, want %d", n.Local().Name, len(n.Members()), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startCluster starts a coordinator and workers "1".."workers" seeded by it.
+func startCluster(t *testing.T, workers int) []*node {
+	t.Helper()
+	coord := startNode(t, loopbackConfig(t, "", nil))
+	nodes := []*node{coord}
+	for i := 1; i <= workers; i++ {
+		nodes = append(nodes, startNode(t, loopbackConfig(t, strconv.Itoa(i), []string{coord.Local().Addr})))
+	}
+	for _, n := range nodes {
+		n.waitMembers(t, len(nodes))
+	}
+	return nodes
+}
+
+func leaveOf(name string, cause LeaveCause) func(Event) bool {
+	return func(e Event) bool { return e.Kind == EventLeave && e.Member.Name == name && e.Cause == cause }
+}
+
+func TestThreeNodesSeeEachOther(t *testing.T) {
+	nodes := startCluster(t, 2)
+	for _, n := range nodes {
+		byWorker := map[string]Member{}
+		for _, m := range n.Members() {
+			byWorker[m.Meta.WorkerID] = m
+		}
+		for _, other := range nodes {
+			want := other.Local()
+			got, ok := byWorker[want.Meta.WorkerID]
+			if !ok || got != want {
+				t.Errorf("%s sees %+v for %s, want %+v", n.Local().Name, got, want.Name, want)
+			}
+			if want.Meta.Incarnation == 0 {
+				t.Errorf("%s has no incarnation", want.Name)
+			}
+			n.waitEvent(t, 5*time.Second, "join of "+want.Name, func(e Event) bool {
+				return e.Kind == EventJoin && e.Member == want
+			})
+		}
+	}
+}
+
+func TestCrashDetected(t *testing.T) {
+	nodes := startCluster(t, 2)
+	coord, w1, w2 := nodes[0], nodes[1], nodes[2]
+	gone := w2.Local().Name
+	crashed := time.Now()
+	if err := w2.Shutdown(); err != nil { // no Leave: a crash
+		t.Fatal(err)
+	}
+	for _, n := range []*node{coord, w1} {
+		e := n.waitEvent(t, 10*time.Second, "failure of "+gone, leaveOf(gone, CauseFailed))
+		t.Logf("%s declared %s dead after %v", n.Local().Name, gone, e.at.Sub(crashed).Round(10*time.Millisecond))
+	}
+	coord.waitMembers(t, 2)
+}
+
+func TestGracefulLeave(t *testing.T) {
+	nodes := startCluster(t, 2)
+	coord, w1 := nodes[0], nodes[1]
+	gone := w1.Local().Name
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := w1.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w1.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	e := coord.waitEvent(t, 5*time.Second, "leave of "+gone, leaveOf(gone, CauseLeft))
+	t.Logf("leave seen after %v", e.at.Sub(start).Round(time.Millisecond))
+	coord.waitMembers(t, 2)
+	if err := w1.Leave(ctx); err == nil {
+		t.Error("Leave after Shutdown succeeded")
+	}
+}
+
+func TestRestartedWorkerRejoins(t *testing.T) {
+	nodes := startCluster(t, 2)
+	coord, w2 := nodes[0], nodes[2]
+	old := w2.Local()
+	if err := w2.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	// Same worker id, same address, fresh node name and incarnation.
+	cfg := loopbackConfig(t, "2", []string{coord.Local().Addr})
+	_, port, _ := splitHostPort(old.Addr)
+	cfg.BindPort = port
+	restarted := startNode(t, cfg)
+	now := restarted.Local()
+	if now.Name == old.Name || now.Addr != old.Addr {
+		t.Fatalf("restarted as %s at %s; was %s at %s", now.Name, now.Addr, old.Name, old.Addr)
+	}
+	e := coord.waitEvent(t, 5*time.Second, "rejoin of worker 2", func(e Event) bool {
+		return e.Kind == EventJoin && e.Member.Name == now.Name
+	})
+	if e.Member.Meta.WorkerID != "2" || e.Member.Meta.Incarnation <= old.Meta.Incarnation {
+		t.Errorf("rejoined as %+v, want worker 2 with incarnation above %d", e.Member.Meta, old.Meta.Incarnation)
+	}
+	// The old incarnation is still declared dead although its address answers.
+	coord.waitEvent(t, 10*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
+	coord.waitMembers(t, 3)
+}
+
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	// Goroutines of earlier tests' nodes may still be finishing a probe.
+	if err := settledLeaks(5 * time.Second); err != nil {
+		t.Fatalf("before the test: %v", err)
+	}
+	// A sub-test, so that its cleanups (every Shutdown) run before the check.
+	t.Run("cluster", func(t *testing.T) {
+		nodes := startCluster(t, 2)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := nodes[1].Leave(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// See settledLeaks for why this waits longer than goleak.VerifyNone.
+	if err := settledLeaks(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			p, err := strconv.Atoi(addr[i+1:])
+			return addr[:i], p, err
+		}
+	}
+	return "", 0, fmt.Errorf("no port in %q", addr)
+}

@@ -1,0 +1,252 @@
+package membership
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Gossip is a Membership backed by a memberlist node.
+type Gossip struct {
+	ml           *memberlist.Memberlist
+	queue        *eventQueue
+	log          *slog.Logger
+	leaveTimeout time.Duration
+	meta         Meta
+	delegate     *metaDelegate
+
+	mu       sync.Mutex
+	shutdown bool
+}
+
+var _ Membership = (*Gossip)(nil)
+
+// Join starts a gossip node and joins the cluster through cfg.Seeds,
+// retrying with backoff until a seed answers or ctx ends. With no seeds it
+// returns at once with a cluster of one. Zero fields of cfg take their
+// DefaultConfig values.
+func Join(ctx context.Context, cfg Config) (*Gossip, error) {
+	cfg = cfg.withDefaults(time.Now())
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	meta, err := cfg.Meta.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("joining as %s: %w", cfg.NodeName, err)
+	}
+	advertise, err := resolveAdvertise(ctx, cfg.AdvertiseAddr)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("node", cfg.NodeName)
+
+	g := &Gossip{
+		queue: newEventQueue(), log: log, leaveTimeout: cfg.LeaveTimeout,
+		meta: cfg.Meta, delegate: &metaDelegate{},
+	}
+	g.delegate.set(meta)
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.NodeName
+	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
+	mc.AdvertiseAddr, mc.AdvertisePort = advertise, cfg.AdvertisePort
+	mc.ProbeInterval, mc.ProbeTimeout = cfg.ProbeInterval, cfg.ProbeTimeout
+	mc.SuspicionMult = cfg.SuspicionMult
+	mc.GossipInterval = cfg.GossipInterval
+	mc.PushPullInterval = cfg.PushPullInterval
+	mc.TCPTimeout = cfg.TCPTimeout
+	mc.Delegate = g.delegate
+	mc.Events = eventDelegate{queue: g.queue, log: log}
+	mc.Logger = memberlistLogger(log.With("component", "memberlist"))
+
+	g.ml, err = memberlist.Create(mc)
+	if err != nil {
+		g.queue.close()
+		return nil, fmt.Errorf("starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+	}
+	local := g.ml.LocalNode()
+	log.Info("gossip started", "addr", net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port))),
+		"role", cfg.Meta.Role, "worker", cfg.Meta.WorkerID, "incarnation", cfg.Meta.Incarnation)
+	if len(cfg.Seeds) == 0 {
+		return g, nil
+	}
+	if err := g.joinSeeds(ctx, cfg); err != nil {
+		_ = g.Shutdown()
+		return nil, err
+	}
+	return g, nil
+}
+
+func (g *Gossip) joinSeeds(ctx context.Context, cfg Config) error {
+	wait := cfg.JoinRetryMin
+	for attempt := 1; ; attempt++ {
+		n, err := g.ml.Join(cfg.Seeds)
+		if err == nil {
+			g.log.Info("joined cluster", "seeds", cfg.Seeds, "contacted", n, "attempt", attempt)
+			return nil
+		}
+		g.log.Warn("joining cluster failed", "seeds", cfg.Seeds, "attempt", attempt, "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("joining cluster via %v: gave up after %d attempts: %w (last: %w)",
+				cfg.Seeds, attempt, ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(2*wait, cfg.JoinRetryMax)
+	}
+}
+
+// resolveAdvertise turns a host name into an IP, which memberlist needs.
+func resolveAdvertise(ctx context.Context, host string) (string, error) {
+	if host == "" || net.ParseIP(host) != nil {
+		return host, nil
+	}
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return "", fmt.Errorf("resolving advertise address %q: %w", host, err)
+	}
+	for _, ip := range ips {
+		if ip.IP.To4() != nil {
+			return ip.IP.String(), nil
+		}
+	}
+	if len(ips) == 0 {
+		return "", fmt.Errorf("resolving advertise address %q: no addresses", host)
+	}
+	return ips[0].IP.String(), nil
+}
+
+// Local implements Membership.
+func (g *Gossip) Local() Member {
+	m, _ := toMember(g.ml.LocalNode())
+	return m
+}
+
+// Members implements Membership. Nodes whose metadata cannot be decoded
+// (not ours) are left out.
+func (g *Gossip) Members() []Member {
+	nodes := g.ml.Members()
+	out := make([]Member, 0, len(nodes))
+	for _, n := range nodes {
+		if m, err := toMember(n); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Events implements Membership.
+func (g *Gossip) Events() <-chan Event { return g.queue.out }
+
+// Leave implements Membership. Without a deadline on ctx it waits at most
+// Config.LeaveTimeout.
+func (g *Gossip) Leave(ctx context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shutdown {
+		return fmt.Errorf("leaving: %w", ErrShutdown)
+	}
+	timeout := g.leaveTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	deadline := time.Now().Add(timeout)
+	if timeout <= 0 {
+		return fmt.Errorf("leaving: %w", context.DeadlineExceeded)
+	}
+	// Announce the intent first: the dead message memberlist sends next
+	// reaches others' NotifyLeave without saying it was voluntary.
+	leaving := g.meta
+	leaving.Leaving = true
+	if b, err := leaving.Encode(); err == nil {
+		g.delegate.set(b)
+		if err := g.ml.UpdateNode(timeout / 2); err != nil {
+			g.log.Warn("announcing leave", "err", err)
+		}
+	}
+	if err := g.ml.Leave(time.Until(deadline)); err != nil {
+		return fmt.Errorf("leaving: %w", err)
+	}
+	g.log.Info("left cluster")
+	return nil
+}
+
+// Shutdown implements Membership.
+func (g *Gossip) Shutdown() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shutdown {
+		return nil
+	}
+	g.shutdown = true
+	err := g.ml.Shutdown()
+	g.queue.close()
+	if err != nil {
+		return fmt.Errorf("shutting down gossip: %w", err)
+	}
+	return nil
+}
+
+func toMember(n *memberlist.Node) (Member, error) {
+	m := Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
+	meta, err := DecodeMeta(n.Meta)
+	if err != nil {
+		return m, fmt.Errorf("member %s: %w", n.Name, err)
+	}
+	m.Meta = meta
+	return m, nil
+}
+
+// metaDelegate hands memberlist our encoded metadata; no user messages.
+type metaDelegate struct{ meta atomic.Pointer[[]byte] }
+
+func (d *metaDelegate) set(b []byte) { d.meta.Store(&b) }
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	b := *d.meta.Load()
+	if len(b) > limit { // Encode checked MaxMetaSize, which is memberlist's limit
+		return nil
+	}
+	return b
+}
+func (*metaDelegate) NotifyMsg([]byte)                  {}
+func (*metaDelegate) GetBroadcasts(_, _ int) [][]byte   { return nil }
+func (*metaDelegate) LocalState(bool) []byte            { return nil }
+func (*metaDelegate) MergeRemoteState(_ []byte, _ bool) {}
+
+// eventDelegate turns memberlist callbacks into queued Events. memberlist
+// calls it with its locks held, so it only copies and queues.
+type eventDelegate struct {
+	queue *eventQueue
+	log   *slog.Logger
+}
+
+func (d eventDelegate) NotifyJoin(n *memberlist.Node)   { d.push(EventJoin, n) }
+func (d eventDelegate) NotifyUpdate(n *memberlist.Node) { d.push(EventUpdate, n) }
+func (d eventDelegate) NotifyLeave(n *memberlist.Node)  { d.push(EventLeave, n) }
+
+func (d eventDelegate) push(kind EventKind, n *memberlist.Node) {
+	m, err := toMember(n)
+	if err != nil {
+		d.log.Warn("ignoring member with foreign metadata", "event", kind, "err", err)
+		return
+	}
+	e := Event{Kind: kind, Member: m}
+	if kind == EventLeave {
+		// n.State would tell, but memberlist never sets it (it tracks state
+		// in a field of its own), so rely on the intent Leave announced.
+		e.Cause = CauseFailed
+		if m.Meta.Leaving {
+			e.Cause = CauseLeft
+		}
+	}
+	d.queue.push(e)
+}

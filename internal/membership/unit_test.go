@@ -1,0 +1,239 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if err := settledLeaks(5 * time.Second); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// settledLeaks reports goroutines still running after up to wait. The wait
+// is needed because memberlist's Shutdown does not wait for a probe in
+// flight: probeNode blocks until its ack timer fires (up to ProbeInterval)
+// and then returns. That is bounded, not a leak, but it outlasts goleak's own
+// retries (well under a second), so keep asking until the deadline.
+func settledLeaks(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := goleak.Find()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestMetaEncode(t *testing.T) {
+	cases := []struct {
+		name    string
+		meta    Meta
+		wantErr error
+	}{
+		{"worker", Meta{Role: RoleWorker, WorkerID: "3", GRPCAddr: "10.0.0.3:9000", Incarnation: 42}, nil},
+		{"coordinator", Meta{Role: RoleCoordinator, GRPCAddr: "coord:9000", Incarnation: 1}, nil},
+		{"unknown role", Meta{Role: "boss", GRPCAddr: "a:1"}, ErrInvalidMeta},
+		{"worker without id", Meta{Role: RoleWorker, GRPCAddr: "a:1"}, ErrInvalidMeta},
+		{"no grpc address", Meta{Role: RoleCoordinator}, ErrInvalidMeta},
+		{"too large", Meta{Role: RoleWorker, WorkerID: strings.Repeat("w", 500), GRPCAddr: "a:1"}, ErrMetaTooLarge},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := tc.meta.Encode()
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Encode: %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if len(b) > MaxMetaSize {
+				t.Fatalf("encoded %d bytes", len(b))
+			}
+			got, err := DecodeMeta(b)
+			if err != nil || got != tc.meta {
+				t.Fatalf("DecodeMeta = %+v, %v; want %+v", got, err, tc.meta)
+			}
+		})
+	}
+	for _, bad := range []string{"", "{", `{"v":2,"role":"worker"}`, "\x00\x01"} {
+		if _, err := DecodeMeta([]byte(bad)); !errors.Is(err, ErrInvalidMeta) {
+			t.Errorf("DecodeMeta(%q): %v, want ErrInvalidMeta", bad, err)
+		}
+	}
+}
+
+func TestConfig(t *testing.T) {
+	meta := Meta{Role: RoleWorker, WorkerID: "7", GRPCAddr: "127.0.0.1:9000"}
+	now := time.Unix(0, 12345)
+	mod := func(f func(*Config)) Config {
+		c := DefaultConfig()
+		c.Meta = meta
+		c.AdvertiseAddr = "127.0.0.1"
+		f(&c)
+		return c.withDefaults(now)
+	}
+	if err := mod(func(*Config) {}).Validate(); err != nil {
+		t.Fatalf("defaults with an advertise address: %v", err)
+	}
+	c := mod(func(c *Config) { c.BindAddr = "127.0.0.1"; c.AdvertiseAddr = "" })
+	if err := c.Validate(); err != nil || c.AdvertiseAddr != "127.0.0.1" {
+		t.Errorf("specific bind address should become the advertise address: %q, %v", c.AdvertiseAddr, err)
+	}
+	if c.Meta.Incarnation != 12345 || !strings.HasPrefix(c.NodeName, "worker-7-") {
+		t.Errorf("incarnation %d, node name %q", c.Meta.Incarnation, c.NodeName)
+	}
+	if other := mod(func(*Config) {}); other.NodeName == c.NodeName {
+		t.Errorf("two starts got the same node name %q", c.NodeName)
+	}
+	for name, f := range map[string]func(*Config){
+		"no advertise address":       func(c *Config) { c.AdvertiseAddr = "" },
+		"probe timeout above period": func(c *Config) { c.ProbeTimeout = 2 * c.ProbeInterval },
+		"bad port":                   func(c *Config) { c.BindPort = 70000 },
+		"bad meta":                   func(c *Config) { c.Meta.Role = "" },
+		"retry max below min":        func(c *Config) { c.JoinRetryMax = time.Millisecond },
+	} {
+		if err := mod(f).Validate(); err == nil {
+			t.Errorf("%s: Validate accepted it", name)
+		}
+	}
+}
+
+func TestJoinRejectsLargeMeta(t *testing.T) {
+	cfg := loopbackConfig(t, "big", nil)
+	cfg.Meta.GRPCAddr = strings.Repeat("x", MaxMetaSize)
+	_, err := Join(context.Background(), cfg)
+	if !errors.Is(err, ErrMetaTooLarge) {
+		t.Fatalf("Join with %d-byte address: %v, want ErrMetaTooLarge", MaxMetaSize, err)
+	}
+	t.Log(err)
+}
+
+func TestSlogAdapter(t *testing.T) {
+	var buf bytes.Buffer
+	l := memberlistLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l.Printf("[WARN] memberlist: Refuting a suspect message (from: %s)", "n1")
+	l.Printf("[DEBUG] memberlist: Stream connection from=%s", "127.0.0.1:1")
+	l.Printf("[ERR] memberlist: Failed to send")
+	l.Printf("no level here")
+	out := buf.String()
+	for _, want := range []string{
+		`level=WARN msg="Refuting a suspect message (from: n1)"`,
+		`level=DEBUG msg="Stream connection from=127.0.0.1:1"`,
+		`level=ERROR msg="Failed to send"`,
+		`level=INFO msg="no level here"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log output lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+func recv(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case e, ok := <-ch:
+		if !ok {
+			t.Fatal("events channel closed")
+		}
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event")
+	}
+	return Event{}
+}
+
+func TestEventQueue(t *testing.T) {
+	q := newEventQueue()
+	t.Cleanup(q.close)
+	member := func(name, grpc string) Member {
+		return Member{Name: name, Meta: Meta{Role: RoleWorker, WorkerID: name, GRPCAddr: grpc}}
+	}
+	// Nobody is reading: pushes must not block, and nothing may be lost.
+	const n = 10000
+	for i := range n {
+		q.push(Event{Kind: EventJoin, Member: member("many", string(rune('a'+i%26)))})
+	}
+	q.push(Event{Kind: EventJoin, Member: member("a", "v1")})
+	q.push(Event{Kind: EventUpdate, Member: member("a", "v2")})
+	q.push(Event{Kind: EventUpdate, Member: member("a", "v3")}) // merges into the join
+	q.push(Event{Kind: EventLeave, Member: member("a", "v3"), Cause: CauseFailed})
+	q.push(Event{Kind: EventUpdate, Member: member("a", "v4")}) // after a leave: kept apart
+	q.push(Event{Kind: EventUpdate, Member: member("b", "v1")})
+
+	for range n {
+		if e := recv(t, q.out); e.Member.Name != "many" {
+			t.Fatalf("got %v among the first %d events", e, n)
+		}
+	}
+	want := []string{"join a v3", "leave a v3", "update a v4", "update b v1"}
+	for _, w := range want {
+		e := recv(t, q.out)
+		if got := e.Kind.String() + " " + e.Member.Name + " " + e.Member.Meta.GRPCAddr; got != w {
+			t.Errorf("got %q, want %q", got, w)
+		}
+	}
+	q.close()
+	if _, ok := <-q.out; ok {
+		t.Error("events channel still open after close")
+	}
+	q.push(Event{Kind: EventJoin}) // after close: dropped, no panic
+}
+
+func TestStatic(t *testing.T) {
+	coord := Member{Name: "coordinator-1", Addr: "c:7946", Meta: Meta{Role: RoleCoordinator, GRPCAddr: "c:9000"}}
+	w1 := Member{Name: "worker-1-a", Addr: "w1:7946", Meta: Meta{Role: RoleWorker, WorkerID: "1", GRPCAddr: "w1:9000"}}
+	s := NewStatic(coord, w1)
+	t.Cleanup(func() { _ = s.Shutdown() })
+	var m Membership = s
+
+	w2 := Member{Name: "worker-2-b", Meta: Meta{Role: RoleWorker, WorkerID: "2", GRPCAddr: "w2:9000"}}
+	s.Add(w2)
+	w2.Meta.GRPCAddr = "w2:9001"
+	s.Add(w2)
+	if !s.Remove("worker-1-a", CauseFailed) || s.Remove("nobody", CauseFailed) {
+		t.Error("Remove reported wrongly")
+	}
+	if err := m.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing has been read yet, so the join and update of worker-2 are
+	// still queued together and arrive merged, as from gossip.
+	for _, want := range []string{"join coordinator-1", "join worker-1-a", "join worker-2-b", "leave worker-1-a (failed)", "leave coordinator-1 (left)"} {
+		if got := recv(t, m.Events()).String(); got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+	if ms := m.Members(); len(ms) != 1 || ms[0].Meta.GRPCAddr != "w2:9001" {
+		t.Errorf("Members = %+v", ms)
+	}
+	if m.Local().Name != "coordinator-1" {
+		t.Errorf("Local = %+v", m.Local())
+	}
+	if err := m.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Leave(context.Background()); !errors.Is(err, ErrShutdown) {
+		t.Errorf("Leave after Shutdown: %v", err)
+	}
+}
