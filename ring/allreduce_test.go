@@ -5,14 +5,17 @@ import (
 	"testing"
 )
 
-// sizeFor is the 19.2 M floats of the NICE model's gradient.
+// modelFloats is the 19.2 M floats of the NICE model's gradient.
 const modelFloats = 19_200_000
 
 func TestAllReduceSums(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
 			for n := 1; n <= 8; n++ {
-				lengths := []int{0, 1, n - 1, 10007}
+				lengths := []int{0, 1, 10007}
+				if n > 2 {
+					lengths = append(lengths, n-1)
+				}
 				if bigCase(tr.name, n) {
 					lengths = append(lengths, modelFloats)
 				}

@@ -22,6 +22,8 @@ type generation struct {
 	busy    sync.Mutex // one collective at a time
 	linked  bool       // links set up (guarded by busy)
 	seq     uint64     // last collective started (guarded by busy)
+	recvHdr FrameHeader
+	sendHdr FrameHeader
 	linksMu sync.Mutex // guards out and in against fail
 	out     SendLink
 	in      RecvLink
@@ -229,13 +231,14 @@ func (g *generation) receive(buf []float32, seq uint64) error {
 		}
 		for off := 0; off < length; off += f {
 			cnt := min(f, length-off)
-			want := FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
+			want := &g.recvHdr // a field, not a local: it would escape through the interface
+			*want = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
 			timeout := g.cfg.frameTimeout(cnt)
 			if first {
 				timeout = max(timeout, g.cfg.StartTimeout)
 				first = false
 			}
-			if err := g.in.Recv(&want, buf[start+off:start+off+cnt], op, time.Now().Add(timeout)); err != nil {
+			if err := g.in.Recv(want, buf[start+off:start+off+cnt], op, time.Now().Add(timeout)); err != nil {
 				g.fail(FromLeft, g.left, fmt.Errorf("collective %d step %d chunk %d offset %d: %w", seq, s, c, off, err))
 				return err
 			}
@@ -286,9 +289,10 @@ func (g *generation) send(buf []float32, seq uint64) error {
 				}
 			}
 			cnt := min(f, length-off)
-			h := FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
+			h := &g.sendHdr
+			*h = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
 			deadline := time.Now().Add(max(g.cfg.frameTimeout(cnt), g.cfg.StartTimeout))
-			if err := g.out.Send(&h, buf[start+off:start+off+cnt], deadline); err != nil {
+			if err := g.out.Send(h, buf[start+off:start+off+cnt], deadline); err != nil {
 				g.fail(ToRight, g.right, fmt.Errorf("collective %d step %d chunk %d offset %d: %w", seq, s, c, off, err))
 				return err
 			}

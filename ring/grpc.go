@@ -329,7 +329,7 @@ func (o *grpcOutgoing) Done() <-chan struct{} { return o.closed }
 func (o *grpcOutgoing) Err() error {
 	select {
 	case <-o.closed:
-		if errors.Is(o.cause, ErrTimeout) {
+		if errors.Is(o.cause, ErrTimeout) || errors.Is(o.cause, ErrPeerClosed) {
 			return o.cause
 		}
 		return fmt.Errorf("%w: %w", ErrPeerClosed, o.cause)

@@ -11,7 +11,7 @@ import (
 // newGRPCCluster starts n members, each with its own grpc.Server on a
 // loopback port, as workers have. Killing one stops its server and closes
 // its transport: every stream it had ends at once.
-func newGRPCCluster(t *testing.T, n int, cfg Config, fault FrameFault) *testCluster {
+func newGRPCCluster(t testing.TB, n int, cfg Config, fault FrameFault) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t}
 	servers := make([]*grpc.Server, n)

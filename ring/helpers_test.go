@@ -15,7 +15,7 @@ import (
 // testCluster is a ring of members on one transport kind, with the means to
 // kill any of them.
 type testCluster struct {
-	t       *testing.T
+	t       testing.TB
 	members []*Member
 	peers   []Peer
 	kill    func(i int)
@@ -23,7 +23,7 @@ type testCluster struct {
 
 // clusterMaker builds n members over one kind of transport; fault, if not
 // nil, wraps the transports.
-type clusterMaker func(t *testing.T, n int, cfg Config, fault FrameFault) *testCluster
+type clusterMaker func(t testing.TB, n int, cfg Config, fault FrameFault) *testCluster
 
 var transports = []struct {
 	name string
@@ -33,7 +33,7 @@ var transports = []struct {
 	{"grpc", newGRPCCluster},
 }
 
-func newInmemCluster(t *testing.T, n int, cfg Config, fault FrameFault) *testCluster {
+func newInmemCluster(t testing.TB, n int, cfg Config, fault FrameFault) *testCluster {
 	t.Helper()
 	net := NewInmemNetwork()
 	c := &testCluster{t: t}
