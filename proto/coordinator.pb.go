@@ -355,6 +355,7 @@ type Report struct {
 	ParamsDigest     uint32                 `protobuf:"varint,7,opt,name=params_digest,json=paramsDigest,proto3" json:"params_digest,omitempty"`        // CRC-32C of the parameters the step started from (0: not computed)
 	ComputeSeconds   float64                `protobuf:"fixed64,8,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"` // gradient on the shard
 	AllreduceSeconds float64                `protobuf:"fixed64,9,opt,name=allreduce_seconds,json=allreduceSeconds,proto3" json:"allreduce_seconds,omitempty"`
+	NonFinite        bool                   `protobuf:"varint,10,opt,name=non_finite,json=nonFinite,proto3" json:"non_finite,omitempty"` // the reduced gradient holds NaN or Inf: do not commit
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -450,6 +451,13 @@ func (x *Report) GetAllreduceSeconds() float64 {
 		return x.AllreduceSeconds
 	}
 	return 0
+}
+
+func (x *Report) GetNonFinite() bool {
+	if x != nil {
+		return x.NonFinite
+	}
+	return false
 }
 
 // EvalReport carries a worker's part of an evaluation of the scored set.
@@ -1497,7 +1505,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x12\x1b\n" +
 	"\thas_state\x18\x02 \x01(\bR\bhasState\x12-\n" +
 	"\bposition\x18\x03 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
-	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\x8f\x02\n" +
+	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\xae\x02\n" +
 	"\x06Report\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1510,7 +1518,10 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x02hi\x18\x06 \x01(\x05R\x02hi\x12#\n" +
 	"\rparams_digest\x18\a \x01(\rR\fparamsDigest\x12'\n" +
 	"\x0fcompute_seconds\x18\b \x01(\x01R\x0ecomputeSeconds\x12+\n" +
-	"\x11allreduce_seconds\x18\t \x01(\x01R\x10allreduceSeconds\"y\n" +
+	"\x11allreduce_seconds\x18\t \x01(\x01R\x10allreduceSeconds\x12\x1d\n" +
+	"\n" +
+	"non_finite\x18\n" +
+	" \x01(\bR\tnonFinite\"y\n" +
 	"\n" +
 	"EvalReport\x12\x1e\n" +
 	"\n" +

@@ -215,3 +215,21 @@ func TestSaveAndLoadFile(t *testing.T) {
 		t.Fatal("loaded state differs from the saved one")
 	}
 }
+
+func TestEncodedLenAndDigest(t *testing.T) {
+	tr := mustTrainer(t, tinyConfig(), syntheticData())
+	steps(t, tr, 3)
+	s := tr.View()
+	if got := int64(len(s.Encode())); got != s.EncodedLen() {
+		t.Fatalf("EncodedLen %d, encoding has %d bytes", s.EncodedLen(), got)
+	}
+	var cp State
+	tr.CopyInto(&cp)
+	if cp.Digest() != s.Digest() {
+		t.Fatal("a copy of the state has another digest")
+	}
+	cp.M[7] += 1
+	if cp.Digest() == s.Digest() {
+		t.Fatal("changing a moment did not change the digest")
+	}
+}

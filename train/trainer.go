@@ -250,3 +250,18 @@ func Samples(m *flow.Model, ws *flow.Workspace, n int, seed uint64) []float32 {
 	}
 	return out
 }
+
+// InitialState is the state at step 0 of a run with config c: parameters
+// initialised from c.Seed, zero moments. It needs no data.
+func InitialState(c Config) (*State, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := flow.New(c.Model)
+	if err != nil {
+		return nil, err
+	}
+	m.Init(c.Seed)
+	n := m.NumParams()
+	return &State{Config: c, Params: m.Params, M: make([]float32, n), V: make([]float32, n)}, nil
+}

@@ -1,0 +1,62 @@
+package train
+
+import (
+	"encoding/json"
+	"hash/crc32"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Digest identifies the floats of a buffer: CRC-32C of its bytes, which the
+// CPU computes at memory speed. Replicas compare digests to prove they hold
+// the same parameters or the same reduced gradient.
+func Digest(f []float32) uint32 { return crc32.Checksum(floatBytes(f), castagnoli) }
+
+// Digest identifies a state: CRC-32C over parameters and both Adam moments
+// in the high half, the step in the low half.
+func (s *State) Digest() uint64 {
+	c := crc32.Update(0, castagnoli, floatBytes(s.Params))
+	c = crc32.Update(c, castagnoli, floatBytes(s.M))
+	c = crc32.Update(c, castagnoli, floatBytes(s.V))
+	return uint64(c)<<32 | uint64(uint32(s.Position.Step))
+}
+
+// EncodedLen is the number of bytes WriteTo writes for s.
+func (s *State) EncodedLen() int64 {
+	h := header{Version: stateVersion, Config: s.Config, Position: s.Position, AdamStep: s.AdamStep, History: s.History, LossSum: s.LossSum, LossN: s.LossN, Floats: len(s.Params)}
+	js, err := json.Marshal(h)
+	if err != nil {
+		panic(err) // plain data: cannot fail
+	}
+	return int64(len(stateMagic)+8+len(js)) + int64(len(s.Params))*12 + 32
+}
+
+// View returns the trainer's state with the float buffers shared, not copied:
+// valid only while the trainer does not step.
+func (t *Trainer) View() *State {
+	return &State{
+		Config: t.Config, Position: t.Position, AdamStep: t.Opt.Step, History: t.History,
+		LossSum: t.lossSum, LossN: t.lossN,
+		Params: t.Model.Params, M: t.Opt.M, V: t.Opt.V,
+	}
+}
+
+// CopyInto copies the trainer's state into dst, reusing dst's float buffers
+// when they have the right length.
+func (t *Trainer) CopyInto(dst *State) {
+	n := len(t.Model.Params)
+	for _, b := range []*[]float32{&dst.Params, &dst.M, &dst.V} {
+		if len(*b) != n {
+			*b = make([]float32, n)
+		}
+	}
+	copy(dst.Params, t.Model.Params)
+	copy(dst.M, t.Opt.M)
+	copy(dst.V, t.Opt.V)
+	dst.Config, dst.Position, dst.AdamStep = t.Config, t.Position, t.Opt.Step
+	dst.LossSum, dst.LossN = t.lossSum, t.lossN
+	dst.History = History{
+		Points: append(dst.History.Points[:0], t.History.Points...),
+		Epochs: append(dst.History.Epochs[:0], t.History.Epochs...),
+	}
+}

@@ -1,0 +1,71 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nice-flow/nice/ring"
+)
+
+// Config configures a Worker.
+type Config struct {
+	// ID is the worker's stable identity across restarts (default: host name).
+	ID string
+	// Listen is where the gRPC server listens (host:port; port 0 picks one).
+	Listen string
+	// Advertise is the address others reach the gRPC server at; empty means
+	// the listener's address with the host replaced by AdvertiseHost.
+	Advertise string
+	// AdvertiseHost is used when Advertise is empty.
+	AdvertiseHost string
+	// Coordinator is the coordinator's gRPC address.
+	Coordinator string
+	// DataDir is the MNIST folder ("" finds it; see mnist.FindDir).
+	DataDir string
+	// DigestEvery includes a parameter digest in every this many steps'
+	// reports (0: never).
+	DigestEvery int
+	// RetryMin and RetryMax bound the backoff between attempts to reach the
+	// coordinator.
+	RetryMin, RetryMax time.Duration
+	// Ring tunes the all-reduce.
+	Ring ring.Config
+	// Logger receives the worker's logs (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a worker configuration for a loopback cluster.
+func DefaultConfig() Config {
+	return Config{
+		Listen:        "127.0.0.1:0",
+		AdvertiseHost: "127.0.0.1",
+		Coordinator:   "127.0.0.1:7000",
+		DigestEvery:   10,
+		RetryMin:      100 * time.Millisecond,
+		RetryMax:      2 * time.Second,
+		Ring:          ring.DefaultConfig(),
+	}
+}
+
+// Validate reports what is wrong with c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ID == "" {
+		errs = append(errs, errors.New("worker id is empty"))
+	}
+	if c.Coordinator == "" {
+		errs = append(errs, errors.New("coordinator address is empty"))
+	}
+	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
+		errs = append(errs, fmt.Errorf("retry backoff %v..%v: need 0 < min <= max", c.RetryMin, c.RetryMax))
+	}
+	if err := c.Ring.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid worker config: %w", err)
+	}
+	return nil
+}
