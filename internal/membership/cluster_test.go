@@ -2,7 +2,9 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -233,4 +235,80 @@ func splitHostPort(addr string) (string, int, error) {
 		}
 	}
 	return "", 0, fmt.Errorf("no port in %q", addr)
+}
+
+// freeLoopbackPort finds a port free for both TCP and UDP on 127.0.0.1.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	for range 10 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		_ = l.Close()
+		if err == nil {
+			_ = u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func TestJoinRetriesUntilSeedAppears(t *testing.T) {
+	port := freeLoopbackPort(t)
+	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	cfg := loopbackConfig(t, "1", []string{seed})
+	cfg.JoinRetryMin, cfg.JoinRetryMax = 50*time.Millisecond, 200*time.Millisecond
+
+	type joined struct {
+		n   *node
+		err error
+	}
+	done := make(chan joined, 1)
+	go func() {
+		var j joined
+		// Join directly: startNode may call t.Fatal, which belongs on the
+		// test's own goroutine.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		g, err := Join(ctx, cfg)
+		j.err = err
+		if err == nil {
+			j.n = &node{Gossip: g}
+		}
+		done <- j
+	}()
+	time.Sleep(300 * time.Millisecond) // a few failed attempts
+	coordCfg := loopbackConfig(t, "", nil)
+	coordCfg.BindPort = port
+	coord := startNode(t, coordCfg)
+	j := <-done
+	if j.err != nil {
+		t.Fatalf("Join: %v", j.err)
+	}
+	t.Cleanup(func() { _ = j.n.Shutdown() })
+	coord.waitMembers(t, 2)
+}
+
+func TestJoinGivesUpWithContext(t *testing.T) {
+	cfg := loopbackConfig(t, "1", []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(freeLoopbackPort(t)))})
+	cfg.JoinRetryMin, cfg.JoinRetryMax = 20*time.Millisecond, 50*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	g, err := Join(ctx, cfg)
+	if err == nil {
+		_ = g.Shutdown()
+		t.Fatal("Join succeeded with no seed listening")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Join: %v, want the context's error", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Join gave up after %v", d)
+	}
+	t.Log(err)
 }

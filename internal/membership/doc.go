@@ -19,9 +19,13 @@
 //     closed by [Membership.Shutdown].
 //   - A member that stops without leaving is reported as an [EventLeave]
 //     with [CauseFailed] within a few seconds under [DefaultConfig] on a LAN
-//     (about 3 s for a small cluster; see the Config fields for the
-//     trade-off). A graceful [Membership.Leave] is reported with [CauseLeft].
-//     A broken ring stream is the faster signal; gossip confirms it.
+//     (about 2.5 s for a small cluster; see the Config fields for the
+//     trade-off). A broken ring stream is the faster signal; gossip
+//     confirms it.
+//   - [Membership.Leave] first announces [Meta.Leaving] (others see an
+//     [EventUpdate]), then leaves; members that heard the announcement
+//     report [CauseLeft], any that missed it report [CauseFailed].
+//     memberlist itself does not tell a goodbye from a crash in NotifyLeave.
 //   - Metadata larger than [MaxMetaSize] bytes is refused at [Join].
 //
 // [Join] starts a real memberlist node; [NewStatic] is an in-memory

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +23,7 @@ type Gossip struct {
 	leaveTimeout time.Duration
 	meta         Meta
 	delegate     *metaDelegate
+	table        *memberTable
 
 	mu       sync.Mutex
 	shutdown bool
@@ -50,6 +53,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	g := &Gossip{
 		queue: newEventQueue(), log: log, leaveTimeout: cfg.LeaveTimeout,
 		meta: cfg.Meta, delegate: &metaDelegate{},
+		table: &memberTable{self: cfg.NodeName, members: map[string]Member{}},
 	}
 	g.delegate.set(meta)
 	mc := memberlist.DefaultLANConfig()
@@ -62,7 +66,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	mc.PushPullInterval = cfg.PushPullInterval
 	mc.TCPTimeout = cfg.TCPTimeout
 	mc.Delegate = g.delegate
-	mc.Events = eventDelegate{queue: g.queue, log: log}
+	mc.Events = eventDelegate{queue: g.queue, table: g.table, log: log}
 	mc.Logger = memberlistLogger(log.With("component", "memberlist"))
 
 	g.ml, err = memberlist.Create(mc)
@@ -70,9 +74,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		g.queue.close()
 		return nil, fmt.Errorf("starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}
-	local := g.ml.LocalNode()
-	log.Info("gossip started", "addr", net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port))),
-		"role", cfg.Meta.Role, "worker", cfg.Meta.WorkerID, "incarnation", cfg.Meta.Incarnation)
+	log.Info("gossip started", "addr", g.Local().Addr, "role", cfg.Meta.Role, "worker", cfg.Meta.WorkerID, "incarnation", cfg.Meta.Incarnation)
 	if len(cfg.Seeds) == 0 {
 		return g, nil
 	}
@@ -91,17 +93,33 @@ func (g *Gossip) joinSeeds(ctx context.Context, cfg Config) error {
 			g.log.Info("joined cluster", "seeds", cfg.Seeds, "contacted", n, "attempt", attempt)
 			return nil
 		}
-		g.log.Warn("joining cluster failed", "seeds", cfg.Seeds, "attempt", attempt, "retry_in", wait, "err", err)
+		g.log.Warn("joining cluster failed", "seeds", cfg.Seeds, "attempt", attempt, "retry_in", wait, "err", oneLine(err))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("joining cluster via %v: gave up after %d attempts: %w (last: %w)",
-				cfg.Seeds, attempt, ctx.Err(), err)
+			return fmt.Errorf("joining cluster via %v: gave up after %d attempts: %w (last: %s)",
+				cfg.Seeds, attempt, ctx.Err(), oneLine(err))
 		case <-t.C:
 		}
 		wait = min(2*wait, cfg.JoinRetryMax)
 	}
+}
+
+// oneLine flattens memberlist's multi-line join errors ("1 error occurred:
+// \n\t* ...") for logs.
+func oneLine(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "occurred:"); i >= 0 {
+		s = s[i+len("occurred:"):]
+	}
+	var parts []string
+	for _, p := range strings.Split(s, "\n") {
+		if p = strings.TrimPrefix(strings.TrimSpace(p), "* "); p != "" {
+			parts = append(parts, p)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // resolveAdvertise turns a host name into an IP, which memberlist needs.
@@ -125,23 +143,11 @@ func resolveAdvertise(ctx context.Context, host string) (string, error) {
 }
 
 // Local implements Membership.
-func (g *Gossip) Local() Member {
-	m, _ := toMember(g.ml.LocalNode())
-	return m
-}
+func (g *Gossip) Local() Member { return g.table.localMember() }
 
-// Members implements Membership. Nodes whose metadata cannot be decoded
-// (not ours) are left out.
-func (g *Gossip) Members() []Member {
-	nodes := g.ml.Members()
-	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		if m, err := toMember(n); err == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+// Members implements Membership, sorted by name. Nodes whose metadata
+// cannot be decoded (not ours) are left out.
+func (g *Gossip) Members() []Member { return g.table.list() }
 
 // Events implements Membership.
 func (g *Gossip) Events() <-chan Event { return g.queue.out }
@@ -222,10 +228,53 @@ func (*metaDelegate) GetBroadcasts(_, _ int) [][]byte   { return nil }
 func (*metaDelegate) LocalState(bool) []byte            { return nil }
 func (*metaDelegate) MergeRemoteState(_ []byte, _ bool) {}
 
-// eventDelegate turns memberlist callbacks into queued Events. memberlist
-// calls it with its locks held, so it only copies and queues.
+// memberTable is our copy of the live members. memberlist's own Members
+// and LocalNode return pointers into state it keeps mutating (a data race
+// for the reader), whereas its event callbacks run under its node lock, so
+// the table is maintained from those.
+type memberTable struct {
+	self string
+
+	mu      sync.Mutex
+	members map[string]Member
+	local   Member
+}
+
+func (t *memberTable) apply(e Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e.Member.Name == t.self {
+		t.local = e.Member
+	}
+	if e.Kind == EventLeave {
+		delete(t.members, e.Member.Name)
+	} else {
+		t.members[e.Member.Name] = e.Member
+	}
+}
+
+func (t *memberTable) list() []Member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Member, 0, len(t.members))
+	for _, m := range t.members {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (t *memberTable) localMember() Member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.local
+}
+
+// eventDelegate turns memberlist callbacks into table updates and queued
+// Events. memberlist calls it with its node lock held, so it only copies.
 type eventDelegate struct {
 	queue *eventQueue
+	table *memberTable
 	log   *slog.Logger
 }
 
@@ -248,5 +297,6 @@ func (d eventDelegate) push(kind EventKind, n *memberlist.Node) {
 			e.Cause = CauseLeft
 		}
 	}
+	d.table.apply(e)
 	d.queue.push(e)
 }
