@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+)
+
+func init() {
+	register("bench", command{summary: "benchmark the ring all-reduce between processes on loopback", run: runBench})
+}
+
+// memberMode is the hidden bench subcommand a benchmark re-executes this
+// binary with, once per ring member.
+const memberMode = "allreduce-member"
+
+func runBench(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintf(os.Stderr, "Usage: nice-coord bench <benchmark> [flags]\n\nBenchmarks:\n  allreduce   time the ring all-reduce of N member processes over gRPC on loopback\n")
+		if len(args) == 0 {
+			return fmt.Errorf("bench: which benchmark? (allreduce)")
+		}
+		return nil
+	}
+	switch args[0] {
+	case "allreduce":
+		return runBenchAllReduce(ctx, args[1:])
+	case memberMode:
+		return runBenchMember(ctx, os.Stdin, os.Stdout)
+	}
+	return fmt.Errorf("bench: unknown benchmark %q (allreduce)", args[0])
+}

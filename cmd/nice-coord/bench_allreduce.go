@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nice-flow/nice/ring"
+)
+
+// benchOptions are the settings of one all-reduce benchmark.
+type benchOptions struct {
+	Workers    int
+	Floats     int
+	Warmup     int
+	Iters      int
+	FrameBytes int
+	TCPBytes   int64
+	CPUProfile string
+	Timeout    time.Duration
+	// Member is the command line that starts one member process; the
+	// default re-executes this binary in member mode.
+	Member []string
+	// KillRank, when >= 0, is SIGKILLed KillDelay after it starts timed
+	// run KillRun; the benchmark then reports how the others ended.
+	KillRank  int
+	KillRun   int
+	KillDelay time.Duration
+}
+
+// benchResult is the benchmark's outcome; its JSON is the last line printed.
+type benchResult struct {
+	Workers      int       `json:"workers"`
+	Floats       int       `json:"floats"`
+	Bytes        int64     `json:"bytes"`
+	FrameBytes   int       `json:"frame_bytes"`
+	Iters        int       `json:"iters"`
+	Seconds      float64   `json:"seconds"`
+	MinSeconds   float64   `json:"min_seconds"`
+	AlgBW        float64   `json:"algbw_GBps"`
+	BusBW        float64   `json:"busbw_GBps"`
+	TCP          float64   `json:"tcp_GBps"`
+	BusBWOverTCP float64   `json:"busbw_over_tcp"`
+	RunSeconds   []float64 `json:"run_seconds"`
+}
+
+func runBenchAllReduce(ctx context.Context, args []string) error {
+	fs := newFlagSet("bench allreduce", "[flags]",
+		"Starts --workers member processes on loopback (this binary, re-executed), each holding --floats\n"+
+			"float32s, and times their ring all-reduce over gRPC after warm-up runs. It also measures the\n"+
+			"raw TCP loopback bandwidth, prints a table, and prints as its last line a JSON object with\n"+
+			"workers, floats, seconds (median), algbw_GBps, busbw_GBps = algbw*2(N-1)/N (as nccl-tests) and tcp_GBps.")
+	o := benchOptions{KillRank: -1}
+	fs.IntVar(&o.Workers, "workers", 2, "member processes in the ring")
+	fs.IntVar(&o.Floats, "floats", 19_200_000, "float32s reduced by each all-reduce (the NICE model has 19.2 M)")
+	fs.IntVar(&o.Warmup, "warmup", 3, "untimed runs first")
+	fs.IntVar(&o.Iters, "iters", 10, "timed runs")
+	fs.IntVar(&o.FrameBytes, "frame-bytes", ring.DefaultConfig().FrameBytes, "payload of a ring frame, at most 4 MiB")
+	var tcpMB int64
+	fs.Int64Var(&tcpMB, "tcp-mb", 512, "MiB copied over loopback TCP per bandwidth run (3 runs, median)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up after this long")
+	if _, err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	o.TCPBytes = tcpMB << 20
+	if o.Workers < 1 || o.Floats < 0 || o.Iters < 1 || o.Warmup < 0 {
+		return fmt.Errorf("bench allreduce: need --workers >= 1, --floats >= 0, --iters >= 1, --warmup >= 0")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench allreduce: finding this binary: %w", err)
+	}
+	o.Member = []string{exe, "bench", memberMode}
+	res, err := benchAllReduce(ctx, o, os.Stderr)
+	if err != nil {
+		return err
+	}
+	printBench(os.Stdout, o, res)
+	return nil
+}
+
+// benchMember is the parent's view of one member process.
+type benchMember struct {
+	rank   int
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	events chan memberEvent // closed when its stdout ends
+}
+
+// errKilledAsPlanned is returned by benchAllReduce when KillRank was set and
+// every surviving member reported a broken ring.
+var errKilledAsPlanned = errors.New("member killed as planned")
+
+// benchAllReduce runs the benchmark; member stderr goes to logw. With
+// KillRank set it returns the survivors' outcome in a killReport error.
+func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*benchResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+
+	tcp, err := tcpLoopbackBandwidth(ctx, o.TCPBytes, 3)
+	if err != nil {
+		return nil, err
+	}
+
+	members := make([]*benchMember, o.Workers)
+	defer func() {
+		for _, m := range members {
+			if m != nil && m.cmd.Process != nil {
+				m.cmd.Process.Kill()
+				m.cmd.Wait()
+			}
+		}
+	}()
+	peers := make([]ring.Peer, o.Workers)
+	for r := range members {
+		m, addr, err := startBenchMember(ctx, o, r, logw)
+		if err != nil {
+			return nil, err
+		}
+		members[r] = m
+		peers[r] = ring.Peer{ID: fmt.Sprintf("m%d", r), Addr: addr}
+	}
+	for r, m := range members {
+		plan := benchPlan{Rank: r, Peers: peers, Floats: o.Floats, Warmup: o.Warmup, Iters: o.Iters,
+			FrameBytes: o.FrameBytes, CPUProfile: o.CPUProfile}
+		line, _ := json.Marshal(plan)
+		if _, err := m.stdin.Write(append(line, '\n')); err != nil {
+			return nil, fmt.Errorf("sending the plan to member %d: %w", r, err)
+		}
+	}
+
+	// Collect the runs of every member; with a kill planned, kill and then
+	// time how long the survivors take to report the broken ring.
+	times := make([][]float64, o.Iters) // [run][rank]
+	for i := range times {
+		times[i] = make([]float64, o.Workers)
+	}
+	var (
+		mu       sync.Mutex
+		killedAt time.Time
+		failures []string
+		wg       sync.WaitGroup
+	)
+	for r, m := range members {
+		wg.Go(func() {
+			for ev := range m.events {
+				switch {
+				case ev.Starting > 0 && r == o.KillRank && ev.Starting == o.KillRun:
+					time.Sleep(o.KillDelay)
+					mu.Lock()
+					killedAt = time.Now()
+					mu.Unlock()
+					m.cmd.Process.Kill()
+				case ev.Iter > 0 && !ev.Warm:
+					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
+				case ev.Error != "":
+					mu.Lock()
+					after := ""
+					if !killedAt.IsZero() {
+						after = fmt.Sprintf(" (%v after the kill)", time.Since(killedAt).Round(time.Millisecond))
+					}
+					failures = append(failures, fmt.Sprintf("member %d: broken=%v%s: %s", r, ev.Broken, after, ev.Error))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if o.KillRank >= 0 {
+		return nil, &killReport{killedAt: killedAt, lines: failures}
+	}
+	for r, m := range members {
+		if err := m.cmd.Wait(); err != nil {
+			return nil, fmt.Errorf("member %d failed: %w; %s", r, err, strings.Join(failures, "; "))
+		}
+		members[r] = nil
+	}
+
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9}
+	for _, run := range times {
+		slowest := 0.0
+		for _, s := range run {
+			slowest = max(slowest, s)
+		}
+		res.RunSeconds = append(res.RunSeconds, slowest)
+	}
+	sorted := append([]float64(nil), res.RunSeconds...)
+	sort.Float64s(sorted)
+	res.Seconds = sorted[len(sorted)/2]
+	if len(sorted)%2 == 0 {
+		res.Seconds = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+	}
+	res.MinSeconds = sorted[0]
+	if res.Seconds > 0 {
+		res.AlgBW = float64(res.Bytes) / res.Seconds / 1e9
+		res.BusBW = res.AlgBW * 2 * float64(o.Workers-1) / float64(o.Workers)
+	}
+	if res.TCP > 0 {
+		res.BusBWOverTCP = res.BusBW / res.TCP
+	}
+	return res, nil
+}
+
+// killReport is what a benchmark with a planned kill returns.
+type killReport struct {
+	killedAt time.Time
+	lines    []string
+}
+
+func (k *killReport) Error() string {
+	return fmt.Sprintf("%v; survivors: %s", errKilledAsPlanned, strings.Join(k.lines, "; "))
+}
+
+func (k *killReport) Unwrap() error { return errKilledAsPlanned }
+
+func startBenchMember(ctx context.Context, o benchOptions, rank int, logw io.Writer) (*benchMember, string, error) {
+	cmd := exec.CommandContext(ctx, o.Member[0], o.Member[1:]...)
+	cmd.Stderr = logw
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", fmt.Errorf("starting member %d: %w", rank, err)
+	}
+	m := &benchMember{rank: rank, cmd: cmd, stdin: stdin, events: make(chan memberEvent, 64)}
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, "", fmt.Errorf("member %d ended before announcing its address: %v", rank, sc.Err())
+	}
+	var first memberEvent
+	if err := json.Unmarshal(sc.Bytes(), &first); err != nil || first.Addr == "" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, "", fmt.Errorf("member %d: unexpected first line %q", rank, sc.Text())
+	}
+	go func() {
+		defer close(m.events)
+		for sc.Scan() {
+			var ev memberEvent
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				m.events <- ev
+			}
+		}
+	}()
+	return m, first.Addr, nil
+}
+
+func printBench(w io.Writer, o benchOptions, r *benchResult) {
+	fmt.Fprintf(w, "ring all-reduce over gRPC on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
+		r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)
+	fmt.Fprintf(w, "%d timed runs after %d warm-up; a run's time is that of its slowest member\n\n", r.Iters, o.Warmup)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "run\tseconds\talgbw GB/s\tbusbw GB/s\t\n")
+	for i, s := range r.RunSeconds {
+		alg := float64(r.Bytes) / s / 1e9
+		fmt.Fprintf(tw, "%d\t%.4f\t%.3f\t%.3f\t\n", i+1, s, alg, alg*2*float64(r.Workers-1)/float64(r.Workers))
+	}
+	fmt.Fprintf(tw, "median\t%.4f\t%.3f\t%.3f\t\n", r.Seconds, r.AlgBW, r.BusBW)
+	tw.Flush()
+	fmt.Fprintf(w, "\nraw TCP loopback, one stream: %.3f GB/s\nbusbw / TCP: %.0f%%\n\n", r.TCP, 100*r.BusBWOverTCP)
+	line, _ := json.Marshal(r)
+	fmt.Fprintf(w, "%s\n", line)
+}

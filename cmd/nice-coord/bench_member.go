@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/nice-flow/nice/ring"
+)
+
+// benchPlan is what the benchmark sends each member on its stdin once all
+// members listen.
+type benchPlan struct {
+	Rank       int         `json:"rank"`
+	Peers      []ring.Peer `json:"peers"`
+	Floats     int         `json:"floats"`
+	Warmup     int         `json:"warmup"`
+	Iters      int         `json:"iters"`
+	FrameBytes int         `json:"frame_bytes"`
+	CPUProfile string      `json:"cpuprofile,omitempty"` // folder; empty for none
+}
+
+// memberEvent is one JSON line a member writes on its stdout.
+type memberEvent struct {
+	Addr     string  `json:"addr,omitempty"`     // first line: where it listens
+	Starting int     `json:"starting,omitempty"` // about to start timed run n (from 1)
+	Iter     int     `json:"iter,omitempty"`     // run n (from 1, warm-up included) took Seconds
+	Warm     bool    `json:"warm,omitempty"`
+	Seconds  float64 `json:"seconds,omitempty"`
+	Done     bool    `json:"done,omitempty"`
+	Error    string  `json:"error,omitempty"`
+	Broken   bool    `json:"broken,omitempty"` // the error wraps ring.ErrRingBroken
+}
+
+// runBenchMember is one member process: it serves the ring on a loopback
+// port, announces the port, waits for the plan, runs it and reports every
+// run on stdout.
+func runBenchMember(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+	enc := json.NewEncoder(stdout)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("bench member: listening: %w", err)
+	}
+	srv := grpc.NewServer(ring.ServerOptions()...)
+	tr := ring.NewGRPCTransport()
+	tr.RegisterServer(srv)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer func() {
+		tr.Close()
+		srv.Stop()
+		<-served
+	}()
+	if err := enc.Encode(memberEvent{Addr: lis.Addr().String()}); err != nil {
+		return fmt.Errorf("bench member: announcing the address: %w", err)
+	}
+
+	line, err := bufio.NewReader(stdin).ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("bench member: reading the plan: %w", err)
+	}
+	var plan benchPlan
+	if err := json.Unmarshal(line, &plan); err != nil {
+		return fmt.Errorf("bench member: decoding the plan: %w", err)
+	}
+	err = runPlan(ctx, tr, plan, enc)
+	if err != nil {
+		enc.Encode(memberEvent{Error: err.Error(), Broken: errors.Is(err, ring.ErrRingBroken)})
+		return err
+	}
+	return enc.Encode(memberEvent{Done: true})
+}
+
+func runPlan(ctx context.Context, tr ring.RingTransport, plan benchPlan, enc *json.Encoder) error {
+	cfg := ring.DefaultConfig()
+	if plan.FrameBytes > 0 {
+		cfg.FrameBytes = plan.FrameBytes
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := ring.NewMember(tr, cfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Configure(1, plan.Rank, plan.Peers); err != nil {
+		return err
+	}
+	buf := make([]float32, plan.Floats)
+	barrier := make([]float32, len(plan.Peers))
+	n := len(plan.Peers)
+	for it := 1; it <= plan.Warmup+plan.Iters; it++ {
+		warm := it <= plan.Warmup
+		// Member r contributes r+1+(i%5): small integers, so the sum is
+		// exact and easy to check.
+		for i := range buf {
+			buf[i] = float32(plan.Rank + 1 + i%5)
+		}
+		if err := m.AllReduce(ctx, barrier); err != nil {
+			return fmt.Errorf("barrier before run %d: %w", it, err)
+		}
+		if it == plan.Warmup+1 && plan.CPUProfile != "" {
+			stop, err := startProfile(plan.CPUProfile, plan.Rank)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
+		if !warm {
+			if err := enc.Encode(memberEvent{Starting: it - plan.Warmup}); err != nil {
+				return err
+			}
+		}
+		start := time.Now()
+		if err := m.AllReduce(ctx, buf); err != nil {
+			return fmt.Errorf("run %d: %w", it, err)
+		}
+		took := time.Since(start)
+		if err := enc.Encode(memberEvent{Iter: it, Warm: warm, Seconds: took.Seconds()}); err != nil {
+			return err
+		}
+		ranks := float32(n * (n + 1) / 2)
+		for i, v := range buf {
+			if want := ranks + float32(n*(i%5)); v != want {
+				return fmt.Errorf("run %d: element %d is %v, want %v", it, i, v, want)
+			}
+		}
+	}
+	return nil
+}
+
+func startProfile(dir string, rank int) (func(), error) {
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("member-%d.pprof", rank)))
+	if err != nil {
+		return nil, fmt.Errorf("creating the CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting the CPU profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
