@@ -29,6 +29,10 @@ var (
 // DefaultLockTimeout is how long OpenBolt waits for the file lock.
 const DefaultLockTimeout = time.Second
 
+// DefaultInitialMmapSize fits Keep=3 checkpoints of the real ~230 MB state
+// plus the one being written.
+const DefaultInitialMmapSize = 1 << 30
+
 // BoltOptions configures OpenBolt. The zero value gives the defaults.
 type BoltOptions struct {
 	// Keep is how many checkpoints to retain (newest by step). 0 means
@@ -49,6 +53,14 @@ type BoltOptions struct {
 	// written and with OpCommit before the transaction commits; an error
 	// aborts the save. For tests.
 	Injector Injector
+	// InitialMmapSize reserves address space for the file up front. When
+	// the file outgrows its mapping, bbolt remaps it and first copies every
+	// value of the open write transaction to the heap: for a 230 MB state
+	// that is 2.5x the blob in allocations per save and ~25% less
+	// throughput. About (Keep+2) x the state size avoids it. It is address
+	// space only, costing neither memory nor disk. 0 means
+	// DefaultInitialMmapSize; negative means grow in steps from the start.
+	InitialMmapSize int
 	// Logger receives pruning and recovery notes. nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -62,6 +74,12 @@ func (o BoltOptions) withDefaults() BoltOptions {
 	}
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.InitialMmapSize == 0 {
+		o.InitialMmapSize = DefaultInitialMmapSize
+	}
+	if o.InitialMmapSize < 0 {
+		o.InitialMmapSize = 0
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -99,7 +117,8 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		ReadOnly: opts.ReadOnly,
 		// The map freelist stays fast when a large file has many free pages,
 		// which is the steady state once old checkpoints are pruned.
-		FreelistType: bolt.FreelistMapType,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: opts.InitialMmapSize,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, &lockedError{path: path, waited: opts.LockTimeout}
