@@ -47,6 +47,7 @@ type Worker struct {
 	snapMu    sync.RWMutex
 	snap      train.State
 	snapValid bool
+	snapTaken chan struct{} // closed and replaced at each snapshot
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -107,6 +108,7 @@ func New(cfg Config) (*Worker, error) {
 		transport:   tp,
 		ring:        member,
 		addr:        addr,
+		snapTaken:   make(chan struct{}),
 	}
 	w.srv = grpc.NewServer(append(ring.ServerOptions(), ServerKeepalive...)...)
 	tp.RegisterServer(w.srv)
@@ -474,6 +476,8 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 			w.snapMu.Lock()
 			tr.CopyInto(&w.snap)
 			w.snapValid = true
+			close(w.snapTaken)
+			w.snapTaken = make(chan struct{})
 			w.snapMu.Unlock()
 		}
 		now := tr.Position
@@ -510,14 +514,7 @@ func (w *Worker) evaluate(g *generation, epoch int, send func(*nicepb.WorkerMess
 func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) error {
 	want := fromPB(pos)
 	if snapshot {
-		w.snapMu.RLock()
-		defer w.snapMu.RUnlock()
-		if !w.snapValid || w.snap.Position != want {
-			return fmt.Errorf("%w: no snapshot at step %d", statexfer.ErrUnavailable, want.Step)
-		}
-		size(w.snap.EncodedLen())
-		_, err := w.snap.WriteTo(out)
-		return err
+		return w.writeSnapshot(ctx, want, size, out)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -535,6 +532,36 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 }
 
 // finite reports whether f holds no NaN or Inf (v-v is NaN exactly for those).
+// snapshotWait bounds how long a request for a snapshot waits for the commit
+// that takes it: the coordinator asks as soon as it sends the commit.
+const snapshotWait = 30 * time.Second
+
+func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size func(int64), out io.Writer) error {
+	deadline := time.NewTimer(snapshotWait)
+	defer deadline.Stop()
+	for {
+		w.snapMu.RLock()
+		if w.snapValid && w.snap.Position == want {
+			defer w.snapMu.RUnlock()
+			size(w.snap.EncodedLen())
+			_, err := w.snap.WriteTo(out)
+			return err
+		}
+		have, taken := w.snap.Position.Step, w.snapTaken
+		w.snapMu.RUnlock()
+		if have > want.Step {
+			return fmt.Errorf("%w: the snapshot is at step %d, past %d", statexfer.ErrUnavailable, have, want.Step)
+		}
+		select {
+		case <-taken:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("%w: no snapshot at step %d within %v", statexfer.ErrUnavailable, want.Step, snapshotWait)
+		}
+	}
+}
+
 func finite(f []float32) bool {
 	for _, v := range f {
 		if v-v != 0 {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+
+	"github.com/nice-flow/nice/ring"
 )
 
 func init() {
@@ -26,7 +29,13 @@ func runBench(ctx context.Context, args []string) error {
 	case "allreduce":
 		return runBenchAllReduce(ctx, args[1:])
 	case memberMode:
-		return runBenchMember(ctx, os.Stdin, os.Stdout)
+		tuning := ring.DefaultGRPCTuning()
+		if len(args) > 1 {
+			if err := json.Unmarshal([]byte(args[1]), &tuning); err != nil {
+				return fmt.Errorf("bench member: reading the gRPC tuning: %w", err)
+			}
+		}
+		return runBenchMember(ctx, tuning, os.Stdin, os.Stdout)
 	}
 	return fmt.Errorf("bench: unknown benchmark %q (allreduce)", args[0])
 }

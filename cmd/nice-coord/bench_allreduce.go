@@ -29,6 +29,7 @@ type benchOptions struct {
 	TCPBytes   int64
 	CPUProfile string
 	Timeout    time.Duration
+	Tuning     ring.GRPCTuning
 	// Member is the command line that starts one member process; the
 	// default re-executes this binary in member mode.
 	Member []string
@@ -41,18 +42,19 @@ type benchOptions struct {
 
 // benchResult is the benchmark's outcome; its JSON is the last line printed.
 type benchResult struct {
-	Workers      int       `json:"workers"`
-	Floats       int       `json:"floats"`
-	Bytes        int64     `json:"bytes"`
-	FrameBytes   int       `json:"frame_bytes"`
-	Iters        int       `json:"iters"`
-	Seconds      float64   `json:"seconds"`
-	MinSeconds   float64   `json:"min_seconds"`
-	AlgBW        float64   `json:"algbw_GBps"`
-	BusBW        float64   `json:"busbw_GBps"`
-	TCP          float64   `json:"tcp_GBps"`
-	BusBWOverTCP float64   `json:"busbw_over_tcp"`
-	RunSeconds   []float64 `json:"run_seconds"`
+	Workers      int             `json:"workers"`
+	Floats       int             `json:"floats"`
+	Bytes        int64           `json:"bytes"`
+	FrameBytes   int             `json:"frame_bytes"`
+	Iters        int             `json:"iters"`
+	Seconds      float64         `json:"seconds"`
+	MinSeconds   float64         `json:"min_seconds"`
+	AlgBW        float64         `json:"algbw_GBps"`
+	BusBW        float64         `json:"busbw_GBps"`
+	TCP          float64         `json:"tcp_GBps"`
+	BusBWOverTCP float64         `json:"busbw_over_tcp"`
+	RunSeconds   []float64       `json:"run_seconds"`
+	Tuning       ring.GRPCTuning `json:"grpc"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -71,6 +73,12 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	fs.Int64Var(&tcpMB, "tcp-mb", 512, "MiB copied over loopback TCP per bandwidth run (3 runs, median)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up after this long")
+	o.Tuning = ring.DefaultGRPCTuning()
+	windowMB := int(o.Tuning.WindowBytes >> 20)
+	fs.IntVar(&windowMB, "window-mb", windowMB, "HTTP/2 stream and connection window, MiB")
+	fs.IntVar(&o.Tuning.WriteBufferBytes, "write-buffer", o.Tuning.WriteBufferBytes, "gRPC write buffer, bytes")
+	fs.IntVar(&o.Tuning.ReadBufferBytes, "read-buffer", o.Tuning.ReadBufferBytes, "gRPC read buffer, bytes")
+	fs.BoolVar(&o.Tuning.RecycleBuffers, "recycle-buffers", o.Tuning.RecycleBuffers, "reuse gRPC receive buffers without zeroing them")
 	if _, err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -78,6 +86,7 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 		return err
 	}
 	o.TCPBytes = tcpMB << 20
+	o.Tuning.WindowBytes = int32(windowMB) << 20
 	if o.Workers < 1 || o.Floats < 0 || o.Iters < 1 || o.Warmup < 0 {
 		return fmt.Errorf("bench allreduce: need --workers >= 1, --floats >= 0, --iters >= 1, --warmup >= 0")
 	}
@@ -85,7 +94,8 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("bench allreduce: finding this binary: %w", err)
 	}
-	o.Member = []string{exe, "bench", memberMode}
+	tuning, _ := json.Marshal(o.Tuning)
+	o.Member = []string{exe, "bench", memberMode, string(tuning)}
 	res, err := benchAllReduce(ctx, o, os.Stderr)
 	if err != nil {
 		return err
@@ -191,7 +201,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		members[r] = nil
 	}
 
-	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9}
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning}
 	for _, run := range times {
 		slowest := 0.0
 		for _, s := range run {

@@ -46,14 +46,14 @@ type memberEvent struct {
 // runBenchMember is one member process: it serves the ring on a loopback
 // port, announces the port, waits for the plan, runs it and reports every
 // run on stdout.
-func runBenchMember(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, stdin io.Reader, stdout io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("bench member: listening: %w", err)
 	}
-	srv := grpc.NewServer(ring.ServerOptions()...)
-	tr := ring.NewGRPCTransport()
+	srv := grpc.NewServer(tuning.ServerOptions()...)
+	tr := ring.NewGRPCTransport(tuning.DialOptions()...)
 	tr.RegisterServer(srv)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -58,7 +58,7 @@ func runSample(ctx context.Context, args []string) error {
 	rows := (*n + *cols - 1) / *cols
 	ws := flow.NewWorkspace(m.Config, min(256, rows**cols))
 	xs := train.Samples(m, ws, rows**cols, *seed)
-	if err := writePNG(*out, func(f *os.File) error { return plot.SampleGrid(f, xs, rows, *cols) }); err != nil {
+	if err := train.WritePNG(*out, func(f *os.File) error { return plot.SampleGrid(f, xs, rows, *cols) }); err != nil {
 		return err
 	}
 	fmt.Printf("wrote %d samples to %s\n", rows**cols, *out)

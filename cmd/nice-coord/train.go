@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/flow"
-	"github.com/nice-flow/nice/internal/plot"
 	"github.com/nice-flow/nice/mnist"
 	"github.com/nice-flow/nice/train"
 )
@@ -237,60 +236,9 @@ func (l *trainLoop) endEpoch(samplesPerSec float64) error {
 	tr.History.Epochs = append(tr.History.Epochs, r)
 	fmt.Printf("epoch %d done: %s log-likelihood %.2f nats per image, %.3f bits/dim (scored %d images in %.1fs)\n",
 		r.Epoch, tr.Data.EvalName, ll, r.BitsPerDim, tr.Data.Eval.N, time.Since(t0).Seconds())
-	if err := writeEpochImages(l.out, tr, r.Epoch, l.samples); err != nil {
+	if err := train.WriteEpochImages(l.out, tr.Model, tr.History, tr.Data.EvalName, r.Epoch, l.samples, tr.Config.Seed+uint64(r.Epoch)); err != nil {
 		return err
 	}
 	return l.save()
-}
-
-// writeEpochImages writes samples-eNNN.png and curves.png into dir.
-func writeEpochImages(dir string, tr *train.Trainer, epoch, n int) error {
-	if n > 0 {
-		cols := 1
-		for cols*cols < n {
-			cols++
-		}
-		rows := (n + cols - 1) / cols
-		xs := tr.Samples(rows*cols, tr.Config.Seed+uint64(epoch))
-		if err := writePNG(filepath.Join(dir, fmt.Sprintf("samples-e%03d.png", epoch)), func(f *os.File) error {
-			return plot.SampleGrid(f, xs, rows, cols)
-		}); err != nil {
-			return err
-		}
-	}
-	return writePNG(filepath.Join(dir, "curves.png"), func(f *os.File) error {
-		return plot.Curves(f, "NICE on MNIST: negative log-likelihood (nats per image)", "epoch", curveSeries(tr.History, tr.Data.EvalName)...)
-	})
-}
-
-func curveSeries(h train.History, evalName string) []plot.Series {
-	trainS := plot.Series{Name: "train NLL"}
-	for _, p := range h.Points {
-		trainS.X = append(trainS.X, p.Epoch)
-		trainS.Y = append(trainS.Y, p.TrainNLL)
-	}
-	evalS := plot.Series{Name: evalName + " NLL"}
-	for _, e := range h.Epochs {
-		evalS.X = append(evalS.X, float64(e.Epoch))
-		evalS.Y = append(evalS.Y, -e.TestLL)
-	}
-	return []plot.Series{trainS, evalS}
-}
-
-func writePNG(path string, draw func(*os.File) error) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := draw(f); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return os.Rename(tmp, path)
 }
 

@@ -117,6 +117,12 @@ func (w *Writer) Close(ctx context.Context) error {
 	case <-w.done:
 		w.cancel()
 		return nil
+	default:
+	}
+	select {
+	case <-w.done:
+		w.cancel()
+		return nil
 	case <-ctx.Done():
 		w.cancel()
 		<-w.done

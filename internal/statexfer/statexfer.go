@@ -109,7 +109,7 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 		}
 		if err != nil {
 			if status.Code(err) == codes.FailedPrecondition {
-				return nil, fmt.Errorf("fetching state at step %d: %w: %s", pos.GetStep(), ErrUnavailable, status.Convert(err).Message())
+				return nil, fmt.Errorf("fetching state at step %d: %w (%s)", pos.GetStep(), ErrUnavailable, status.Convert(err).Message())
 			}
 			return nil, fmt.Errorf("fetching state at step %d: %w", pos.GetStep(), err)
 		}

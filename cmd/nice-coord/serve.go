@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nice-flow/nice/coordinator"
+	"github.com/nice-flow/nice/internal/membership"
+	"github.com/nice-flow/nice/internal/netaddr"
+)
+
+func init() {
+	register("serve", command{summary: "run the coordinator of a distributed training run", run: runServe})
+}
+
+// serveFlags are the coordinator's settings, shared by serve and up.
+type serveFlags struct {
+	tf        trainFlags
+	listen    string
+	http      string
+	gossip    string
+	advertise string
+	stateDir  string
+	minW      int
+	ckptEvery int
+	keep      int
+	settle    time.Duration
+	stepTO    time.Duration
+	samples   int
+	verbose   bool
+}
+
+func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip string) {
+	addTrainFlags(fs, &sf.tf)
+	fs.StringVar(&sf.listen, "listen", listen, "gRPC address workers and `nice-coord status` connect to")
+	fs.StringVar(&sf.http, "http", httpAddr, "HTTP address for GET /healthz and GET /status (empty: none)")
+	fs.StringVar(&sf.gossip, "gossip", gossip, "gossip (memberlist) address workers join through (empty: no gossip)")
+	fs.StringVar(&sf.advertise, "advertise", "", "host or IP others reach this coordinator at (default: this host's first non-loopback IPv4, or 127.0.0.1 for loopback listeners)")
+	fs.StringVar(&sf.stateDir, "state-dir", "nice-state", "folder of the checkpoint file (nice.db), the ledger and the sample grids")
+	fs.IntVar(&sf.minW, "min-workers", 1, "workers needed to train")
+	fs.IntVar(&sf.ckptEvery, "checkpoint-every", 100, "take a checkpoint every this many steps (also at each epoch end and on shutdown)")
+	fs.IntVar(&sf.keep, "keep", 3, "checkpoints to keep")
+	fs.DurationVar(&sf.settle, "settle", 500*time.Millisecond, "quiet time after a worker joins before a new generation takes it in")
+	fs.DurationVar(&sf.stepTO, "step-timeout", 3*time.Minute, "redo a step that takes longer than this")
+	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
+	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
+}
+
+// advertiseHost picks the host others should use for a listen address.
+func advertiseHost(flagValue, listen string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err == nil && host != "" && host != "0.0.0.0" && host != "::" {
+		return host
+	}
+	return netaddr.Default()
+}
+
+func (sf *serveFlags) config() (coordinator.Config, error) {
+	tc, err := sf.tf.config()
+	if err != nil {
+		return coordinator.Config{}, err
+	}
+	mc := coordinator.DefaultMachine()
+	mc.MinWorkers = sf.minW
+	mc.CheckpointEvery = sf.ckptEvery
+	mc.Settle = sf.settle
+	mc.StepTimeout = sf.stepTO
+	host := advertiseHost(sf.advertise, sf.listen)
+	adv, err := netaddr.Join(host, sf.listen)
+	if err != nil {
+		return coordinator.Config{}, fmt.Errorf("--listen: %w", err)
+	}
+	c := coordinator.Config{
+		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
+		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples,
+	}
+	if sf.gossip != "" {
+		gh, gp, err := net.SplitHostPort(sf.gossip)
+		if err != nil {
+			return c, fmt.Errorf("--gossip %q: %w", sf.gossip, err)
+		}
+		port, err := strconv.Atoi(gp)
+		if err != nil {
+			return c, fmt.Errorf("--gossip %q: port: %w", sf.gossip, err)
+		}
+		g := membership.DefaultConfig()
+		if gh == "" {
+			gh = "0.0.0.0"
+		}
+		g.BindAddr, g.BindPort = gh, port
+		g.AdvertiseAddr = advertiseHost(sf.advertise, sf.gossip)
+		c.Gossip = &g
+	}
+	return c, nil
+}
+
+func newLogger(verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func runServe(ctx context.Context, args []string) error {
+	fs := newFlagSet("serve", "[flags]",
+		"Runs the coordinator: workers (nice-worker) attach to it over gRPC and join its gossip; it plans\n"+
+			"the ring, commits steps, takes checkpoints into --state-dir and resumes from the newest one that\n"+
+			"verifies. Training flags apply to a new run; a resumed run keeps its checkpoint's settings\n"+
+			"(only --epochs may grow).")
+	var sf serveFlags
+	addServeFlags(fs, &sf, ":7000", ":7080", ":7946")
+	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	cfg, err := sf.config()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = newLogger(sf.verbose)
+	srv, err := coordinator.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := writeAddrFile(sf.stateDir, cfg.Advertise); err != nil {
+		cfg.Logger.Warn("status address file not written", "err", err)
+	}
+	return srv.Serve(ctx)
+}
+
+// addrFile is where serve and up note their gRPC address, so that
+// `nice-coord status` run in the same folder finds them.
+func addrFile(stateDir string) string { return filepath.Join(stateDir, "coordinator.addr") }
+
+func writeAddrFile(stateDir, addr string) error {
+	return os.WriteFile(addrFile(stateDir), []byte(addr+"\n"), 0o644)
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nice-flow/nice/coordinator"
+	"github.com/nice-flow/nice/coordinator/checkpoint"
+	nicepb "github.com/nice-flow/nice/proto"
+)
+
+func init() {
+	register("status", command{summary: "show a running coordinator's workers, ring, progress and checkpoints", run: runStatus})
+	register("checkpoints", command{summary: "list the checkpoints (step, epoch, time, size, verified)", run: runCheckpoints})
+}
+
+// coordinatorAddr resolves where the coordinator is: the flag (or NICE_ADDR),
+// else the address `serve`/`up` noted in ./nice-state, else 127.0.0.1:7000.
+func coordinatorAddr(flagValue, stateDir string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if b, err := os.ReadFile(addrFile(stateDir)); err == nil {
+		if a := strings.TrimSpace(string(b)); a != "" {
+			return a
+		}
+	}
+	return "127.0.0.1:7000"
+}
+
+func dialCoordinator(addr string) (nicepb.CoordinatorClient, func(), error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
+	}
+	return nicepb.NewCoordinatorClient(conn), func() { conn.Close() }, nil
+}
+
+func fetchStatus(ctx context.Context, c nicepb.CoordinatorClient, addr string) (*coordinator.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	r, err := c.Status(ctx, &nicepb.StatusRequest{}, grpc.WaitForReady(false))
+	if err != nil {
+		return nil, fmt.Errorf("no coordinator answers at %s (start one with `nice-coord up` or `nice-coord serve`, or pass --addr): %w", addr, err)
+	}
+	var st coordinator.Status
+	if err := json.Unmarshal(r.Json, &st); err != nil {
+		return nil, fmt.Errorf("coordinator at %s sent a status that does not parse: %w", addr, err)
+	}
+	return &st, nil
+}
+
+func runStatus(ctx context.Context, args []string) error {
+	fs := newFlagSet("status", "[--addr host:port] [--json] [--watch]",
+		"Shows the coordinator's workers (id, address, state, rank, gossip state), the generation and\n"+
+			"ring order, epoch and step with progress, samples/s, the last training NLL, the last test\n"+
+			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint.")
+	addr := fs.String("addr", "", "coordinator gRPC address (default: the one noted in --state-dir by serve or up, else 127.0.0.1:7000)")
+	stateDir := fs.String("state-dir", "nice-state", "folder where serve or up noted their address")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	watch := fs.Bool("watch", false, "refresh every --every until interrupted")
+	every := fs.Duration("every", 2*time.Second, "refresh interval for --watch")
+	quiet := fs.Bool("quiet", false, "print nothing; exit 0 if the coordinator answers (for health checks)")
+	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	a := coordinatorAddr(*addr, *stateDir)
+	client, closeConn, err := dialCoordinator(a)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	for {
+		st, err := fetchStatus(ctx, client, a)
+		if err != nil {
+			return err
+		}
+		switch {
+		case *quiet:
+		case *asJSON:
+			b, _ := json.Marshal(st)
+			fmt.Println(string(b))
+		default:
+			if *watch {
+				fmt.Print("\033[H\033[2J")
+			}
+			printStatus(os.Stdout, a, st)
+		}
+		if !*watch {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*every):
+		}
+	}
+}
+
+func printStatus(w io.Writer, addr string, st *coordinator.Status) {
+	fmt.Fprintf(w, "coordinator %s  phase %s  generation %d  config %s\n", addr, st.Phase, st.Generation, st.ConfigHash)
+	pct := 0.0
+	if st.StepsPerEpoch > 0 {
+		pct = 100 * float64(st.StepInEpoch) / float64(st.StepsPerEpoch)
+	}
+	fmt.Fprintf(w, "epoch %d/%d  step %d (%d/%d of the epoch, %.1f%%)  %.0f samples/s  train NLL %.2f nats\n",
+		min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.StepInEpoch, st.StepsPerEpoch, pct, st.SamplesPerSec, st.TrainNLL)
+	if n := len(st.Scores); n > 0 {
+		fmt.Fprintf(w, "test log-likelihood %.2f nats per image, %.4f bits/dim (after epoch %d)\n", st.TestLL, st.BitsPerDim, st.Scores[n-1].Epoch)
+	} else {
+		fmt.Fprintln(w, "test log-likelihood: not scored yet (after the first epoch)")
+	}
+	if st.BusBW > 0 {
+		fmt.Fprintf(w, "all-reduce bus bandwidth %.2f GB/s\n", st.BusBW)
+	}
+	if st.LastCheckpointStep > 0 || st.LastCheckpointAgeSeconds > 0 {
+		fmt.Fprintf(w, "last checkpoint: step %d, %.0f s ago (%.0f MB written in %.2f s)\n", st.LastCheckpointStep,
+			st.LastCheckpointAgeSeconds, float64(st.LastCheckpointBytes)/1e6, st.LastCheckpointWriteSeconds)
+	} else {
+		fmt.Fprintln(w, "last checkpoint: none taken by this coordinator yet")
+	}
+	ledger := "ledger ok"
+	if !st.LedgerOK {
+		ledger = fmt.Sprintf("LEDGER ERRORS %d", st.LedgerErrors)
+	}
+	digests := "replica digests agree"
+	if !st.DigestsAgree {
+		digests = fmt.Sprintf("DIGEST MISMATCHES %d", st.DigestMismatches)
+	}
+	fmt.Fprintf(w, "steps committed %d (redone %d), generations %d, %s, %s\n", st.CommittedSteps, st.RedoneSteps, st.Generations, ledger, digests)
+	if len(st.Ring) > 0 {
+		fmt.Fprintf(w, "ring: %s\n", strings.Join(st.Ring, " -> "))
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tADDRESS\tSTATE\tRANK\tGOSSIP")
+	for _, wk := range st.Workers {
+		rank := "-"
+		if wk.Rank >= 0 {
+			rank = fmt.Sprint(wk.Rank)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", wk.ID, wk.Addr, wk.State, rank, wk.Gossip)
+	}
+	tw.Flush()
+	if len(st.Workers) == 0 {
+		fmt.Fprintln(w, "(no workers attached)")
+	}
+}
+
+func runCheckpoints(ctx context.Context, args []string) error {
+	fs := newFlagSet("checkpoints", "[--addr host:port | --state-dir DIR] [--json]",
+		"Lists the checkpoints, verifying each one's sha256: asks the running coordinator, or reads the\n"+
+			"checkpoint file in --state-dir when no coordinator answers.")
+	addr := fs.String("addr", "", "coordinator gRPC address (default: as for status)")
+	stateDir := fs.String("state-dir", "nice-state", "folder holding nice.db")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	var list []coordinator.CheckpointInfo
+	a := coordinatorAddr(*addr, *stateDir)
+	client, closeConn, err := dialCoordinator(a)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if _, serr := fetchStatus(ctx, client, a); serr == nil {
+		r, err := client.Checkpoints(cctx, &nicepb.CheckpointsRequest{})
+		if err != nil {
+			return fmt.Errorf("listing checkpoints at %s: %w", a, err)
+		}
+		if err := json.Unmarshal(r.Json, &list); err != nil {
+			return err
+		}
+	} else {
+		path := *stateDir + "/nice.db"
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("no coordinator answers at %s and there is no checkpoint file %s", a, path)
+		}
+		store, err := checkpoint.OpenBolt(path, checkpoint.BoltOptions{ReadOnly: true})
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		l, err := store.List(cctx)
+		if err != nil {
+			return err
+		}
+		list = coordinator.ListingInfo(l)
+	}
+	if *asJSON {
+		b, _ := json.Marshal(list)
+		fmt.Println(string(b))
+		return nil
+	}
+	if len(list) == 0 {
+		fmt.Println("no checkpoints")
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STEP\tEPOCHS+STEPS\tTIME\tSIZE\tVERIFIED")
+	for _, c := range list {
+		v := "yes"
+		if !c.Verified {
+			v = "NO: " + c.Problem
+		}
+		fmt.Fprintf(tw, "%d\t%d+%d\t%s\t%.1f MB\t%s\n", c.Step, c.Epoch, c.StepInEpoch, c.Time.Local().Format("2006-01-02 15:04:05"), float64(c.Bytes)/1e6, v)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,193 @@
+// Command nice-worker is one training process of a distributed nice run: it
+// attaches to the coordinator (nice-coord serve), joins its gossip, and
+// trains its share of every global batch.
+//
+//	nice-worker --coordinator host:7000 --join host:7946
+//	nice-worker health --addr 127.0.0.1:7100
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/membership"
+	"github.com/nice-flow/nice/internal/netaddr"
+	"github.com/nice-flow/nice/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "health" {
+		err = health(ctx, os.Args[2:])
+	} else {
+		err = run(ctx, os.Args[1:])
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nice-worker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// envDefaults fills flags not given on the command line from NICE_<FLAG>.
+func envDefaults(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "NICE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !given[f.Name] {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("nice-worker", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: nice-worker [flags]\n       nice-worker health [--addr host:port]\n\n"+
+			"Attaches to the coordinator, joins its gossip and trains its share of every global batch.\n"+
+			"It keeps its state while the coordinator is away and reattaches by itself.\n\n"+
+			"Flags (each also settable as NICE_<FLAG>, e.g. --coordinator as NICE_COORDINATOR):\n")
+		fs.PrintDefaults()
+	}
+	host, _ := os.Hostname()
+	d := worker.DefaultConfig()
+	id := fs.String("id", host, "stable worker id (kept across restarts; default: host name)")
+	coord := fs.String("coordinator", d.Coordinator, "coordinator gRPC address")
+	join := fs.String("join", "", "gossip address of the coordinator to join (empty: no gossip)")
+	listen := fs.String("listen", ":7100", "gRPC address for the ring and state transfer (port 0: any free port)")
+	gossip := fs.String("gossip", ":7947", "gossip address of this worker (used with --join)")
+	advertise := fs.String("advertise", "", "host or IP others reach this worker at (default: this host's first non-loopback IPv4; 127.0.0.1 for loopback listeners)")
+	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
+	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
+	digestEvery := fs.Int("digest-every", d.DigestEvery, "send a parameter digest every this many steps (0: never)")
+	verbose := fs.Bool("v", false, "log debug details")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (see nice-worker -h)", fs.Arg(0))
+	}
+	if err := envDefaults(fs); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *threads > 0 {
+		flow.SetBLASThreads(*threads)
+	}
+	if !flow.FastBLAS() {
+		log.Warn("built without OpenBLAS: matrix products run in pure Go, about 5x slower (build with -tags openblas; see README)")
+	}
+	advHost := *advertise
+	if advHost == "" {
+		h, _, err := net.SplitHostPort(*listen)
+		if err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+			advHost = h
+		} else {
+			advHost = netaddr.Default()
+		}
+	}
+	cfg := d
+	cfg.ID, cfg.Coordinator, cfg.Listen, cfg.AdvertiseHost, cfg.DataDir = *id, *coord, *listen, advHost, *data
+	cfg.DigestEvery = *digestEvery
+	cfg.Logger = log
+	w, err := worker.New(cfg)
+	if err != nil {
+		return err
+	}
+	if *join != "" {
+		// Gossip is joined in the background: training does not wait for it,
+		// and the join retries until the coordinator's gossip answers.
+		joined := make(chan *membership.Gossip, 1)
+		go func() {
+			g, err := joinGossip(ctx, *join, *gossip, advHost, w, log)
+			if err != nil && ctx.Err() == nil {
+				log.Error("gossip not joined", "err", err)
+			}
+			joined <- g
+		}()
+		defer func() {
+			if g := <-joined; g != nil {
+				lctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				g.Leave(lctx)
+				cancel()
+				g.Shutdown()
+			}
+		}()
+	}
+	return w.Run(ctx)
+}
+
+func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worker, log *slog.Logger) (*membership.Gossip, error) {
+	bh, bp, err := net.SplitHostPort(bind)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip %q: %w", bind, err)
+	}
+	port, err := strconv.Atoi(bp)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip %q: %w", bind, err)
+	}
+	if bh == "" {
+		bh = "0.0.0.0"
+	}
+	gc := membership.DefaultConfig()
+	gc.BindAddr, gc.BindPort, gc.AdvertiseAddr = bh, port, advHost
+	gc.Seeds = []string{seed}
+	gc.Meta = membership.Meta{Role: membership.RoleWorker, WorkerID: w.ID(), GRPCAddr: w.Addr(), Incarnation: w.Incarnation()}
+	gc.Logger = log
+	g, err := membership.Join(ctx, gc)
+	if err != nil {
+		return nil, fmt.Errorf("joining gossip through %s: %w", seed, err)
+	}
+	return g, nil
+}
+
+func health(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("nice-worker health", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:7100", "worker gRPC address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return fmt.Errorf("worker at %s does not answer: %w", *addr, err)
+	}
+	if r.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("worker at %s is %v", *addr, r.Status)
+	}
+	return nil
+}

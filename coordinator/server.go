@@ -1,0 +1,536 @@
+package coordinator
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/membership"
+	"github.com/nice-flow/nice/internal/statexfer"
+	"github.com/nice-flow/nice/mnist"
+	nicepb "github.com/nice-flow/nice/proto"
+	"github.com/nice-flow/nice/worker"
+	"github.com/nice-flow/nice/train"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Train is the run's configuration; a checkpoint's configuration wins
+	// over it when resuming (see Resume).
+	Train train.Config
+	// Listen is the gRPC address; Advertise how workers reach it (default:
+	// the listener's address).
+	Listen, Advertise string
+	// HTTP, if set, serves GET /healthz and GET /status.
+	HTTP string
+	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
+	// sample grids.
+	StateDir string
+	// Gossip, if non-nil, makes the coordinator a gossip seed; workers' deaths
+	// seen by gossip detach them.
+	Gossip *membership.Config
+	// Machine tunes the step logic; its set sizes are filled in by New.
+	Machine MachineConfig
+	// KeepCheckpoints is how many checkpoints bbolt keeps.
+	KeepCheckpoints int
+	// Samples is the size of each epoch's sample grid (0: none).
+	Samples int
+	// Logger receives the coordinator's logs (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+// DefaultMachine returns step-logic settings for loopback and containers.
+func DefaultMachine() MachineConfig {
+	return MachineConfig{
+		MinWorkers:      1,
+		Settle:          500 * time.Millisecond,
+		PrepareTimeout:  3 * time.Minute,
+		StepTimeout:     3 * time.Minute,
+		RingGrace:       1500 * time.Millisecond,
+		CheckpointEvery: 100,
+		DigestEvery:     10,
+	}
+}
+
+// Server is a running coordinator.
+type Server struct {
+	cfg         Config
+	log         *slog.Logger
+	incarnation uint64
+	configJSON  []byte
+
+	lis     net.Listener
+	srv     *grpc.Server
+	httpSrv *http.Server
+	httpLis net.Listener
+	gossip  *membership.Gossip
+	store   checkpoint.Store
+	writer  *checkpoint.Writer
+	ledger  *bufio.Writer
+	ledgerF *os.File
+
+	events chan event
+	wg     sync.WaitGroup
+
+	// Owned by the loop goroutine.
+	m        *Machine
+	sessions map[string]*session
+
+	// mu guards what other goroutines read.
+	mu       sync.Mutex
+	status   Status
+	own      ownState
+	scores   []train.EpochResult
+	snapping bool
+	stopped  chan struct{} // closed when a requested stop completed
+	params   int           // floats in the all-reduced gradient
+}
+
+// ownState is the newest state the coordinator holds, served to workers when
+// none of them holds the state a generation starts from.
+type ownState struct {
+	pos    train.Position
+	blob   []byte
+	digest uint64
+}
+
+type session struct {
+	id          string
+	addr        string
+	incarnation uint64
+	out         chan *nicepb.CoordinatorMessage
+	cancel      context.CancelFunc
+}
+
+type event struct {
+	attach *session
+	detach *session
+	gone   *membership.Member // gossip declared a worker dead
+	msg    *nicepb.WorkerMessage
+	from   *session
+	saved  *savedState
+	scored *nicepb.EpochScore
+	stop   bool
+}
+
+type savedState struct {
+	pos    train.Position
+	digest uint64
+}
+
+// New opens the checkpoint store, resumes from its newest checkpoint that
+// verifies (or starts a new run), and listens. Serve runs it.
+func New(cfg Config) (*Server, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	dbPath := filepath.Join(cfg.StateDir, "nice.db")
+	store, err := checkpoint.OpenBolt(dbPath, checkpoint.BoltOptions{Keep: cfg.KeepCheckpoints, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
+		events: make(chan event, 256), sessions: map[string]*session{}, stopped: make(chan struct{})}
+	fail := func(err error) (*Server, error) {
+		s.closeAll()
+		return nil, err
+	}
+	st, err := s.resume(cfg.Train)
+	if err != nil {
+		return fail(err)
+	}
+	s.cfg.Train = st.Config
+	if s.configJSON, err = json.Marshal(st.Config); err != nil {
+		return fail(err)
+	}
+	s.own = ownState{pos: st.Position, blob: st.Encode(), digest: st.Digest()}
+	s.params = len(st.Params)
+	s.scores = append(s.scores, st.History.Epochs...)
+
+	trainN, evalN := mnist.TrainSize, mnist.TestSize
+	if st.Config.Validation {
+		trainN -= mnist.ValidationSize
+		evalN = mnist.ValidationSize
+	}
+	mc := cfg.Machine
+	mc.TrainN, mc.EvalN, mc.Batch, mc.Epochs = trainN, evalN, st.Config.Batch, st.Config.Epochs
+
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fail(fmt.Errorf("listening on %s: %w", cfg.Listen, err))
+	}
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = s.lis.Addr().String()
+	}
+	s.m = NewMachine(mc, st.Position, s.own.digest, adv)
+	if s.ledgerF, err = os.OpenFile(filepath.Join(cfg.StateDir, "ledger.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+		return fail(fmt.Errorf("ledger: %w", err))
+	}
+	s.ledger = bufio.NewWriter(s.ledgerF)
+	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
+
+	s.srv = grpc.NewServer(append(append([]grpc.ServerOption{}, worker.ServerKeepalive...),
+		grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
+	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
+	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
+	healthpb.RegisterHealthServer(s.srv, health.NewServer())
+	if cfg.HTTP != "" {
+		if s.httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			return fail(fmt.Errorf("listening on %s: %w", cfg.HTTP, err))
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(s.Status())
+		})
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	}
+	s.updateStatus()
+	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
+	return s, nil
+}
+
+// resume loads the newest verifying checkpoint, or builds the initial state.
+func (s *Server) resume(c train.Config) (*train.State, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cp, corrupt, err := s.store.LoadNewestValid(ctx)
+	for _, ce := range corrupt {
+		s.log.Error("checkpoint skipped", "err", ce)
+	}
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		s.log.Info("no checkpoint: starting a new run", "config", c.Hash())
+		return train.InitialState(c)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading checkpoints: %w", err)
+	}
+	st, err := train.DecodeState(cp.Blob)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint at step %d: %w", cp.Step, err)
+	}
+	if st.Config.Hash() != c.Hash() {
+		s.log.Warn("resuming with the checkpoint's configuration, not the flags'", "checkpoint", st.Config.Hash(), "flags", c.Hash())
+	}
+	if c.Epochs > st.Config.Epochs {
+		st.Config.Epochs = c.Epochs
+	}
+	s.log.Info("resuming from checkpoint", "step", cp.Step, "epoch", st.Position.Epoch+1, "skipped_corrupt", len(corrupt))
+	return st, nil
+}
+
+// Addr is the coordinator's gRPC address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// HTTPAddr is the status HTTP address ("" if none).
+func (s *Server) HTTPAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
+
+// Serve runs the coordinator until ctx ends: then it asks the workers to stop
+// at the next step boundary, saves a final checkpoint (bounded wait), and
+// stops everything it started.
+func (s *Server) Serve(ctx context.Context) error {
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- s.srv.Serve(s.lis) }()
+	if s.httpSrv != nil {
+		go func() { serveErr <- s.httpSrv.Serve(s.httpLis) }()
+	}
+	if s.cfg.Gossip != nil {
+		gc := *s.cfg.Gossip
+		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.m.coordAddr, Incarnation: s.incarnation}
+		if gc.Logger == nil {
+			gc.Logger = s.log
+		}
+		g, err := membership.Join(ctx, gc)
+		if err != nil {
+			s.closeAll()
+			return fmt.Errorf("gossip: %w", err)
+		}
+		s.gossip = g
+		s.wg.Add(1)
+		go s.watchGossip(g)
+	}
+	loopCtx, stopLoop := context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.loop(loopCtx)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	s.shutdown()
+	stopLoop()
+	s.closeAll()
+	return err
+}
+
+// shutdown asks for a final snapshot at the next commit and waits for it a
+// bounded time.
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	running := s.status.Phase == string(Running)
+	s.mu.Unlock()
+	if running {
+		s.events <- event{stop: true}
+		select {
+		case <-s.stopped:
+		case <-time.After(30 * time.Second):
+			s.log.Warn("no final checkpoint within 30 s; the newest earlier one stands")
+		}
+	}
+}
+
+func (s *Server) closeAll() {
+	if s.srv != nil {
+		done := make(chan struct{})
+		go func() { s.srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			s.srv.Stop()
+		}
+	}
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	if s.gossip != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.gossip.Leave(ctx)
+		cancel()
+		s.gossip.Shutdown()
+	}
+	s.wg.Wait()
+	if s.writer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		s.writer.Close(ctx)
+		cancel()
+	}
+	if s.ledger != nil {
+		s.ledger.Flush()
+		s.ledgerF.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}
+
+func (s *Server) watchGossip(g *membership.Gossip) {
+	defer s.wg.Done()
+	for ev := range g.Events() {
+		if ev.Kind == membership.EventLeave && ev.Member.Meta.Role == membership.RoleWorker {
+			m := ev.Member
+			s.events <- event{gone: &m}
+		}
+	}
+}
+
+// loop owns the machine: every event goes through it, one at a time.
+func (s *Server) loop(ctx context.Context) {
+	defer s.wg.Done()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var out Output
+		now := time.Now()
+		select {
+		case <-ctx.Done():
+			for _, ss := range s.sessions {
+				ss.cancel()
+			}
+			return
+		case <-tick.C:
+			out = s.m.Tick(now)
+		case ev := <-s.events:
+			out = s.handle(now, ev)
+		}
+		s.apply(out)
+		s.updateStatus()
+	}
+}
+
+func (s *Server) handle(now time.Time, ev event) Output {
+	switch {
+	case ev.attach != nil:
+		if old := s.sessions[ev.attach.id]; old != nil {
+			old.cancel()
+		}
+		s.sessions[ev.attach.id] = ev.attach
+		return s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation)
+	case ev.detach != nil:
+		if s.sessions[ev.detach.id] != ev.detach {
+			return Output{} // an older session of a re-attached worker
+		}
+		delete(s.sessions, ev.detach.id)
+		return s.m.Detach(now, ev.detach.id, ev.detach.incarnation, "session ended")
+	case ev.gone != nil:
+		id := ev.gone.Meta.WorkerID
+		ss := s.sessions[id]
+		if ss == nil || ss.incarnation != ev.gone.Meta.Incarnation {
+			return Output{}
+		}
+		ss.cancel()
+		delete(s.sessions, id)
+		return s.m.Detach(now, id, ss.incarnation, "gossip: "+ev.gone.Name+" is gone")
+	case ev.msg != nil:
+		if s.sessions[ev.from.id] != ev.from {
+			return Output{}
+		}
+		id := ev.from.id
+		switch k := ev.msg.Kind.(type) {
+		case *nicepb.WorkerMessage_Ready:
+			return s.m.Ready(now, id, k.Ready)
+		case *nicepb.WorkerMessage_Report:
+			if k.Report.NonFinite {
+				s.log.Error("the reduced gradient is not finite; training stops here (the step was not applied). Restart with a lower --lr or --clip 1.", "step", k.Report.Step)
+				s.m.RequestStop()
+				return Output{}
+			}
+			return s.m.Report(now, id, k.Report)
+		case *nicepb.WorkerMessage_Eval:
+			return s.m.Eval(now, id, k.Eval)
+		case *nicepb.WorkerMessage_RingFailure:
+			return s.m.RingFailure(now, id, k.RingFailure)
+		}
+	case ev.saved != nil:
+		s.m.SetOwnState(ev.saved.pos, ev.saved.digest)
+	case ev.stop:
+		s.m.RequestStop()
+		if s.m.Phase() != Running {
+			s.closeStopped()
+		}
+	}
+	return Output{}
+}
+
+func (s *Server) closeStopped() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stopped:
+	default:
+		close(s.stopped)
+	}
+}
+
+// apply carries out a machine output.
+func (s *Server) apply(out Output) {
+	for _, l := range out.Logs {
+		s.log.Info(l)
+	}
+	for _, snd := range out.Sends {
+		ss := s.sessions[snd.To]
+		if ss == nil {
+			continue
+		}
+		select {
+		case ss.out <- snd.Msg:
+		default:
+			s.log.Warn("worker does not keep up with its messages; closing its session", "worker", snd.To)
+			ss.cancel()
+		}
+	}
+	for _, id := range out.Disconnect {
+		if ss := s.sessions[id]; ss != nil {
+			ss.cancel()
+			delete(s.sessions, id)
+		}
+	}
+	if c := out.Committed; c != nil {
+		s.recordCommit(c)
+	}
+	if sc := out.Scored; sc != nil {
+		s.recordScore(sc)
+	}
+	if r := out.Snapshot; r != nil {
+		s.startSnapshot(r, true)
+	} else if s.m.Phase() == Holding && s.m.stopWanted {
+		s.snapDone()
+	}
+}
+
+func (s *Server) snapDone() {
+	s.mu.Lock()
+	busy := s.snapping
+	s.mu.Unlock()
+	if !busy {
+		s.closeStopped()
+	}
+}
+
+type ledgerLine struct {
+	Generation  uint64  `json:"generation"`
+	Step        int64   `json:"step"`
+	Epoch       int     `json:"epoch"`
+	StepInEpoch int     `json:"step_in_epoch"`
+	Batch       int     `json:"batch"`
+	Shards      []Shard `json:"shards"`
+	Coordinator uint64  `json:"coordinator"`
+}
+
+func (s *Server) recordCommit(c *Commit) {
+	b, _ := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
+		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation})
+	s.ledger.Write(append(b, '\n'))
+	s.ledger.Flush()
+	s.mu.Lock()
+	st := &s.status
+	n := float64(c.Batch)
+	if sec := s.m.stats.LastStepSeconds; sec > 0 {
+		sps := n / sec
+		if st.SamplesPerSec == 0 {
+			st.SamplesPerSec = sps
+		} else {
+			st.SamplesPerSec = 0.8*st.SamplesPerSec + 0.2*sps
+		}
+	}
+	st.TrainNLL = -c.SumLL / n
+	if ar := s.m.stats.LastAllreduce; ar > 0 && len(c.Shards) > 1 {
+		k := float64(len(c.Shards))
+		bytes := 4 * float64(s.params)
+		st.BusBW = bytes / ar * 2 * (k - 1) / k / 1e9
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) recordScore(sc *nicepb.EpochScore) {
+	r := train.EpochResult{Epoch: int(sc.Epoch), Step: sc.Step, TrainNLL: sc.TrainNll, TestLL: sc.TestLl, BitsPerDim: sc.BitsPerDim}
+	s.mu.Lock()
+	r.SamplesPerSec = s.status.SamplesPerSec
+	s.scores = append(s.scores, r)
+	s.mu.Unlock()
+	s.log.Info("epoch scored", "epoch", r.Epoch, "test_ll", fmt.Sprintf("%.2f", r.TestLL), "bits_per_dim", fmt.Sprintf("%.4f", r.BitsPerDim))
+	if s.m.Phase() == Finished {
+		// No commit follows to carry the score into a checkpoint: take the
+		// final state from a worker now.
+		s.startSnapshot(&SnapshotRequest{Position: s.m.Next(), Addr: s.m.Addr(s.m.ring[0]), Generation: s.m.gen}, false)
+	}
+}

@@ -1,0 +1,152 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/statexfer"
+	nicepb "github.com/nice-flow/nice/proto"
+	"github.com/nice-flow/nice/train"
+)
+
+// startSnapshot fetches the state r names from a worker in the background,
+// adds the epoch scores it lacks, and hands it to the checkpoint writer. At
+// most one runs at a time; a request while one runs is skipped (the next
+// one will come).
+func (s *Server) startSnapshot(r *SnapshotRequest, snapshot bool) {
+	s.mu.Lock()
+	if s.snapping {
+		s.mu.Unlock()
+		s.log.Warn("a checkpoint is still being taken; skipping the one at this step", "step", r.Position.Step)
+		return
+	}
+	s.snapping = true
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.takeSnapshot(r, snapshot)
+		s.mu.Lock()
+		s.snapping = false
+		s.mu.Unlock()
+		if err != nil {
+			s.log.Error("checkpoint not taken", "step", r.Position.Step, "err", err)
+		}
+		if s.stopRequested() {
+			s.closeStopped()
+		}
+	}()
+}
+
+func (s *Server) stopRequested() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status.Phase == string(Holding)
+}
+
+func (s *Server) takeSnapshot(r *SnapshotRequest, snapshot bool) error {
+	t0 := time.Now()
+	conn, err := grpc.NewClient(r.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	blob, err := statexfer.Fetch(ctx, conn, toPB(r.Position), snapshot)
+	if err != nil {
+		return err
+	}
+	fetched := time.Since(t0)
+	st, err := train.DecodeState(blob)
+	if err != nil {
+		return fmt.Errorf("state from %s: %w", r.Addr, err)
+	}
+	if st.Position != r.Position {
+		return fmt.Errorf("state from %s is at step %d, asked for %d", r.Addr, st.Position.Step, r.Position.Step)
+	}
+	// Scores of finished epochs are known here first: put them in the
+	// history the checkpoint keeps.
+	s.mu.Lock()
+	have := map[int]bool{}
+	for _, e := range st.History.Epochs {
+		have[e.Epoch] = true
+	}
+	added := false
+	for _, e := range s.scores {
+		if !have[e.Epoch] && e.Epoch <= st.Position.Epoch {
+			st.History.Epochs = append(st.History.Epochs, e)
+			added = true
+		}
+	}
+	s.mu.Unlock()
+	if added {
+		blob = st.Encode()
+	}
+	digest := st.Digest()
+	meta := checkpoint.Meta{Step: uint64(st.Position.Step), Epoch: uint64(st.Position.Epoch), StepInEpoch: uint64(st.Position.StepInEpoch),
+		Generation: r.Generation, Time: time.Now(), ConfigHash: st.Config.Hash()}
+	if err := s.writer.Submit(meta, blob); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.own = ownState{pos: st.Position, blob: blob, digest: digest}
+	s.status.LastSnapshotFetchSeconds = fetched.Seconds()
+	s.mu.Unlock()
+	s.events <- event{saved: &savedState{pos: st.Position, digest: digest}}
+	if st.Position.StepInEpoch == 0 && s.cfg.Samples > 0 {
+		if err := s.writeImages(st); err != nil {
+			s.log.Warn("sample grid not written", "err", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) writeImages(st *train.State) error {
+	m, err := flow.New(st.Config.Model)
+	if err != nil {
+		return err
+	}
+	copy(m.Params, st.Params)
+	name := "test"
+	if st.Config.Validation {
+		name = "validation"
+	}
+	return train.WriteEpochImages(s.cfg.StateDir, m, st.History, name, st.Position.Epoch, s.cfg.Samples, st.Config.Seed+uint64(st.Position.Epoch))
+}
+
+// onSaved runs on the checkpoint writer's goroutine after each write.
+func (s *Server) onSaved(r checkpoint.Result) {
+	if r.Err != nil {
+		s.log.Error("checkpoint write failed; the previous ones stand", "step", r.Meta.Step, "err", r.Err)
+		return
+	}
+	s.mu.Lock()
+	s.status.LastCheckpointStep = int64(r.Meta.Step)
+	s.status.lastCheckpointTime = r.Meta.Time
+	s.status.LastCheckpointWriteSeconds = r.Duration.Seconds()
+	s.status.LastCheckpointBytes = r.Info.Size
+	s.mu.Unlock()
+}
+
+// WriteState serves the coordinator's own state (a checkpoint, or the
+// initial state) to workers.
+func (s *Server) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), w io.Writer) error {
+	s.mu.Lock()
+	own := s.own
+	s.mu.Unlock()
+	if snapshot || own.pos != fromPB(pos) {
+		return fmt.Errorf("%w: the coordinator holds the state at step %d", statexfer.ErrUnavailable, own.pos.Step)
+	}
+	size(int64(len(own.blob)))
+	_, err := w.Write(own.blob)
+	return err
+}

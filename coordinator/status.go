@@ -1,0 +1,129 @@
+package coordinator
+
+import (
+	"time"
+
+	"github.com/nice-flow/nice/train"
+)
+
+// Status is what `nice-coord status` shows, as JSON.
+type Status struct {
+	Phase         string         `json:"phase"`
+	Generation    uint64         `json:"generation"`
+	Epoch         int            `json:"epoch"` // 1-based epoch of the next step
+	Epochs        int            `json:"epochs"`
+	Step          int64          `json:"step"` // steps committed in all
+	StepInEpoch   int            `json:"step_in_epoch"`
+	StepsPerEpoch int            `json:"steps_per_epoch"`
+	Ring          []string       `json:"ring"`
+	Workers       []WorkerStatus `json:"workers"`
+
+	SamplesPerSec float64 `json:"samples_per_sec"`
+	TrainNLL      float64 `json:"train_nll"`
+	TestLL        float64 `json:"test_ll"`
+	BitsPerDim    float64 `json:"bits_per_dim"`
+	BusBW         float64 `json:"allreduce_busbw_GBps"`
+
+	LastCheckpointStep         int64   `json:"last_checkpoint_step"`
+	LastCheckpointAgeSeconds   float64 `json:"last_checkpoint_age_seconds"`
+	LastCheckpointWriteSeconds float64 `json:"last_checkpoint_write_seconds"`
+	LastCheckpointBytes        int64   `json:"last_checkpoint_bytes"`
+	LastSnapshotFetchSeconds   float64 `json:"last_snapshot_fetch_seconds"`
+	lastCheckpointTime         time.Time
+
+	CommittedSteps   int64 `json:"committed_steps"`
+	RedoneSteps      int64 `json:"redone_steps"`
+	Generations      int64 `json:"generations"`
+	LedgerOK         bool  `json:"ledger_ok"`
+	LedgerErrors     int64 `json:"ledger_errors"`
+	DigestsAgree     bool  `json:"digests_agree"`
+	DigestMismatches int64 `json:"digest_mismatches"`
+
+	Scores      []train.EpochResult `json:"scores"`
+	ConfigHash  string              `json:"config_hash"`
+	Incarnation uint64              `json:"incarnation"`
+}
+
+// WorkerStatus is one attached worker.
+type WorkerStatus struct {
+	ID     string `json:"id"`
+	Addr   string `json:"addr"`
+	State  string `json:"state"` // "training", "preparing", "waiting" (attached, not in the ring)
+	Rank   int    `json:"rank"`  // -1 when not in the ring
+	Gossip string `json:"gossip"`
+}
+
+// Status returns the current status.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Workers = append([]WorkerStatus(nil), st.Workers...)
+	st.Ring = append([]string(nil), st.Ring...)
+	st.Scores = append([]train.EpochResult(nil), s.scores...)
+	if n := len(st.Scores); n > 0 {
+		st.TestLL = st.Scores[n-1].TestLL
+		st.BitsPerDim = st.Scores[n-1].BitsPerDim
+	}
+	if !st.lastCheckpointTime.IsZero() {
+		st.LastCheckpointAgeSeconds = time.Since(st.lastCheckpointTime).Seconds()
+	}
+	return st
+}
+
+// updateStatus copies the loop's view into the status (loop goroutine only).
+func (s *Server) updateStatus() {
+	m := s.m
+	next := m.Next()
+	alive := map[string]string{}
+	if s.gossip != nil {
+		for _, mem := range s.gossip.Members() {
+			if mem.Meta.WorkerID != "" {
+				alive[mem.Meta.WorkerID] = "alive"
+			}
+		}
+	}
+	var ws []WorkerStatus
+	for _, id := range m.Workers() {
+		rank := m.Rank(id)
+		state := "waiting"
+		if rank >= 0 {
+			switch m.Phase() {
+			case Running, Finished, Holding:
+				state = "training"
+			default:
+				state = "preparing"
+			}
+		}
+		g := alive[id]
+		if g == "" {
+			g = "unknown"
+			if s.gossip != nil {
+				g = "not seen"
+			}
+		}
+		ws = append(ws, WorkerStatus{ID: id, Addr: m.Addr(id), State: state, Rank: rank, Gossip: g})
+	}
+	stats := m.Stats()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.status
+	st.Phase = string(m.Phase())
+	st.Generation = m.Generation()
+	st.Epoch = next.Epoch + 1
+	st.Epochs = s.cfg.Train.Epochs
+	st.Step = next.Step
+	st.StepInEpoch = next.StepInEpoch
+	st.StepsPerEpoch = m.spe
+	st.Ring = m.Ring()
+	st.Workers = ws
+	st.CommittedSteps = stats.Committed
+	st.RedoneSteps = stats.Redone
+	st.Generations = stats.Generations
+	st.LedgerErrors = stats.LedgerErrors
+	st.LedgerOK = stats.LedgerErrors == 0
+	st.DigestMismatches = stats.DigestMismatch
+	st.DigestsAgree = stats.DigestMismatch == 0
+	st.ConfigHash = s.cfg.Train.Hash()
+	st.Incarnation = s.incarnation
+}

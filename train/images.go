@@ -1,0 +1,66 @@
+package train
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/plot"
+)
+
+// WriteEpochImages writes into dir a grid of n samples of m as
+// samples-eNNN.png (n = 0: none) and the learning curves of h as curves.png.
+// Each file is written to a temporary name and renamed, so readers never see
+// half a PNG.
+func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epoch, n int, seed uint64) error {
+	if n > 0 {
+		cols := 1
+		for cols*cols < n {
+			cols++
+		}
+		rows := (n + cols - 1) / cols
+		ws := flow.NewWorkspace(m.Config, min(256, rows*cols))
+		xs := Samples(m, ws, rows*cols, seed)
+		if err := WritePNG(filepath.Join(dir, fmt.Sprintf("samples-e%03d.png", epoch)), func(f *os.File) error {
+			return plot.SampleGrid(f, xs, rows, cols)
+		}); err != nil {
+			return err
+		}
+	}
+	return WritePNG(filepath.Join(dir, "curves.png"), func(f *os.File) error {
+		return plot.Curves(f, "NICE on MNIST: negative log-likelihood (nats per image)", "epoch", curveSeries(h, evalName)...)
+	})
+}
+
+func curveSeries(h History, evalName string) []plot.Series {
+	trainS := plot.Series{Name: "train NLL"}
+	for _, p := range h.Points {
+		trainS.X = append(trainS.X, p.Epoch)
+		trainS.Y = append(trainS.Y, p.TrainNLL)
+	}
+	evalS := plot.Series{Name: evalName + " NLL"}
+	for _, e := range h.Epochs {
+		evalS.X = append(evalS.X, float64(e.Epoch))
+		evalS.Y = append(evalS.Y, -e.TestLL)
+	}
+	return []plot.Series{trainS, evalS}
+}
+
+// WritePNG writes a PNG produced by draw to path through a temporary file.
+func WritePNG(path string, draw func(*os.File) error) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := draw(f); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
+}
