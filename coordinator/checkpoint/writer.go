@@ -113,7 +113,7 @@ func (w *Writer) Close(ctx context.Context) error {
 	w.closed = true
 	w.mu.Unlock()
 	w.signal()
-	select {
+	select { // already stopped (a second Close): succeed even if ctx has ended
 	case <-w.done:
 		w.cancel()
 		return nil
