@@ -103,11 +103,11 @@ type workerState struct {
 
 // Stats are counters the status reports.
 type Stats struct {
-	Committed       int64   // steps committed by this coordinator process
-	Redone          int64   // steps whose first attempt was abandoned
-	Generations     int64   // generations started
-	DigestMismatch  int64   // reports whose digests disagreed
-	LedgerErrors    int64   // commits that broke the ledger
+	Committed       int64 // steps committed by this coordinator process
+	Redone          int64 // steps whose first attempt was abandoned
+	Generations     int64 // generations started
+	DigestMismatch  int64 // reports whose digests disagreed
+	LedgerErrors    int64 // commits that broke the ledger
 	LastCommit      time.Time
 	LastStepSeconds float64 // wall time of the last committed step
 	LastAllreduce   float64 // slowest member's all-reduce time in the last step

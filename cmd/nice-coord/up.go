@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nice-flow/nice/coordinator"
+)
+
+func init() {
+	register("up", command{summary: "run a whole distributed job here: a coordinator and N worker processes on loopback", run: runUp})
+}
+
+func runUp(ctx context.Context, args []string) error {
+	fs := newFlagSet("up", "--workers N [flags]",
+		"Starts a coordinator in this process and N nice-worker processes on loopback, and trains.\n"+
+			"A worker that dies is started again; Ctrl-C takes a final checkpoint and stops everything.\n"+
+			"Run it again in the same folder and it resumes from --state-dir. `nice-coord status` run in\n"+
+			"this folder finds it.")
+	var sf serveFlags
+	addServeFlags(fs, &sf, "127.0.0.1:7000", "127.0.0.1:7080", "127.0.0.1:7946")
+	n := fs.Int("workers", 2, "number of worker processes")
+	workerBin := fs.String("worker-bin", "", "path of nice-worker (default: next to this nice-coord, else on PATH)")
+	restart := fs.Bool("restart", true, "start a worker again when it dies")
+	progress := fs.Duration("progress", 10*time.Second, "interval between progress lines")
+	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if *n < 1 {
+		return fmt.Errorf("--workers %d: need at least 1", *n)
+	}
+	bin, err := findWorkerBin(*workerBin)
+	if err != nil {
+		return err
+	}
+	cfg, err := sf.config()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = newLogger(sf.verbose)
+	srv, err := coordinator.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := writeAddrFile(sf.stateDir, srv.Addr()); err != nil {
+		cfg.Logger.Warn("status address file not written", "err", err)
+	}
+	// Share the cores: each worker gets its part for Go and for BLAS.
+	threads := sf.tf.threads
+	if threads == 0 {
+		threads = max(1, runtime.NumCPU() / *n)
+	}
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := 1; i <= *n; i++ {
+		wargs := []string{
+			"--id", fmt.Sprintf("w%d", i), "--coordinator", srv.Addr(), "--listen", "127.0.0.1:0",
+			"--threads", strconv.Itoa(threads),
+		}
+		if sf.gossip != "" {
+			wargs = append(wargs, "--join", cfg.Gossip.AdvertiseAddr+":"+strconv.Itoa(cfg.Gossip.BindPort), "--gossip", "127.0.0.1:0")
+		}
+		if sf.tf.dataDir != "" {
+			wargs = append(wargs, "--data", sf.tf.dataDir)
+		}
+		logPath := filepath.Join(sf.stateDir, fmt.Sprintf("worker-w%d.log", i))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			superviseWorker(wctx, bin, wargs, threads, logPath, *restart)
+		}()
+	}
+	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; logs in %s\n", srv.Addr(), *n, threads, sf.stateDir)
+	serveDone := make(chan error, 1)
+	sctx, stopServe := context.WithCancel(ctx)
+	defer stopServe()
+	go func() { serveDone <- srv.Serve(sctx) }()
+	tick := time.NewTicker(*progress)
+	defer tick.Stop()
+	var serveErr error
+loop:
+	for {
+		select {
+		case serveErr = <-serveDone:
+			break loop
+		case <-tick.C:
+			st := srv.Status()
+			fmt.Printf("epoch %d/%d  step %d  %s  %d workers  %.0f samples/s  train NLL %.2f  checkpoint at step %d\n",
+				min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.Phase, len(st.Workers), st.SamplesPerSec, st.TrainNLL, st.LastCheckpointStep)
+			if st.Phase == "finished" && len(st.Scores) > 0 && st.Scores[len(st.Scores)-1].Epoch == st.Epochs && st.LastCheckpointStep == st.Step {
+				fmt.Printf("training complete: test log-likelihood %.2f nats, %.4f bits/dim\n", st.TestLL, st.BitsPerDim)
+				stopServe()
+			}
+		}
+	}
+	stopWorkers()
+	wg.Wait()
+	return serveErr
+}
+
+func findWorkerBin(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "nice-worker")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("nice-worker"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("nice-worker not found next to nice-coord or on PATH: build both with " +
+		"`go build -tags openblas -o bin/ ./cmd/...` (see README) or pass --worker-bin")
+}
+
+// superviseWorker runs one worker process until ctx ends, starting it again
+// if it dies (when restart is set). On ctx's end it sends SIGTERM and, after
+// five seconds, SIGKILL.
+func superviseWorker(ctx context.Context, bin string, args []string, threads int, logPath string, restart bool) {
+	for ctx.Err() == nil {
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "worker log %s: %v\n", logPath, err)
+			return
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(threads), "OPENBLAS_NUM_THREADS="+strconv.Itoa(threads))
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "starting %s: %v\n", bin, err)
+			logf.Close()
+			return
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			logf.Close()
+			if ctx.Err() != nil || !restart {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "worker %s exited (%v); starting it again\n", args[1], err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		case <-ctx.Done():
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+			logf.Close()
+			return
+		}
+	}
+}
