@@ -1,10 +1,8 @@
 package ring
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -242,7 +240,7 @@ func (r *bufCursor) apply(dst []float32, op Apply) {
 			if nc < 4 {
 				continue
 			}
-			dst[0] += float32frombytes(carry[:])
+			dst[0] += f32le(carry[:])
 			dst = dst[1:]
 			nc = 0
 			continue
@@ -255,8 +253,4 @@ func (r *bufCursor) apply(dst []float32, op Apply) {
 			r.cur = r.cur[nc:]
 		}
 	}
-}
-
-func float32frombytes(b []byte) float32 {
-	return math.Float32frombits(binary.LittleEndian.Uint32(b))
 }

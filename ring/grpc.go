@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -23,27 +24,68 @@ import (
 // helloKey is the metadata key announcing a stream (a binary RingHello).
 const helloKey = "nice-ring-hello-bin"
 
-// Tuning of gRPC for a few large messages on few streams. Windows well
-// above the in-flight data of a ring (a few frames) keep flow control from
-// stalling the pipeline; big socket buffers mean fewer system calls.
-const (
-	grpcWindow     = 32 << 20
-	grpcBufferSize = 1 << 20
-	grpcMaxMessage = MaxFrameBytes + 64<<10
-)
+// GRPCTuning sizes gRPC for a few large messages on few streams. The
+// defaults were chosen with `nice-coord bench allreduce`.
+type GRPCTuning struct {
+	// WindowBytes is the HTTP/2 flow-control window of a stream and of a
+	// connection. Far above the data a ring has in flight (a few frames), so
+	// flow control never stalls the pipeline; setting it also turns off
+	// gRPC's window probing.
+	WindowBytes int32
+	// WriteBufferBytes and ReadBufferBytes are the socket buffers of gRPC:
+	// larger ones mean fewer system calls per byte.
+	WriteBufferBytes int
+	ReadBufferBytes  int
+	// RecycleBuffers gives gRPC a pool that reuses receive buffers without
+	// zeroing them first (gRPC's own pool clears every buffer it hands out,
+	// which costs a pass over every received byte). gRPC overwrites a
+	// buffer before it reads it, so this only saves work.
+	RecycleBuffers bool
+}
+
+// DefaultGRPCTuning returns the tuning ServerOptions and NewGRPCTransport
+// use.
+func DefaultGRPCTuning() GRPCTuning {
+	return GRPCTuning{WindowBytes: 32 << 20, WriteBufferBytes: 1 << 20, ReadBufferBytes: 1 << 20, RecycleBuffers: true}
+}
+
+// grpcMaxMessage is above the largest frame plus its header.
+const grpcMaxMessage = MaxFrameBytes + 64<<10
 
 // ServerOptions returns the options the worker's grpc.Server needs for
 // ring streams: a message limit above the largest frame, and windows and
-// buffers sized for them. The other services of the server are unaffected
-// except for these limits.
-func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+// buffers sized for them (DefaultGRPCTuning). Other services on the same
+// server get the same limits and buffers.
+func ServerOptions() []grpc.ServerOption { return DefaultGRPCTuning().ServerOptions() }
+
+// ServerOptions returns the server options of this tuning.
+func (t GRPCTuning) ServerOptions() []grpc.ServerOption {
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(grpcMaxMessage),
-		grpc.InitialWindowSize(grpcWindow),
-		grpc.InitialConnWindowSize(grpcWindow),
-		grpc.WriteBufferSize(grpcBufferSize),
-		grpc.ReadBufferSize(grpcBufferSize),
+		grpc.InitialWindowSize(t.WindowBytes),
+		grpc.InitialConnWindowSize(t.WindowBytes),
+		grpc.WriteBufferSize(t.WriteBufferBytes),
+		grpc.ReadBufferSize(t.ReadBufferBytes),
 	}
+	if t.RecycleBuffers {
+		opts = append(opts, experimental.BufferPool(recyclingPool))
+	}
+	return opts
+}
+
+// DialOptions returns the dial options of this tuning; pass them to
+// NewGRPCTransport to override the defaults.
+func (t GRPCTuning) DialOptions() []grpc.DialOption {
+	opts := []grpc.DialOption{
+		grpc.WithInitialWindowSize(t.WindowBytes),
+		grpc.WithInitialConnWindowSize(t.WindowBytes),
+		grpc.WithWriteBufferSize(t.WriteBufferBytes),
+		grpc.WithReadBufferSize(t.ReadBufferBytes),
+	}
+	if t.RecycleBuffers {
+		opts = append(opts, experimental.WithBufferPool(recyclingPool))
+	}
+	return opts
 }
 
 // GRPCTransport is the RingTransport of the workers: it dials neighbours
@@ -64,22 +106,18 @@ type GRPCTransport struct {
 type linkCloser interface{ Close(error) }
 
 // NewGRPCTransport returns a transport that dials peers in plaintext, as
-// inside the cluster; extra options (credentials, say) are applied after
-// the defaults.
+// inside the cluster, tuned by DefaultGRPCTuning; extra options
+// (credentials, another tuning's DialOptions) are applied after those.
 func NewGRPCTransport(extra ...grpc.DialOption) *GRPCTransport {
-	opts := []grpc.DialOption{
+	opts := append(DefaultGRPCTuning().DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(grpcWindow),
-		grpc.WithInitialConnWindowSize(grpcWindow),
-		grpc.WithWriteBufferSize(grpcBufferSize),
-		grpc.WithReadBufferSize(grpcBufferSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(grpcMaxMessage), grpc.MaxCallSendMsgSize(grpcMaxMessage)),
 		// A restarted neighbour is found again quickly.
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 2 * time.Second,
 		}),
-	}
+	)
 	return &GRPCTransport{
 		dialOpts: append(opts, extra...),
 		queue:    newAcceptQueue(),
