@@ -32,7 +32,8 @@ type benchOptions struct {
 	Tuning     ring.GRPCTuning
 	// Member is the command line that starts one member process; the
 	// default re-executes this binary in member mode.
-	Member []string
+	Member    []string
+	MemberEnv []string // added to this process's environment
 	// KillRank, when >= 0, is SIGKILLed KillDelay after it starts timed
 	// run KillRun; the benchmark then reports how the others ended.
 	KillRank  int
@@ -164,6 +165,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		mu       sync.Mutex
 		killedAt time.Time
 		failures []string
+		report   = &killReport{survivors: make(map[int]survivor)}
 		wg       sync.WaitGroup
 	)
 	for r, m := range members {
@@ -180,11 +182,12 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
 				case ev.Error != "":
 					mu.Lock()
-					after := ""
+					after := time.Duration(-1)
 					if !killedAt.IsZero() {
-						after = fmt.Sprintf(" (%v after the kill)", time.Since(killedAt).Round(time.Millisecond))
+						after = time.Since(killedAt)
 					}
-					failures = append(failures, fmt.Sprintf("member %d: broken=%v%s: %s", r, ev.Broken, after, ev.Error))
+					report.survivors[r] = survivor{broken: ev.Broken, after: after, err: ev.Error}
+					failures = append(failures, fmt.Sprintf("member %d: %s", r, ev.Error))
 					mu.Unlock()
 				}
 			}
@@ -192,7 +195,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	}
 	wg.Wait()
 	if o.KillRank >= 0 {
-		return nil, &killReport{killedAt: killedAt, lines: failures}
+		return nil, report
 	}
 	for r, m := range members {
 		if err := m.cmd.Wait(); err != nil {
@@ -226,20 +229,32 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	return res, nil
 }
 
-// killReport is what a benchmark with a planned kill returns.
+// killReport is what a benchmark with a planned kill returns: how each
+// member that reported an error ended.
 type killReport struct {
-	killedAt time.Time
-	lines    []string
+	survivors map[int]survivor
+}
+
+type survivor struct {
+	broken bool          // the error wrapped ring.ErrRingBroken
+	after  time.Duration // from the kill to the report; -1 if before it
+	err    string
 }
 
 func (k *killReport) Error() string {
-	return fmt.Sprintf("%v; survivors: %s", errKilledAsPlanned, strings.Join(k.lines, "; "))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v;", errKilledAsPlanned)
+	for r, s := range k.survivors {
+		fmt.Fprintf(&b, " member %d (broken=%v, %v after the kill): %s;", r, s.broken, s.after.Round(time.Millisecond), s.err)
+	}
+	return b.String()
 }
 
 func (k *killReport) Unwrap() error { return errKilledAsPlanned }
 
 func startBenchMember(ctx context.Context, o benchOptions, rank int, logw io.Writer) (*benchMember, string, error) {
 	cmd := exec.CommandContext(ctx, o.Member[0], o.Member[1:]...)
+	cmd.Env = append(os.Environ(), o.MemberEnv...)
 	cmd.Stderr = logw
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
