@@ -37,6 +37,9 @@ type MachineConfig struct {
 	// DigestEvery is how often (in steps) workers include a parameter digest
 	// in their reports; informational for the machine.
 	DigestEvery int
+	// StopAt, if positive, holds training once this many steps are
+	// committed, with a checkpoint of that state (as RequestStop does).
+	StopAt int64
 }
 
 // Machine is the coordinator's step and generation logic as a deterministic
@@ -400,6 +403,10 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	if m.done() {
 		m.phase = Finished
 	}
+	if m.cfg.StopAt > 0 && m.next.Step >= m.cfg.StopAt {
+		m.phase = Holding // the step limit is reached: hold the replicas there
+		return
+	}
 	eval := int32(0)
 	if m.evalEpoch > 0 {
 		eval = int32(m.evalEpoch)
@@ -477,6 +484,9 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	}
 	c.SumLL = sum
 	after := m.next.Next(m.spe)
+	if m.cfg.StopAt > 0 && after.Step >= m.cfg.StopAt {
+		m.RequestStop()
+	}
 	epochEnd := after.Epoch != m.next.Epoch
 	msg := &nicepb.Commit{Generation: m.gen, Step: m.next.Step, SumLl: sum, Batch: int32(batch)}
 	snapshot := epochEnd || m.snapshotWanted || (m.cfg.CheckpointEvery > 0 && after.Step%int64(m.cfg.CheckpointEvery) == 0)

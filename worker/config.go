@@ -32,6 +32,8 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Ring tunes the all-reduce.
 	Ring ring.Config
+	// Fault, if set, pauses the worker at one point of one step (tests).
+	Fault Fault
 	// Logger receives the worker's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -51,6 +52,8 @@ type Worker struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+
+	ringArmed atomic.Bool // the ring fault fires in the armed all-reduce
 }
 
 // Stats describe what a worker has done; tests and logs read them.
@@ -95,12 +98,17 @@ func New(cfg Config) (*Worker, error) {
 	rc := cfg.Ring
 	rc.Logger = log
 	tp := ring.NewGRPCTransport()
-	member, err := ring.NewMember(tp, rc)
+	var rt ring.RingTransport = tp
+	w := &Worker{}
+	if cfg.Fault.Phase == "ring" {
+		rt = ring.WithFaults(tp, w.ringFault(&w.ringArmed))
+	}
+	member, err := ring.NewMember(rt, rc)
 	if err != nil {
 		lis.Close()
 		return nil, err
 	}
-	w := &Worker{
+	*w = Worker{
 		cfg:         cfg,
 		log:         log,
 		incarnation: uint64(time.Now().UnixNano()),
@@ -430,11 +438,13 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 			pd = max(train.Digest(tr.Model.Params), 1)
 		}
 		t0 := time.Now()
+		w.faultAt(ctx, "gradient", pos.Step)
 		ll := tr.ComputeGradient(idx[lo:hi], pos.Epoch)
 		tc := time.Since(t0)
 		w.mu.Unlock()
 
 		t1 := time.Now()
+		w.ringArmed.Store(w.cfg.Fault.Phase == "ring" && w.cfg.Fault.Step == pos.Step)
 		if err := w.ring.AllReduce(ctx, tr.Grad); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -457,6 +467,7 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 			ComputeSeconds: tc.Seconds(), AllreduceSeconds: ta.Seconds(),
 			NonFinite: !finite(tr.Grad),
 		}
+		w.faultAt(ctx, "report", pos.Step)
 		if err := send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: rep}}); err != nil {
 			return
 		}

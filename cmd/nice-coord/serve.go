@@ -35,6 +35,7 @@ type serveFlags struct {
 	settle    time.Duration
 	stepTO    time.Duration
 	samples   int
+	maxSteps  int64
 	verbose   bool
 }
 
@@ -51,6 +52,7 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.DurationVar(&sf.settle, "settle", 500*time.Millisecond, "quiet time after a worker joins before a new generation takes it in")
 	fs.DurationVar(&sf.stepTO, "step-timeout", 3*time.Minute, "redo a step that takes longer than this")
 	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
+	fs.Int64Var(&sf.maxSteps, "max-steps", 0, "hold training once this many steps are committed in all, with a checkpoint (0: train every epoch)")
 	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
 }
 
@@ -76,6 +78,7 @@ func (sf *serveFlags) config() (coordinator.Config, error) {
 	mc.CheckpointEvery = sf.ckptEvery
 	mc.Settle = sf.settle
 	mc.StepTimeout = sf.stepTO
+	mc.StopAt = sf.maxSteps
 	host := advertiseHost(sf.advertise, sf.listen)
 	adv, err := netaddr.Join(host, sf.listen)
 	if err != nil {

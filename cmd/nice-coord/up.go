@@ -99,8 +99,12 @@ loop:
 			st := srv.Status()
 			fmt.Printf("epoch %d/%d  step %d  %s  %d workers  %.0f samples/s  train NLL %.2f  checkpoint at step %d\n",
 				min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.Phase, len(st.Workers), st.SamplesPerSec, st.TrainNLL, st.LastCheckpointStep)
-			if st.Phase == "finished" && len(st.Scores) > 0 && st.Scores[len(st.Scores)-1].Epoch == st.Epochs && st.LastCheckpointStep == st.Step {
+			switch {
+			case st.Phase == "finished" && len(st.Scores) > 0 && st.Scores[len(st.Scores)-1].Epoch == st.Epochs && st.LastCheckpointStep == st.Step:
 				fmt.Printf("training complete: test log-likelihood %.2f nats, %.4f bits/dim\n", st.TestLL, st.BitsPerDim)
+				stopServe()
+			case st.Phase == "holding" && sf.maxSteps > 0 && st.Step >= sf.maxSteps && st.LastCheckpointStep == st.Step:
+				fmt.Printf("stopped at step %d (--max-steps); run again with a higher --max-steps or none to go on\n", st.Step)
 				stopServe()
 			}
 		}

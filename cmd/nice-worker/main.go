@@ -85,6 +85,7 @@ func run(ctx context.Context, args []string) error {
 	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
 	digestEvery := fs.Int("digest-every", d.DigestEvery, "send a parameter digest every this many steps (0: never)")
 	verbose := fs.Bool("v", false, "log debug details")
+	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring or report (e.g. ring@5:500ms)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -94,6 +95,7 @@ func run(ctx context.Context, args []string) error {
 	if err := envDefaults(fs); err != nil {
 		return err
 	}
+	var err error
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -117,6 +119,11 @@ func run(ctx context.Context, args []string) error {
 	cfg := d
 	cfg.ID, cfg.Coordinator, cfg.Listen, cfg.AdvertiseHost, cfg.DataDir = *id, *coord, *listen, advHost, *data
 	cfg.DigestEvery = *digestEvery
+	if *fault != "" {
+		if cfg.Fault, err = worker.ParseFault(*fault); err != nil {
+			return err
+		}
+	}
 	cfg.Logger = log
 	w, err := worker.New(cfg)
 	if err != nil {

@@ -1,0 +1,330 @@
+package clustertest
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/nice-flow/nice/coordinator"
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/mnist"
+	nicepb "github.com/nice-flow/nice/proto"
+	"github.com/nice-flow/nice/train"
+)
+
+// A small model at batch 512 (118 steps an epoch): steps take milliseconds,
+// so the tests exercise the protocol, not the arithmetic.
+var tinyArgs = []string{"--hidden", "16", "--layers", "1", "--batch", "512", "--seed", "7"}
+
+func tinyConfig() train.Config {
+	c := train.DefaultConfig()
+	c.Model = flow.Config{Dim: 784, Couplings: 4, Hidden: 16, HiddenLayers: 1, Prior: flow.Logistic}
+	c.Batch = 512
+	c.Seed = 7
+	return c
+}
+
+func needMNIST(t *testing.T) (trainSet, testSet *mnist.Set) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts real clusters; skipped with -short")
+	}
+	dir, err := mnist.FindDir("")
+	if err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	trainSet, testSet, err = mnist.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trainSet, testSet
+}
+
+// reference trains k steps in this process, as `nice-coord train` does.
+func reference(t *testing.T, trainSet, testSet *mnist.Set, k int) *train.State {
+	t.Helper()
+	c := tinyConfig()
+	tr, err := train.New(c, train.SplitData(c, trainSet, testSet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < k; i++ {
+		if _, err := tr.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tr.State()
+}
+
+func maxDiff(a, b []float32) float64 {
+	var d float64
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
+	}
+	return d
+}
+
+func sameBits(a, b *train.State) error {
+	if a.Position != b.Position || a.AdamStep != b.AdamStep {
+		return fmt.Errorf("positions %+v/%d and %+v/%d", a.Position, a.AdamStep, b.Position, b.AdamStep)
+	}
+	for name, pair := range map[string][2][]float32{"params": {a.Params, b.Params}, "m": {a.M, b.M}, "v": {a.V, b.V}} {
+		for i := range pair[0] {
+			if math.Float32bits(pair[0][i]) != math.Float32bits(pair[1][i]) {
+				return fmt.Errorf("%s[%d]: %v vs %v", name, i, pair[0][i], pair[1][i])
+			}
+		}
+	}
+	return nil
+}
+
+func startCluster(t *testing.T, workers int, args ...string) *Cluster {
+	t.Helper()
+	c := New(t, append(append([]string{}, tinyArgs...), args...)...)
+	c.StartCoordinator()
+	for i := 1; i <= workers; i++ {
+		c.StartWorker(fmt.Sprintf("w%d", i))
+	}
+	return c
+}
+
+func checkLedger(t *testing.T, c *Cluster, want int) {
+	t.Helper()
+	n, err := CheckLedger(c.Ledger(), mnist.TrainSize, 512, 7)
+	if err != nil {
+		t.Fatalf("ledger: %v", err)
+	}
+	if n != want {
+		t.Fatalf("ledger holds %d committed steps, want %d", n, want)
+	}
+}
+
+// N = 1..4 workers give the single-process trajectory within float32
+// summation-order tolerance; two runs with the same N are bitwise equal.
+func TestDistributedEqualsSingleProcess(t *testing.T) {
+	trainSet, testSet := needMNIST(t)
+	const k = 6
+	ref := reference(t, trainSet, testSet, k)
+	var first *train.State
+	for n := 1; n <= 4; n++ {
+		c := startCluster(t, n, "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0")
+		got := c.Held(k, 2*time.Minute)
+		if got.Position != ref.Position {
+			t.Fatalf("N=%d: at %+v, the single process at %+v", n, got.Position, ref.Position)
+		}
+		d := maxDiff(got.Params, ref.Params)
+		t.Logf("N=%d: largest parameter difference from the single process after %d steps: %.3g", n, k, d)
+		if d > 1e-4 {
+			t.Errorf("N=%d: parameters differ from the single process by up to %g", n, d)
+		}
+		checkLedger(t, c, k)
+		if n == 2 {
+			first = got
+		}
+	}
+	again := startCluster(t, 2, "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0").Held(k, 2*time.Minute)
+	if err := sameBits(first, again); err != nil {
+		t.Fatalf("two runs with 2 workers differ: %v", err)
+	}
+}
+
+// A worker SIGKILLed while computing its gradient, inside the ring, or after
+// the reduce but before its report: the survivors commit the redone step
+// within seconds; every sample is used once; the worker, restarted, rejoins
+// with the replicas' exact state.
+func TestWorkerKilledMidStep(t *testing.T) {
+	needMNIST(t)
+	for _, tc := range []struct{ phase, pause string }{
+		{"gradient", "5s"}, {"ring", "700ms"}, {"report", "5s"},
+	} {
+		t.Run(tc.phase, func(t *testing.T) {
+			const killStep, stop = 5, 14
+			c := New(t, append(append([]string{}, tinyArgs...), "--max-steps", fmt.Sprint(stop), "--checkpoint-every", "4")...)
+			c.StartCoordinator()
+			c.StartWorker("w1")
+			victim := c.StartWorker("w2", "--fault", fmt.Sprintf("%s@%d:%s", tc.phase, killStep, tc.pause))
+			c.StartWorker("w3")
+			victim.WaitLine(t, "fault injection: pausing", 2*time.Minute)
+			killed := time.Now()
+			victim.Kill()
+			st := c.WaitStatus("the survivors to commit the redone step", 30*time.Second, func(s *coordinator.Status) bool {
+				return s.Step > killStep && len(s.Ring) == 2
+			})
+			t.Logf("%s: killed at step %d; step %d committed by %v %.2fs later (redone steps %d)",
+				tc.phase, killStep, st.Step, st.Ring, time.Since(killed).Seconds(), st.RedoneSteps)
+
+			c.StartWorker("w2")
+			held := c.Held(stop, 2*time.Minute)
+			final, err := c.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(final.Workers) != 3 || !final.LedgerOK || !final.DigestsAgree {
+				t.Fatalf("after the restart: %d workers, ledger ok %v, digests agree %v", len(final.Workers), final.LedgerOK, final.DigestsAgree)
+			}
+			pos := &nicepb.Position{Step: held.Position.Step, Epoch: int32(held.Position.Epoch), StepInEpoch: int32(held.Position.StepInEpoch)}
+			for _, w := range final.Workers {
+				if err := sameBits(c.FetchState(w.Addr, pos), held); err != nil {
+					t.Fatalf("worker %s holds another state than the checkpoint: %v", w.ID, err)
+				}
+			}
+			checkLedger(t, c, stop)
+		})
+	}
+}
+
+// The coordinator SIGKILLed mid-run and started again resumes from its newest
+// checkpoint; the workers reattach by themselves; the result equals an
+// uninterrupted run's bitwise.
+func TestCoordinatorKilledResumes(t *testing.T) {
+	needMNIST(t)
+	const stop = 12
+	args := []string{"--max-steps", fmt.Sprint(stop), "--checkpoint-every", "4"}
+	want := startCluster(t, 2, args...).Held(stop, 2*time.Minute)
+
+	c := startCluster(t, 2, args...)
+	c.WaitStatus("step 6", time.Minute, func(s *coordinator.Status) bool { return s.Step >= 6 })
+	c.Coord.Kill()
+	c.StartCoordinator()
+	resumed := c.Coord.WaitLine(t, "resuming from checkpoint", 10*time.Second)
+	t.Logf("restarted coordinator: %s", resumed)
+	got := c.Held(stop, 2*time.Minute)
+	if err := sameBits(got, want); err != nil {
+		t.Fatalf("the resumed run differs from an uninterrupted one: %v", err)
+	}
+	checkLedger(t, c, stop)
+}
+
+// A corrupted newest checkpoint is detected by its checksum, reported, and
+// the previous one is resumed; `nice-coord checkpoints` shows it unverified.
+func TestCorruptNewestCheckpointFallsBack(t *testing.T) {
+	needMNIST(t)
+	c := startCluster(t, 1, "--max-steps", "8", "--checkpoint-every", "4")
+	c.Held(8, 2*time.Minute)
+	if err := c.Coord.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(c.Dir, "state", "nice.db")
+	flipChunkByte(t, db, 8)
+
+	c.StartCoordinator()
+	line := c.Coord.WaitLine(t, "checkpoint skipped", 10*time.Second)
+	if !strings.Contains(line, "step 8") || !strings.Contains(line, "sha256") {
+		t.Fatalf("the corrupt checkpoint is reported as: %s", line)
+	}
+	c.Coord.WaitLine(t, "resuming from checkpoint", 10*time.Second)
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Step != 4 {
+		t.Fatalf("resumed at step %d, want the previous checkpoint's 4", st.Step)
+	}
+	out, err := exec.Command(filepath.Join(c.Bin, "nice-coord"), "checkpoints", "--addr", c.Addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nice-coord checkpoints: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "NO: checkpoint at step 8 is corrupt") {
+		t.Fatalf("nice-coord checkpoints does not flag step 8:\n%s", out)
+	}
+	t.Logf("nice-coord checkpoints:\n%s", out)
+}
+
+// flipChunkByte damages the first chunk of the checkpoint at step in a
+// bbolt file the coordinator no longer holds open.
+func flipChunkByte(t *testing.T, path string, step uint64) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		key := []byte{0, 0, 0, 0, 0, 0, 0, byte(step)}
+		cp := tx.Bucket([]byte("checkpoints")).Bucket(key)
+		if cp == nil {
+			return fmt.Errorf("no checkpoint at step %d", step)
+		}
+		chunks := cp.Bucket([]byte("chunks"))
+		k, v := chunks.Cursor().First()
+		damaged := append([]byte(nil), v...)
+		damaged[len(damaged)/2] ^= 0x40
+		return chunks.Put(k, damaged)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// `nice-coord status` against a live cluster shows the fields; against
+// nothing, one line on stderr and a non-zero exit.
+func TestStatusCommand(t *testing.T) {
+	needMNIST(t)
+	c := startCluster(t, 2, "--checkpoint-every", "3")
+	c.WaitStatus("training with 2 workers and a checkpoint", time.Minute, func(s *coordinator.Status) bool {
+		return s.Phase == "running" && len(s.Ring) == 2 && s.LastCheckpointStep > 0
+	})
+	bin := filepath.Join(c.Bin, "nice-coord")
+	out, err := exec.Command(bin, "status", "--addr", c.Addr, "--json").Output()
+	if err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status --json is not one JSON object: %v\n%s", err, out)
+	}
+	for _, k := range []string{"generation", "epoch", "step", "workers", "samples_per_sec", "test_ll", "last_checkpoint_step"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("status --json lacks %q", k)
+		}
+	}
+	workers, _ := st["workers"].([]any)
+	if len(workers) != 2 {
+		t.Fatalf("status --json lists %d workers, want 2", len(workers))
+	}
+	for _, w := range workers {
+		w := w.(map[string]any)
+		for _, k := range []string{"id", "state", "rank"} {
+			if _, ok := w[k]; !ok {
+				t.Errorf("worker entry lacks %q: %v", k, w)
+			}
+		}
+	}
+	human, err := exec.Command(bin, "status", "--addr", c.Addr).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"generation", "samples/s", "w1", "w2", "training", "last checkpoint"} {
+		if !strings.Contains(string(human), want) {
+			t.Errorf("status output lacks %q:\n%s", want, human)
+		}
+	}
+
+	cmd := exec.Command(bin, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)))
+	cmd.Dir = t.TempDir()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if err == nil {
+		t.Fatal("status against no coordinator exited 0")
+	}
+	if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n") + 1; lines != 1 || !strings.Contains(stderr.String(), "no coordinator answers") {
+		t.Fatalf("status against nothing printed %d lines: %q", lines, stderr.String())
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}

@@ -1,0 +1,5 @@
+// Package clustertest starts real nice clusters for tests: the nice-coord
+// and nice-worker binaries built from this module, run as separate OS
+// processes on loopback, which a test can kill (SIGKILL), restart and
+// inspect through the coordinator's status and the ledger it writes.
+package clustertest
