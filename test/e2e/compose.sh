@@ -305,6 +305,12 @@ phase_end() { # name
 	log "$1: $ds steps committed once each, $dr redone"
 }
 
+# fresh_status "before what": a status read just before a fault is injected.
+fresh_status() {
+	poll
+	[ -n "$S" ] || fail "the coordinator did not answer $1"
+}
+
 declare -a TIMES=()
 record() { # label seconds
 	TIMES+=("$(printf '%-44s %6ss' "$1" "$2")")
@@ -350,6 +356,7 @@ phase_begin
 victim=$(containers worker --filter status=running | head -n 1)
 [ -n "$victim" ] || fail "no running worker container to kill"
 victim_id=$(hostname_of "$victim")
+fresh_status "before the worker was killed"
 P0=$(cur_step) WANT=$((WORKERS - 1)) GONE_ID=$victim_id
 t0=$(now_ms)
 docker kill "$victim" >/dev/null || fail "docker kill $victim failed"
@@ -381,6 +388,7 @@ CKPT_MIN=$E2E_CHECKPOINT_EVERY
 wait_until "a checkpoint at step >= $CKPT_MIN" checkpointed
 coord=$(containers coordinator --filter status=running | head -n 1)
 [ -n "$coord" ] || fail "no running coordinator container"
+fresh_status "before it was killed"
 ckpt=$(field '.last_checkpoint_step')
 gen=$(field '.generation')
 step_at_kill=$(cur_step)
@@ -389,12 +397,12 @@ t0=$(now_ms)
 docker kill "$coord" >/dev/null || fail "docker kill of the coordinator failed"
 timeout 30 docker wait "$coord" >/dev/null || fail "the killed coordinator container did not exit"
 FLOOR=$ckpt ERA_COMMITTED=0
-log "killed the coordinator at step $step_at_kill (last checkpoint: step $ckpt)"
+log "killed the coordinator (last seen at step $step_at_kill, last checkpoint step $ckpt)"
 dc start coordinator || fail "${COMPOSE[*]} start coordinator failed"
 wait_until "the restarted coordinator to answer" coordinator_answers
 resumed=$(cur_step)
 ((resumed > 0)) || fail "the restarted coordinator began again at step 0: its checkpoint (step $ckpt) was not used"
-log "coordinator answering again at step $resumed (killed at step $step_at_kill, last checkpoint seen $ckpt)"
+log "coordinator answering again at step $resumed (last seen at step $step_at_kill before the kill, last checkpoint seen $ckpt)"
 P0=$resumed WANT=$WORKERS
 wait_until "the same $WORKERS workers reattached, $E2E_PROGRESS more steps, agreeing digests" reattached_and_going
 log "generation $gen before the kill, $(field '.generation') now"
@@ -410,6 +418,7 @@ cut_id=$(hostname_of "$cut")
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\n"}}{{end}}' "$cut" | grep -m 1 "^$PROJECT") ||
 	fail "worker $cut_id is on no network of project $PROJECT"
 ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$cut")
+fresh_status "before the worker was disconnected"
 P0=$(cur_step) WANT=$((WORKERS - 1)) GONE_ID=$cut_id
 t0=$(now_ms)
 docker network disconnect "$net" "$cut" || fail "docker network disconnect $net $cut_id failed"
@@ -433,6 +442,7 @@ log "$(summary)"
 log "step 7: down and up again"
 CKPT_MIN=$((resumed + 1))
 wait_until "a checkpoint after the coordinator's restart (step >= $CKPT_MIN)" checkpointed
+fresh_status "before down"
 ckpt=$(field '.last_checkpoint_step')
 step_at_down=$(cur_step)
 t0=$(now_ms)
