@@ -153,6 +153,7 @@ type Commit struct {
 	Batch      int
 	Shards     []Shard
 	SumLL      float64
+	Snapshot   bool // the members snapshot the state this commit reaches
 }
 
 // Shard is the part of a global batch one worker computed.
@@ -267,6 +268,11 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	case Preparing, Running:
 		m.abandonStep()
 		m.startGeneration(now, out, "member "+id+" left")
+	case Finished:
+		if m.evalEpoch > 0 {
+			// No later generation would score the last epoch.
+			m.startGeneration(now, out, "member "+id+" left during the final evaluation")
+		}
 	}
 }
 
@@ -368,6 +374,11 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		out.Logs = append(out.Logs, fmt.Sprintf("no worker holds the state at step %d; resuming from the checkpoint at step %d", m.next.Step, m.coordPos.Step))
 		m.next = m.coordPos
 		ref = m.coordDigest
+		if m.evalEpoch > 0 && (m.next.Epoch != m.evalEpoch || m.next.StepInEpoch != 0) {
+			// The checkpoint is not the end of the epoch awaiting its
+			// score: it is scored when training reaches that end again.
+			m.evalEpoch = 0
+		}
 		for _, id := range m.ring {
 			m.workers[id].fetched = false
 		}
@@ -491,6 +502,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	msg := &nicepb.Commit{Generation: m.gen, Step: m.next.Step, SumLl: sum, Batch: int32(batch)}
 	snapshot := epochEnd || m.snapshotWanted || (m.cfg.CheckpointEvery > 0 && after.Step%int64(m.cfg.CheckpointEvery) == 0)
 	msg.Snapshot = snapshot
+	c.Snapshot = snapshot
 	if epochEnd {
 		msg.EvalEpoch = int32(after.Epoch)
 		m.evalEpoch = after.Epoch

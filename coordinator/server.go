@@ -494,11 +494,14 @@ type ledgerLine struct {
 	Batch       int     `json:"batch"`
 	Shards      []Shard `json:"shards"`
 	Coordinator uint64  `json:"coordinator"`
+	Snapshot    bool    `json:"snapshot,omitempty"`
+	UnixNano    int64   `json:"unix_nano"`
 }
 
 func (s *Server) recordCommit(c *Commit) {
 	b, _ := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
-		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation})
+		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
+		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano()})
 	s.ledger.Write(append(b, '\n'))
 	s.ledger.Flush()
 	s.mu.Lock()

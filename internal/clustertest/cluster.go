@@ -318,6 +318,8 @@ type LedgerEntry struct {
 	Batch       int                 `json:"batch"`
 	Shards      []coordinator.Shard `json:"shards"`
 	Coordinator uint64              `json:"coordinator"`
+	Snapshot    bool                `json:"snapshot"`
+	UnixNano    int64               `json:"unix_nano"`
 }
 
 // Ledger reads the coordinator's ledger of committed steps.
