@@ -102,11 +102,12 @@ type Proc struct {
 	seen  chan struct{} // closed and replaced at each new output line
 }
 
-// Start runs bin with args, capturing its output (also into logPath).
-func Start(t testing.TB, name, bin, logPath string, args ...string) *Proc {
+// Start runs bin with args and threads Go and BLAS threads, capturing its
+// output (also into logPath).
+func Start(t testing.TB, name, bin, logPath string, threads int, args ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "OPENBLAS_NUM_THREADS=1")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", threads), fmt.Sprintf("OPENBLAS_NUM_THREADS=%d", threads))
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -201,14 +202,16 @@ type Cluster struct {
 	CoordArg []string
 	Coord    *Proc
 	Workers  map[string]*Proc
-	conn     *grpc.ClientConn
+	// Threads is each process's Go and BLAS thread count (default 1).
+	Threads int
+	conn    *grpc.ClientConn
 }
 
 // New prepares a cluster whose coordinator runs with the training flags
 // args (e.g. --hidden 16 --max-steps 6); nothing starts until StartCoordinator.
 func New(t testing.TB, args ...string) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, Bin: Binaries(t), Dir: t.TempDir(), Workers: map[string]*Proc{}}
+	c := &Cluster{t: t, Bin: Binaries(t), Dir: t.TempDir(), Workers: map[string]*Proc{}, Threads: 1}
 	c.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	c.gossip = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	c.CoordArg = append([]string{"serve", "--listen", c.Addr, "--http", "", "--gossip", c.gossip,
@@ -227,7 +230,7 @@ func New(t testing.TB, args ...string) *Cluster {
 // until it answers.
 func (c *Cluster) StartCoordinator() {
 	c.t.Helper()
-	c.Coord = Start(c.t, "coordinator", filepath.Join(c.Bin, "nice-coord"), filepath.Join(c.Dir, fmt.Sprintf("coordinator-%d.log", time.Now().UnixNano())), c.CoordArg...)
+	c.Coord = Start(c.t, "coordinator", filepath.Join(c.Bin, "nice-coord"), filepath.Join(c.Dir, fmt.Sprintf("coordinator-%d.log", time.Now().UnixNano())), 1, c.CoordArg...)
 	c.Coord.WaitLine(c.t, "coordinator ready", 60*time.Second)
 }
 
@@ -235,8 +238,8 @@ func (c *Cluster) StartCoordinator() {
 func (c *Cluster) StartWorker(id string, extra ...string) *Proc {
 	c.t.Helper()
 	args := append([]string{"--id", id, "--coordinator", c.Addr, "--listen", "127.0.0.1:0",
-		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", "1"}, extra...)
-	p := Start(c.t, id, filepath.Join(c.Bin, "nice-worker"), filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", id, time.Now().UnixNano())), args...)
+		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads)}, extra...)
+	p := Start(c.t, id, filepath.Join(c.Bin, "nice-worker"), filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", id, time.Now().UnixNano())), c.Threads, args...)
 	c.Workers[id] = p
 	return p
 }
