@@ -368,6 +368,11 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		}
 	case m.coordPos == m.next:
 		ref = m.coordDigest
+	case m.joinPending:
+		// No member holds it, but a worker that attached since the plan
+		// may: take it in before discarding the steps since the checkpoint.
+		m.startGeneration(now, out, fmt.Sprintf("no member holds the state at step %d", m.next.Step))
+		return
 	default:
 		// Nobody holds the state at next: every worker that had it is gone.
 		// Fall back to the coordinator's newest checkpoint.
