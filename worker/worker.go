@@ -475,7 +475,13 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 		select {
 		case c = <-g.commits:
 		case <-ctx.Done():
-			return
+			// A commit that arrived just before the next plan still counts:
+			// the coordinator sent it first, and the plan assumes it applied.
+			select {
+			case c = <-g.commits:
+			default:
+				return
+			}
 		}
 		if c.Step != pos.Step {
 			log.Error("commit for another step", "commit", c.Step, "step", pos.Step)
