@@ -3,6 +3,8 @@ package ring
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -67,14 +69,61 @@ const (
 type outFrame struct {
 	h    FrameHeader
 	data []byte
+	// release learns when gRPC lets go of a payload it was lent.
+	release *releaseTracker
+}
+
+// releaseTracker counts the payloads lent to gRPC and not yet given back.
+// It is the mem.BufferPool of those payloads: gRPC "returns" a payload
+// with Put once it wrote or dropped it.
+type releaseTracker struct {
+	lent     atomic.Int64
+	returned chan struct{} // signalled (never blocking) on every Put
+}
+
+func newReleaseTracker() *releaseTracker {
+	return &releaseTracker{returned: make(chan struct{}, 1)}
+}
+
+func (r *releaseTracker) Get(size int) *[]byte {
+	b := make([]byte, size)
+	return &b
+}
+
+func (r *releaseTracker) Put(*[]byte) {
+	r.lent.Add(-1)
+	select {
+	case r.returned <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits until every payload was given back, or until the deadline.
+func (r *releaseTracker) wait(deadline time.Time) bool {
+	if r.lent.Load() == 0 {
+		return true
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	for r.lent.Load() > 0 {
+		select {
+		case <-r.returned:
+		case <-t.C:
+			return false
+		}
+	}
+	return true
 }
 
 // marshal encodes the header into a pooled buffer, freed by gRPC once
-// written, and appends the payload as a buffer over the caller's memory.
-// Zero fields are left out, as the protobuf library does.
+// written, and appends the payload as a buffer over the caller's memory,
+// lent to gRPC until it calls f.release.Put. (Payloads too small for gRPC to
+// track are copied after the header instead.) Zero fields are left out, as
+// the protobuf library does.
 func (f *outFrame) marshal() mem.BufferSlice {
 	pool := mem.DefaultBufferPool()
-	hp := pool.Get(64)
+	small := mem.IsBelowBufferPoolingThreshold(len(f.data))
+	hp := pool.Get(64 + len(f.data))
 	b := (*hp)[:0]
 	for _, kv := range [...]struct {
 		num protowire.Number
@@ -92,8 +141,14 @@ func (f *outFrame) marshal() mem.BufferSlice {
 		b = protowire.AppendTag(b, fieldData, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(len(f.data)))
 	}
+	if small {
+		*hp = append(b, f.data...)
+		return mem.BufferSlice{mem.NewBuffer(hp, pool)}
+	}
 	*hp = b
-	return mem.BufferSlice{mem.NewBuffer(hp, pool), mem.SliceBuffer(f.data)}
+	view := f.data // escapes: a *[]byte per frame, which gRPC hands back to Put
+	f.release.lent.Add(1)
+	return mem.BufferSlice{mem.NewBuffer(hp, pool), mem.NewBuffer(&view, f.release)}
 }
 
 // inFrame receives one RingFrame: the receiver sets want, dst and op; the

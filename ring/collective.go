@@ -262,7 +262,9 @@ func (g *generation) sendLoop() {
 	for {
 		select {
 		case job := <-g.jobs:
-			g.results <- g.send(job.buf, job.seq)
+			err := g.send(job.buf, job.seq)
+			g.release(err)
+			g.results <- err
 		case <-g.failed:
 			return
 		}
@@ -304,6 +306,20 @@ func (g *generation) send(buf []float32, seq uint64) error {
 		return err
 	}
 	return nil
+}
+
+// release waits until the transport no longer reads the caller's buffer.
+// After a failure the stream is already cancelled, and gRPC drops what it
+// had queued at once; if its connection died instead, its writer is gone
+// and reads nothing, so the wait is short.
+func (g *generation) release(sendErr error) {
+	wait := g.cfg.FrameTimeoutFloor
+	if sendErr != nil || g.brokenErr() != nil {
+		wait = min(wait, 250*time.Millisecond)
+	}
+	if !g.out.Release(time.Now().Add(wait)) {
+		g.cfg.logger().Debug("ring: transport still held a frame when the collective ended", "generation", g.gen, "rank", g.rank)
+	}
 }
 
 func (g *generation) waitReceived(need int64) error {

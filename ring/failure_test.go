@@ -49,13 +49,13 @@ func TestKilledMemberBreaksRing(t *testing.T) {
 				victim := n / 2
 				var c *testCluster
 				killed := make(chan time.Time, 1)
-				fault := afterFrames(fmt.Sprintf("w%d", victim), 100, Deliver, func() {
+				fault := afterFrames(fmt.Sprintf("w%d", victim), 40, Deliver, func() {
 					c.kill(victim)
 					killed <- time.Now()
 				})
 				c = tr.make(t, n, failCfg(), fault)
 				c.configure(1)
-				bufs := makeBufs(n, 8_000_000)
+				bufs := makeBufs(n, killFloats())
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				errs, done := c.allReduceTimed(ctx, bufs)
@@ -92,7 +92,7 @@ func TestStalledMemberBreaksRing(t *testing.T) {
 				fault := afterFrames("w1", 20, Drop, func() { stalled <- time.Now() })
 				c := tr.make(t, n, failCfg(), fault)
 				c.configure(1)
-				bufs := makeBufs(n, 4_000_000)
+				bufs := makeBufs(n, killFloats())
 				errs, done := c.allReduceTimed(context.Background(), bufs)
 				at := <-stalled
 				for i, err := range errs {
@@ -217,7 +217,7 @@ func TestCancelledContextBreaksRing(t *testing.T) {
 			fault := afterFrames("w2", 10, Deliver, cancel)
 			c := tr.make(t, n, failCfg(), fault)
 			c.configure(1)
-			bufs := makeBufs(n, 4_000_000)
+			bufs := makeBufs(n, killFloats())
 			// Only member 2 runs under ctx.
 			errs := make([]error, n)
 			var wg sync.WaitGroup

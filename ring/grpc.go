@@ -251,6 +251,7 @@ func (t *GRPCTransport) Dial(ctx context.Context, id StreamID) (SendLink, error)
 		return nil, fmt.Errorf("dialing %s: %w", id.To, fromStatus(err))
 	}
 	o := &grpcOutgoing{t: t, id: id, stream: cs, cancel: cancel, closed: make(chan struct{}), ackSig: make(chan struct{}, 1)}
+	o.frame.release = newReleaseTracker()
 	o.timer = time.AfterFunc(time.Hour, func() {
 		what := "a send or acknowledgement took too long"
 		if w := o.waitingFor.Load(); w != nil {
@@ -360,6 +361,13 @@ func (o *grpcOutgoing) WaitAck(seq uint64, deadline time.Time) error {
 		}
 	}
 	return nil
+}
+
+// Release implements SendLink: gRPC's writer may still read a payload after
+// SendMsg returned, until it wrote it or, once the stream is cancelled,
+// dropped it.
+func (o *grpcOutgoing) Release(deadline time.Time) bool {
+	return o.frame.release.wait(deadline)
 }
 
 func (o *grpcOutgoing) Done() <-chan struct{} { return o.closed }

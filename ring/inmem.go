@@ -271,6 +271,9 @@ func (s *inmemSender) WaitAck(seq uint64, deadline time.Time) error {
 	return nil
 }
 
+// Release implements SendLink: Send copies, so nothing is ever held.
+func (s *inmemSender) Release(time.Time) bool { return true }
+
 func (s *inmemSender) Done() <-chan struct{} { return s.p.closed }
 
 func (s *inmemSender) Err() error {

@@ -66,6 +66,11 @@ type SendLink interface {
 	Send(h *FrameHeader, data []float32, deadline time.Time) error
 	// WaitAck waits until the neighbour acknowledged collective seq.
 	WaitAck(seq uint64, deadline time.Time) error
+	// Release waits until the transport holds no reference to any data
+	// passed to Send, or until the deadline; it reports whether it does
+	// not. The member calls it before AllReduce returns, also after a
+	// failure, so that the caller may write to its buffer again.
+	Release(deadline time.Time) bool
 	// Done is closed once the link is broken; Err then says why.
 	Done() <-chan struct{}
 	Err() error
