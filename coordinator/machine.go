@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/nice-flow/nice/internal/statexfer"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
 )
@@ -314,7 +315,7 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	for rank, id := range ids {
 		m.workers[id].member = true
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Plan{Plan: &nicepb.Plan{
-			Generation: m.gen, Ring: ring, Rank: int32(rank), Position: toPB(m.next),
+			Generation: m.gen, Ring: ring, Rank: int32(rank), Position: statexfer.ToPB(m.next),
 		}}}})
 	}
 	out.Logs = append(out.Logs, fmt.Sprintf("generation %d (%s): %d workers %v, from step %d", m.gen, why, len(ids), ids, m.next.Step))
@@ -345,7 +346,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	holders := map[uint64][]string{}
 	for _, id := range m.ring {
 		r := m.workers[id].ready
-		if r.HasState && fromPB(r.Position) == m.next {
+		if r.HasState && statexfer.FromPB(r.Position) == m.next {
 			holders[r.StateDigest] = append(holders[r.StateDigest], id)
 		}
 	}
@@ -396,7 +397,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	missing := false
 	for _, id := range m.ring {
 		w := m.workers[id]
-		if w.ready.HasState && fromPB(w.ready.Position) == m.next && w.ready.StateDigest == ref {
+		if w.ready.HasState && statexfer.FromPB(w.ready.Position) == m.next && w.ready.StateDigest == ref {
 			continue
 		}
 		missing = true
@@ -406,7 +407,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		w.fetched = true
 		w.ready = nil
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Fetch{Fetch: &nicepb.Fetch{
-			Generation: m.gen, SourceAddr: source, Position: toPB(m.next), StateDigest: ref,
+			Generation: m.gen, SourceAddr: source, Position: statexfer.ToPB(m.next), StateDigest: ref,
 		}}}})
 		out.Logs = append(out.Logs, fmt.Sprintf("worker %s fetches the state at step %d from %s", id, m.next.Step, source))
 	}
@@ -441,7 +442,7 @@ func (m *Machine) phaseRefValid() bool {
 	}
 	for _, id := range m.ring {
 		r := m.workers[id].ready
-		if r != nil && r.HasState && fromPB(r.Position) == m.next && r.StateDigest == m.refDigest {
+		if r != nil && r.HasState && statexfer.FromPB(r.Position) == m.next && r.StateDigest == m.refDigest {
 			return true
 		}
 	}
@@ -657,15 +658,4 @@ func (m *Machine) RequestSnapshot() { m.snapshotWanted = true }
 func (m *Machine) RequestStop() {
 	m.stopWanted = true
 	m.snapshotWanted = true
-}
-
-func toPB(p train.Position) *nicepb.Position {
-	return &nicepb.Position{Step: p.Step, Epoch: int32(p.Epoch), StepInEpoch: int32(p.StepInEpoch)}
-}
-
-func fromPB(p *nicepb.Position) train.Position {
-	if p == nil {
-		return train.Position{}
-	}
-	return train.Position{Step: p.Step, Epoch: int(p.Epoch), StepInEpoch: int(p.StepInEpoch)}
 }

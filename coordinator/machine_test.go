@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nice-flow/nice/internal/statexfer"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
 )
@@ -119,7 +120,7 @@ func (w *simWorker) send(m *nicepb.WorkerMessage) { w.outbox = append(w.outbox, 
 
 func (w *simWorker) ready() {
 	w.send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Ready{Ready: &nicepb.Ready{
-		Generation: w.gen, HasState: true, Position: toPB(w.state.pos), StateDigest: w.state.digest,
+		Generation: w.gen, HasState: true, Position: statexfer.ToPB(w.state.pos), StateDigest: w.state.digest,
 	}}})
 }
 
@@ -365,7 +366,7 @@ func (c *simCluster) deliver(w *simWorker, msg *nicepb.CoordinatorMessage) {
 			return
 		}
 		src, ok := c.stateAt(f.SourceAddr)
-		want := simState{fromPB(f.Position), f.StateDigest}
+		want := simState{statexfer.FromPB(f.Position), f.StateDigest}
 		if !ok || src != want {
 			if f.Generation == c.m.Generation() && c.m.Phase() == Preparing {
 				c.fail("worker %s: fetch of %+v from %s, which holds %+v (serving: %v)", w.id, want, f.SourceAddr, src, ok)
@@ -675,12 +676,12 @@ func (c *simCluster) checkSends(out Output) {
 				}
 			}
 			if p.Generation != m.Generation() || !slices.Equal(ring, m.Ring()) || ring[p.Rank] != s.To ||
-				fromPB(p.Position) != m.Next() {
+				statexfer.FromPB(p.Position) != m.Next() {
 				c.fail("plan %v to %s; generation %d, ring %v, next %+v", p, s.To, m.Generation(), m.Ring(), m.Next())
 			}
 		case *nicepb.CoordinatorMessage_Fetch:
 			f := k.Fetch
-			if f.Generation != m.Generation() || fromPB(f.Position) != m.Next() || !slices.Contains(m.Ring(), s.To) {
+			if f.Generation != m.Generation() || statexfer.FromPB(f.Position) != m.Next() || !slices.Contains(m.Ring(), s.To) {
 				c.fail("fetch %v to %s; generation %d, next %+v", f, s.To, m.Generation(), m.Next())
 			}
 		case *nicepb.CoordinatorMessage_Start:

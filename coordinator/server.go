@@ -24,8 +24,8 @@ import (
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
-	"github.com/nice-flow/nice/worker"
 	"github.com/nice-flow/nice/train"
+	"github.com/nice-flow/nice/worker"
 )
 
 // Config configures a Server.

@@ -61,7 +61,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest, snapshot bool) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, toPB(r.Position), snapshot)
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.ToPB(r.Position), snapshot)
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,7 @@ func (s *Server) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 	s.mu.Lock()
 	own := s.own
 	s.mu.Unlock()
-	if snapshot || own.pos != fromPB(pos) {
+	if snapshot || own.pos != statexfer.FromPB(pos) {
 		return fmt.Errorf("%w: the coordinator holds the state at step %d", statexfer.ErrUnavailable, own.pos.Step)
 	}
 	size(int64(len(own.blob)))

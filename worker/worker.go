@@ -374,7 +374,7 @@ func (w *Worker) configure(js []byte) error {
 func (w *Worker) ready(gen uint64) *nicepb.WorkerMessage {
 	w.mu.Lock()
 	v := w.tr.View()
-	r := &nicepb.Ready{Generation: gen, HasState: true, Position: toPB(v.Position), StateDigest: v.Digest()}
+	r := &nicepb.Ready{Generation: gen, HasState: true, Position: statexfer.ToPB(v.Position), StateDigest: v.Digest()}
 	w.mu.Unlock()
 	return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Ready{Ready: r}}
 }
@@ -529,7 +529,7 @@ func (w *Worker) evaluate(g *generation, epoch int, send func(*nicepb.WorkerMess
 // WriteState serves the live state (only while no step runs) or the last
 // snapshot to a peer or the coordinator.
 func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) error {
-	want := fromPB(pos)
+	want := statexfer.FromPB(pos)
 	if snapshot {
 		return w.writeSnapshot(ctx, want, size, out)
 	}
@@ -586,15 +586,4 @@ func finite(f []float32) bool {
 		}
 	}
 	return true
-}
-
-func toPB(p train.Position) *nicepb.Position {
-	return &nicepb.Position{Step: p.Step, Epoch: int32(p.Epoch), StepInEpoch: int32(p.StepInEpoch)}
-}
-
-func fromPB(p *nicepb.Position) train.Position {
-	if p == nil {
-		return train.Position{}
-	}
-	return train.Position{Step: p.Step, Epoch: int(p.Epoch), StepInEpoch: int(p.StepInEpoch)}
 }

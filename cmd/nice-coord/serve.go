@@ -129,19 +129,29 @@ func runServe(ctx context.Context, args []string) error {
 	} else if err != nil {
 		return err
 	}
-	cfg, err := sf.config()
+	srv, _, err := sf.start()
 	if err != nil {
 		return err
+	}
+	return srv.Serve(ctx)
+}
+
+// start opens the coordinator and notes its address in the state folder for
+// `nice-coord status`.
+func (sf *serveFlags) start() (*coordinator.Server, coordinator.Config, error) {
+	cfg, err := sf.config()
+	if err != nil {
+		return nil, cfg, err
 	}
 	cfg.Logger = newLogger(sf.verbose)
 	srv, err := coordinator.New(cfg)
 	if err != nil {
-		return err
+		return nil, cfg, err
 	}
 	if err := writeAddrFile(sf.stateDir, cfg.Advertise); err != nil {
 		cfg.Logger.Warn("status address file not written", "err", err)
 	}
-	return srv.Serve(ctx)
+	return srv, cfg, nil
 }
 
 // addrFile is where serve and up note their gRPC address, so that

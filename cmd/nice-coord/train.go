@@ -241,4 +241,3 @@ func (l *trainLoop) endEpoch(samplesPerSec float64) error {
 	}
 	return l.save()
 }
-

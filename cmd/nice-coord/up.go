@@ -13,8 +13,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/nice-flow/nice/coordinator"
 )
 
 func init() {
@@ -45,17 +43,9 @@ func runUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := sf.config()
+	srv, cfg, err := sf.start()
 	if err != nil {
 		return err
-	}
-	cfg.Logger = newLogger(sf.verbose)
-	srv, err := coordinator.New(cfg)
-	if err != nil {
-		return err
-	}
-	if err := writeAddrFile(sf.stateDir, srv.Addr()); err != nil {
-		cfg.Logger.Warn("status address file not written", "err", err)
 	}
 	// Share the cores: each worker gets its part for Go and for BLAS.
 	threads := sf.tf.threads

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	nicepb "github.com/nice-flow/nice/proto"
+	"github.com/nice-flow/nice/train"
 )
 
 // ChunkBytes is the payload of one StateChunk.
@@ -129,4 +130,17 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 		return nil, fmt.Errorf("fetching state: got %d of %d bytes", buf.Len(), total)
 	}
 	return buf.Bytes(), nil
+}
+
+// ToPB converts a training position to its message.
+func ToPB(p train.Position) *nicepb.Position {
+	return &nicepb.Position{Step: p.Step, Epoch: int32(p.Epoch), StepInEpoch: int32(p.StepInEpoch)}
+}
+
+// FromPB converts a position message (nil is step 0).
+func FromPB(p *nicepb.Position) train.Position {
+	if p == nil {
+		return train.Position{}
+	}
+	return train.Position{Step: p.Step, Epoch: int(p.Epoch), StepInEpoch: int(p.StepInEpoch)}
 }
