@@ -35,8 +35,9 @@
 //     per generation, opened by the generation's first AllReduce and reused
 //     after. Frame k of a step is sent as soon as frame k of the previous
 //     step arrived, so sending, receiving and adding overlap. Floats travel
-//     as raw little-endian bytes (nicepb.RingFrame's data field), read from
-//     and added into buf without intermediate copies.
+//     as raw little-endian bytes (nicepb.RingFrame's data field): gRPC
+//     sends them straight from buf, and they are added or copied into buf
+//     straight from gRPC's receive buffers, by a codec of this package.
 //   - Time: every receive has a deadline of max(Config.FrameTimeoutFloor,
 //     frame bytes / Config.MinBandwidth) once a collective is under way
 //     (Config.StartTimeout for its first frame, since members start when
