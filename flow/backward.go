@@ -1,5 +1,7 @@
 package flow
 
+import "math"
+
 // Gradient runs the n samples of x (n x Dim, natural pixel order) forward and
 // backward, writes into grad (laid out like Params) the gradient of the SUM of
 // their log-likelihoods, and returns that sum. grad is overwritten, not added to.
@@ -66,13 +68,14 @@ func (m *Model) Gradient(w *Workspace, x []float32, n int, grad []float32) float
 	return total
 }
 
-// reluMask zeroes d wherever the ReLU output a is not positive.
+// reluMask zeroes d wherever the ReLU output a is not positive. a comes
+// from biasReLU, so it is +0 or positive; the mask is all ones exactly when
+// a's bits are not zero, computed without a branch (see biasReLU).
 func reluMask(d, a []float32) {
 	a = a[:len(d)]
 	for i, v := range a {
-		if v <= 0 {
-			d[i] = 0
-		}
+		mask := uint32(int32(-math.Float32bits(v)) >> 31)
+		d[i] = math.Float32frombits(math.Float32bits(d[i]) & mask)
 	}
 }
 

@@ -32,11 +32,9 @@ func biasReLU(x, b []float32) {
 	for i := 0; i+n <= len(x); i += n {
 		row := x[i : i+n : i+n]
 		for j, bj := range b {
-			v := row[j] + bj
-			if v < 0 {
-				v = 0
-			}
-			row[j] = v
+			// Branch-free: ReLU inputs have random signs, and a branch on
+			// them mispredicts half the time.
+			row[j] = max(row[j]+bj, 0)
 		}
 	}
 }
