@@ -43,19 +43,24 @@ type benchOptions struct {
 
 // benchResult is the benchmark's outcome; its JSON is the last line printed.
 type benchResult struct {
-	Workers      int             `json:"workers"`
-	Floats       int             `json:"floats"`
-	Bytes        int64           `json:"bytes"`
-	FrameBytes   int             `json:"frame_bytes"`
-	Iters        int             `json:"iters"`
-	Seconds      float64         `json:"seconds"`
-	MinSeconds   float64         `json:"min_seconds"`
-	AlgBW        float64         `json:"algbw_GBps"`
-	BusBW        float64         `json:"busbw_GBps"`
-	TCP          float64         `json:"tcp_GBps"`
-	BusBWOverTCP float64         `json:"busbw_over_tcp"`
-	RunSeconds   []float64       `json:"run_seconds"`
-	Tuning       ring.GRPCTuning `json:"grpc"`
+	Workers      int       `json:"workers"`
+	Floats       int       `json:"floats"`
+	Bytes        int64     `json:"bytes"`
+	FrameBytes   int       `json:"frame_bytes"`
+	Iters        int       `json:"iters"`
+	Seconds      float64   `json:"seconds"`
+	MinSeconds   float64   `json:"min_seconds"`
+	AlgBW        float64   `json:"algbw_GBps"`
+	BusBW        float64   `json:"busbw_GBps"`
+	TCP          float64   `json:"tcp_GBps"`
+	BusBWOverTCP float64   `json:"busbw_over_tcp"`
+	RunSeconds   []float64 `json:"run_seconds"`
+	// CPU cost, which unlike time does not depend on what else the
+	// machine runs: CPU time of all members per byte that crossed a link
+	// (N links of 2(N-1)/N * bytes each), and of raw TCP per byte.
+	CPUNsPerByte    float64         `json:"cpu_ns_per_byte"`
+	TCPCPUNsPerByte float64         `json:"tcp_cpu_ns_per_byte"`
+	Tuning          ring.GRPCTuning `json:"grpc"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -123,7 +128,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 
-	tcp, err := tcpLoopbackBandwidth(ctx, o.TCPBytes, 3)
+	tcp, tcpCPU, err := tcpLoopbackBandwidth(ctx, o.TCPBytes, 3)
 	if err != nil {
 		return nil, err
 	}
@@ -158,8 +163,10 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	// Collect the runs of every member; with a kill planned, kill and then
 	// time how long the survivors take to report the broken ring.
 	times := make([][]float64, o.Iters) // [run][rank]
+	cpus := make([][]float64, o.Iters)  // [run][rank]
 	for i := range times {
 		times[i] = make([]float64, o.Workers)
+		cpus[i] = make([]float64, o.Workers)
 	}
 	var (
 		mu       sync.Mutex
@@ -180,6 +187,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 					m.cmd.Process.Kill()
 				case ev.Iter > 0 && !ev.Warm:
 					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
+					cpus[ev.Iter-o.Warmup-1][r] = ev.CPU
 				case ev.Error != "":
 					mu.Lock()
 					after := time.Duration(-1)
@@ -204,7 +212,19 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		members[r] = nil
 	}
 
-	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning}
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU}
+	var runCPU []float64
+	for _, run := range cpus {
+		sum := 0.0
+		for _, c := range run {
+			sum += c
+		}
+		runCPU = append(runCPU, sum)
+	}
+	sort.Float64s(runCPU)
+	if moved := float64(res.Bytes) * 2 * float64(o.Workers-1); moved > 0 {
+		res.CPUNsPerByte = runCPU[len(runCPU)/2] * 1e9 / moved
+	}
 	for _, run := range times {
 		slowest := 0.0
 		for _, s := range run {
@@ -304,7 +324,8 @@ func printBench(w io.Writer, o benchOptions, r *benchResult) {
 	}
 	fmt.Fprintf(tw, "median\t%.4f\t%.3f\t%.3f\t\n", r.Seconds, r.AlgBW, r.BusBW)
 	tw.Flush()
-	fmt.Fprintf(w, "\nraw TCP loopback, one stream: %.3f GB/s\nbusbw / TCP: %.0f%%\n\n", r.TCP, 100*r.BusBWOverTCP)
+	fmt.Fprintf(w, "\nraw TCP loopback, one stream: %.3f GB/s\nbusbw / TCP: %.0f%%\n", r.TCP, 100*r.BusBWOverTCP)
+	fmt.Fprintf(w, "CPU per byte over a link: ring %.2f ns, raw TCP %.2f ns\n\n", r.CPUNsPerByte, r.TCPCPUNsPerByte)
 	line, _ := json.Marshal(r)
 	fmt.Fprintf(w, "%s\n", line)
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,7 @@ type memberEvent struct {
 	Iter     int     `json:"iter,omitempty"`     // run n (from 1, warm-up included) took Seconds
 	Warm     bool    `json:"warm,omitempty"`
 	Seconds  float64 `json:"seconds,omitempty"`
+	CPU      float64 `json:"cpu,omitempty"` // CPU seconds (user+system) the run used
 	Done     bool    `json:"done,omitempty"`
 	Error    string  `json:"error,omitempty"`
 	Broken   bool    `json:"broken,omitempty"` // the error wraps ring.ErrRingBroken
@@ -121,12 +123,14 @@ func runPlan(ctx context.Context, tr ring.RingTransport, plan benchPlan, enc *js
 				return err
 			}
 		}
+		cpu0 := cpuSeconds()
 		start := time.Now()
 		if err := m.AllReduce(ctx, buf); err != nil {
 			return fmt.Errorf("run %d: %w", it, err)
 		}
 		took := time.Since(start)
-		if err := enc.Encode(memberEvent{Iter: it, Warm: warm, Seconds: took.Seconds()}); err != nil {
+		cpu := cpuSeconds() - cpu0
+		if err := enc.Encode(memberEvent{Iter: it, Warm: warm, Seconds: took.Seconds(), CPU: cpu}); err != nil {
 			return err
 		}
 		ranks := float32(n * (n + 1) / 2)
@@ -149,4 +153,13 @@ func startProfile(dir string, rank int) (func(), error) {
 		return nil, fmt.Errorf("starting the CPU profile: %w", err)
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// cpuSeconds is the user and system CPU time this process used so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

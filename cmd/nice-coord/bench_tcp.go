@@ -12,18 +12,23 @@ import (
 
 // tcpLoopbackBandwidth copies total bytes over one loopback TCP connection
 // between two goroutines, runs times, and returns the median rate in bytes
-// per second: the ceiling any protocol over loopback works under.
-func tcpLoopbackBandwidth(ctx context.Context, total int64, runs int) (float64, error) {
+// per second (the ceiling any protocol over loopback works under) and the
+// median CPU time this process spent per byte, in nanoseconds.
+func tcpLoopbackBandwidth(ctx context.Context, total int64, runs int) (rate, cpuNsPerByte float64, err error) {
 	rates := make([]float64, 0, runs)
+	cpus := make([]float64, 0, runs)
 	for range runs {
+		cpu0 := cpuSeconds()
 		r, err := tcpCopyOnce(ctx, total)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		rates = append(rates, r)
+		cpus = append(cpus, (cpuSeconds()-cpu0)*1e9/float64(total))
 	}
 	sort.Float64s(rates)
-	return rates[len(rates)/2], nil
+	sort.Float64s(cpus)
+	return rates[len(rates)/2], cpus[len(cpus)/2], nil
 }
 
 func tcpCopyOnce(ctx context.Context, total int64) (float64, error) {
