@@ -123,7 +123,11 @@ func (r *releaseTracker) wait(deadline time.Time) bool {
 func (f *outFrame) marshal() mem.BufferSlice {
 	pool := mem.DefaultBufferPool()
 	small := mem.IsBelowBufferPoolingThreshold(len(f.data))
-	hp := pool.Get(64 + len(f.data))
+	size := 64
+	if small {
+		size += len(f.data)
+	}
+	hp := pool.Get(size)
 	b := (*hp)[:0]
 	for _, kv := range [...]struct {
 		num protowire.Number
