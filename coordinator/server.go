@@ -124,7 +124,6 @@ type event struct {
 	msg    *nicepb.WorkerMessage
 	from   *session
 	saved  *savedState
-	scored *nicepb.EpochScore
 	stop   bool
 }
 

@@ -9,7 +9,6 @@ import (
 // for the life of the process, so a training step starts none.
 type pool struct {
 	mu    sync.Mutex // one loop at a time
-	tasks chan func()
 	fn    func(int)
 	next  chan int
 	wg    sync.WaitGroup
