@@ -8,11 +8,11 @@ import (
 // pool runs the parts of data-parallel loops on GOMAXPROCS goroutines that live
 // for the life of the process, so a training step starts none.
 type pool struct {
-	mu    sync.Mutex // one loop at a time
-	fn    func(int)
-	next  chan int
-	wg    sync.WaitGroup
-	n     int
+	mu   sync.Mutex // one loop at a time
+	fn   func(int)
+	next chan int
+	wg   sync.WaitGroup
+	n    int
 }
 
 var (
