@@ -97,7 +97,8 @@ func (c *chunkWriter) flush() error {
 // StateService at conn and returns the encoded bytes. It fails with an error
 // wrapping ErrUnavailable when the source does not hold that state.
 func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Position, snapshot bool) ([]byte, error) {
-	stream, err := nicepb.NewStateServiceClient(conn).FetchState(ctx, &nicepb.FetchStateRequest{Position: pos, Snapshot: snapshot})
+	stream, err := nicepb.NewStateServiceClient(conn).FetchState(ctx, &nicepb.FetchStateRequest{Position: pos, Snapshot: snapshot},
+		grpc.MaxCallRecvMsgSize(2*ChunkBytes))
 	if err != nil {
 		return nil, fmt.Errorf("fetching state: %w", err)
 	}
@@ -110,7 +111,7 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 		}
 		if err != nil {
 			if status.Code(err) == codes.FailedPrecondition {
-				return nil, fmt.Errorf("fetching state at step %d: %w (%s)", pos.GetStep(), ErrUnavailable, status.Convert(err).Message())
+				return nil, fmt.Errorf("fetching state at step %d: %w", pos.GetStep(), unavailableError(status.Convert(err).Message()))
 			}
 			return nil, fmt.Errorf("fetching state at step %d: %w", pos.GetStep(), err)
 		}
@@ -125,6 +126,9 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 			return nil, fmt.Errorf("fetching state: chunk at offset %d (total %d) after %d of %d bytes", c.Offset, c.Total, buf.Len(), total)
 		}
 		buf.Write(c.Data)
+	}
+	if total < 0 {
+		return nil, fmt.Errorf("fetching state at step %d: the source sent nothing", pos.GetStep())
 	}
 	if int64(buf.Len()) != total {
 		return nil, fmt.Errorf("fetching state: got %d of %d bytes", buf.Len(), total)
@@ -144,3 +148,9 @@ func FromPB(p *nicepb.Position) train.Position {
 	}
 	return train.Position{Step: p.Step, Epoch: int(p.Epoch), StepInEpoch: int(p.StepInEpoch)}
 }
+
+// unavailableError carries the source's own words for ErrUnavailable.
+type unavailableError string
+
+func (e unavailableError) Error() string { return string(e) }
+func (e unavailableError) Unwrap() error { return ErrUnavailable }
