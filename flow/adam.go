@@ -114,13 +114,19 @@ func (a *Adam) normChunk(c int) {
 // It returns the mean gradient's norm before clipping. A non-finite gradient
 // returns ErrNonFinite and changes nothing.
 func (a *Adam) Update(params, gradSum []float32, batch int) (float64, error) {
+	return a.UpdateWithNorm(params, gradSum, batch, a.GradNorm(gradSum))
+}
+
+// UpdateWithNorm is Update for a caller that already has GradNorm(gradSum),
+// which saves a pass over the gradient.
+func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm float64) (float64, error) {
 	if len(params) != len(gradSum) || len(params) != len(a.M) {
 		return 0, fmt.Errorf("adam: %d parameters, %d gradients, %d moments", len(params), len(gradSum), len(a.M))
 	}
 	if batch < 1 {
 		return 0, fmt.Errorf("adam: batch size %d", batch)
 	}
-	norm := a.GradNorm(gradSum) / float64(batch)
+	norm := sumNorm / float64(batch)
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {
 		return norm, ErrNonFinite
 	}

@@ -168,10 +168,16 @@ func (t *Trainer) ComputeGradient(indices []int32, epoch int) float64 {
 // applies the Adam update and advances the position. A non-finite gradient is
 // refused and changes nothing.
 func (t *Trainer) Apply(batch int, sumLL float64) error {
+	return t.ApplyWithNorm(batch, sumLL, t.Opt.GradNorm(t.Grad))
+}
+
+// ApplyWithNorm is Apply for a caller that already has t.Opt.GradNorm(t.Grad)
+// (a worker computes it to refuse a non-finite gradient before reporting).
+func (t *Trainer) ApplyWithNorm(batch int, sumLL, gradNorm float64) error {
 	if math.IsNaN(sumLL) || math.IsInf(sumLL, 0) {
 		return fmt.Errorf("step %d: log-likelihood %v: %w", t.Position.Step, sumLL, flow.ErrNonFinite)
 	}
-	if _, err := t.Opt.Update(t.Model.Params, t.Grad, batch); err != nil {
+	if _, err := t.Opt.UpdateWithNorm(t.Model.Params, t.Grad, batch, gradNorm); err != nil {
 		return fmt.Errorf("step %d: %w (the update was not applied; try a lower --lr or --clip 1)", t.Position.Step, err)
 	}
 	t.lossSum += -sumLL / float64(batch)

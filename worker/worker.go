@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -461,11 +462,14 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 			return
 		}
 		ta := time.Since(t1)
+		// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
+		// and the update after the commit reuses it.
+		norm := tr.Opt.GradNorm(tr.Grad)
 		rep := &nicepb.Report{
 			Generation: g.id, Step: pos.Step, GradDigest: train.Digest(tr.Grad), SumLl: ll,
 			Lo: int32(lo), Hi: int32(hi), ParamsDigest: pd,
 			ComputeSeconds: tc.Seconds(), AllreduceSeconds: ta.Seconds(),
-			NonFinite: !finite(tr.Grad),
+			NonFinite: math.IsNaN(norm) || math.IsInf(norm, 0),
 		}
 		w.faultAt(ctx, "report", pos.Step)
 		if err := send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: rep}}); err != nil {
@@ -488,7 +492,7 @@ func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send f
 			return
 		}
 		w.mu.Lock()
-		err := tr.Apply(int(c.Batch), c.SumLl)
+		err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, norm)
 		if err == nil && c.Snapshot {
 			w.snapMu.Lock()
 			tr.CopyInto(&w.snap)
@@ -548,7 +552,6 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 	return err
 }
 
-// finite reports whether f holds no NaN or Inf (v-v is NaN exactly for those).
 // snapshotWait bounds how long a request for a snapshot waits for the commit
 // that takes it: the coordinator asks as soon as it sends the commit.
 const snapshotWait = 30 * time.Second
@@ -577,13 +580,4 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 			return fmt.Errorf("%w: no snapshot at step %d within %v", statexfer.ErrUnavailable, want.Step, snapshotWait)
 		}
 	}
-}
-
-func finite(f []float32) bool {
-	for _, v := range f {
-		if v-v != 0 {
-			return false
-		}
-	}
-	return true
 }
