@@ -155,6 +155,9 @@ type Commit struct {
 	Shards     []Shard
 	SumLL      float64
 	Snapshot   bool // the members snapshot the state this commit reaches
+	// Compute and Allreduce are the slowest member's gradient and all-reduce
+	// times, in seconds.
+	Compute, Allreduce float64
 }
 
 // Shard is the part of a global batch one worker computed.
@@ -491,6 +494,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		c.Shards = append(c.Shards, Shard{Worker: id, Lo: int(r.Lo), Hi: int(r.Hi)})
 		sum += r.SumLl
 		slowest = max(slowest, r.AllreduceSeconds)
+		c.Compute = max(c.Compute, r.ComputeSeconds)
 	}
 	if !ledgerOK || pos != batch {
 		m.stats.LedgerErrors++
@@ -525,6 +529,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	m.stats.LastCommit = now
 	m.stats.Committed++
 	m.stats.LastAllreduce = slowest
+	c.Allreduce = slowest
 	m.stats.LastTrainNLL = -sum / float64(batch)
 	clear(m.reports)
 	out.Committed = c

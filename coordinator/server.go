@@ -495,12 +495,14 @@ type ledgerLine struct {
 	Coordinator uint64  `json:"coordinator"`
 	Snapshot    bool    `json:"snapshot,omitempty"`
 	UnixNano    int64   `json:"unix_nano"`
+	Compute     float64 `json:"compute_seconds"`
+	Allreduce   float64 `json:"allreduce_seconds"`
 }
 
 func (s *Server) recordCommit(c *Commit) {
 	b, _ := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
 		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
-		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano()})
+		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: c.Compute, Allreduce: c.Allreduce})
 	s.ledger.Write(append(b, '\n'))
 	s.ledger.Flush()
 	s.mu.Lock()

@@ -73,6 +73,13 @@ func BenchmarkThroughput(b *testing.B) {
 				steps := stepTimes(l, 4)
 				b.ReportMetric(256/mean(steps), "samples/s")
 				b.ReportMetric(mean(steps)*1000, "ms/step")
+				var compute, reduce []float64
+				for _, e := range l[4:] {
+					compute = append(compute, e.Compute)
+					reduce = append(reduce, e.Allreduce)
+				}
+				b.ReportMetric(mean(compute)*1000, "ms/step-gradient")
+				b.ReportMetric(mean(reduce)*1000, "ms/step-allreduce")
 				if st != nil && n > 1 {
 					b.ReportMetric(st.BusBW, "busbw-GBps")
 				}

@@ -323,6 +323,8 @@ type LedgerEntry struct {
 	Coordinator uint64              `json:"coordinator"`
 	Snapshot    bool                `json:"snapshot"`
 	UnixNano    int64               `json:"unix_nano"`
+	Compute     float64             `json:"compute_seconds"`
+	Allreduce   float64             `json:"allreduce_seconds"`
 }
 
 // Ledger reads the coordinator's ledger of committed steps.
