@@ -20,42 +20,55 @@ func BenchmarkWorkerKillRecovery(b *testing.B) {
 	if _, err := mnist.FindDir(""); err != nil {
 		b.Skip("needs MNIST")
 	}
-	for i := 0; i < b.N; i++ {
-		c := New(b, append(append([]string{}, tinyArgs...), "--checkpoint-every", "50")...)
-		c.StartCoordinator()
-		ids := []string{"w1", "w2", "w3"}
-		for _, id := range ids {
-			c.StartWorker(id)
-		}
-		rng := rand.New(rand.NewPCG(1, 2))
-		var toCommit, toDetect []float64
-		for k := 0; k < 5; k++ {
-			before := c.WaitStatus("3 workers training", 2*time.Minute, func(s *coordinator.Status) bool {
-				return s.Phase == "running" && len(s.Ring) == 3 && s.CommittedSteps > 3
-			})
-			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
-			victim := ids[rng.IntN(len(ids))]
-			killed := time.Now()
-			c.Workers[victim].Kill()
-			var detected time.Duration
-			st := c.WaitStatus("a commit after the kill", time.Minute, func(s *coordinator.Status) bool {
-				if detected == 0 && s.Generation > before.Generation {
-					detected = time.Since(killed)
-				}
-				return len(s.Ring) == 2 && s.Generation > before.Generation && s.CommittedSteps > 0 && s.Step > before.Step && s.Phase == "running"
-			})
-			_ = st
-			toCommit = append(toCommit, time.Since(killed).Seconds()*1000)
-			toDetect = append(toDetect, detected.Seconds()*1000)
-			c.StartWorker(victim)
-		}
-		slices.Sort(toCommit)
-		slices.Sort(toDetect)
-		b.ReportMetric(toCommit[2], "median-kill-to-commit-ms")
-		b.ReportMetric(toCommit[4], "max-kill-to-commit-ms")
-		b.ReportMetric(toDetect[2], "median-detect-ms")
-		b.Logf("kill to next commit (ms): %.0f; kill to new generation (ms): %.0f", toCommit, toDetect)
+	for _, model := range []struct {
+		name string
+		args []string
+	}{
+		{"small-model", tinyArgs},
+		{"full-model", nil},
+	} {
+		b.Run(model.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				killRecovery(b, append(append([]string{}, model.args...), "--checkpoint-every", "50"))
+			}
+		})
 	}
+}
+
+func killRecovery(b *testing.B, args []string) {
+	c := New(b, args...)
+	c.StartCoordinator()
+	ids := []string{"w1", "w2", "w3"}
+	for _, id := range ids {
+		c.StartWorker(id)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var toCommit, toDetect []float64
+	for k := 0; k < 5; k++ {
+		before := c.WaitStatus("3 workers training", 5*time.Minute, func(s *coordinator.Status) bool {
+			return s.Phase == "running" && len(s.Ring) == 3 && s.CommittedSteps > 3
+		})
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
+		victim := ids[rng.IntN(len(ids))]
+		killed := time.Now()
+		c.Workers[victim].Kill()
+		var detected time.Duration
+		c.WaitStatus("a commit after the kill", 5*time.Minute, func(s *coordinator.Status) bool {
+			if detected == 0 && s.Generation > before.Generation {
+				detected = time.Since(killed)
+			}
+			return len(s.Ring) == 2 && s.Generation > before.Generation && s.Step > before.Step && s.Phase == "running"
+		})
+		toCommit = append(toCommit, time.Since(killed).Seconds()*1000)
+		toDetect = append(toDetect, detected.Seconds()*1000)
+		c.StartWorker(victim)
+	}
+	slices.Sort(toCommit)
+	slices.Sort(toDetect)
+	b.ReportMetric(toCommit[2], "median-kill-to-commit-ms")
+	b.ReportMetric(toCommit[4], "max-kill-to-commit-ms")
+	b.ReportMetric(toDetect[2], "median-detect-ms")
+	b.Logf("kill to next commit (ms): %.0f; kill to new generation (ms): %.0f", toCommit, toDetect)
 }
 
 // BenchmarkThroughput trains the full-size model at batch 256 with 1, 2 and 4
