@@ -17,6 +17,6 @@ func noteBLAS(threads int) {
 		return
 	}
 	fmt.Fprintln(os.Stderr, "note: this nice-coord was built without OpenBLAS and multiplies matrices in pure Go, "+
-		"about 5x slower for this model. For full speed: apt-get install libopenblas-pthread-dev, "+
+		"about 6x slower for this model (127 against 732 samples/s measured on 2 cores). For full speed: apt-get install libopenblas-pthread-dev, "+
 		"then build with `go build -tags openblas ./cmd/...` (see README).")
 }

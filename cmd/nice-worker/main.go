@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string) error {
 		flow.SetBLASThreads(*threads)
 	}
 	if !flow.FastBLAS() {
-		log.Warn("built without OpenBLAS: matrix products run in pure Go, about 5x slower (build with -tags openblas; see README)")
+		log.Warn("built without OpenBLAS: matrix products run in pure Go, about 6x slower (build with -tags openblas; see README)")
 	}
 	advHost := *advertise
 	if advHost == "" {
