@@ -1,11 +1,10 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"os"
-	"strings"
+
+	"github.com/nice-flow/nice/internal/envflag"
 )
 
 // newFlagSet returns a flag set whose help starts with synopsis and describe.
@@ -19,11 +18,6 @@ func newFlagSet(name, synopsis, describe string) *flag.FlagSet {
 	return fs
 }
 
-// envName is the environment variable that sets flag name.
-func envName(name string) string {
-	return "NICE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
-}
-
 // parseFlags parses args, then fills every flag not given on the command line
 // from its NICE_* environment variable. It returns flag.ErrHelp for -h.
 func parseFlags(fs *flag.FlagSet, args []string) (map[string]bool, error) {
@@ -34,21 +28,5 @@ func parseFlags(fs *flag.FlagSet, args []string) (map[string]bool, error) {
 		fs.Usage()
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
-			return
-		}
-		env := envName(f.Name)
-		if v, ok := os.LookupEnv(env); ok {
-			if err := f.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-				return
-			}
-			given[f.Name] = true
-		}
-	})
-	return given, errors.Join(errs...)
+	return envflag.Apply(fs)
 }

@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/envflag"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
 	"github.com/nice-flow/nice/worker"
@@ -46,22 +46,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "nice-worker: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-// envDefaults fills flags not given on the command line from NICE_<FLAG>.
-func envDefaults(fs *flag.FlagSet) error {
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "NICE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !given[f.Name] {
-			if err := f.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
 }
 
 func run(ctx context.Context, args []string) error {
@@ -92,7 +76,7 @@ func run(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (see nice-worker -h)", fs.Arg(0))
 	}
-	if err := envDefaults(fs); err != nil {
+	if _, err := envflag.Apply(fs); err != nil {
 		return err
 	}
 	var err error
