@@ -609,8 +609,10 @@ func (m *Machine) Tick(now time.Time) Output {
 			m.startGeneration(now, &out, "enough workers")
 		}
 	case Finished, Holding:
-		if m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle && m.phase == Finished {
-			// Bring a newcomer up to date so it holds the final state too.
+		// Bring a newcomer up to date so it holds the final state too, or
+		// the state held at the step limit (but not during a shutdown).
+		atLimit := m.phase == Holding && m.cfg.StopAt > 0 && m.next.Step >= m.cfg.StopAt
+		if m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle && (m.phase == Finished || atLimit) {
 			m.startGeneration(now, &out, "workers joined")
 		}
 	case Preparing:

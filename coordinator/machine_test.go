@@ -1454,3 +1454,25 @@ func TestMachineRandomEvents(t *testing.T) {
 		}
 	}
 }
+
+// A worker that joins while training is held at the step limit is brought to
+// the held state, and training stays held.
+func TestMachineJoinWhileHeldAtStepLimit(t *testing.T) {
+	cfg := simConfig()
+	cfg.StopAt = 5
+	c := newSimCluster(t, cfg, "w1", "w2")
+	c.start()
+	c.quiesce()
+	wantEq(t, "phase at the step limit", c.m.Phase(), Holding)
+	wantEq(t, "next step", c.m.Next().Step, int64(5))
+
+	late := c.attach("late")
+	c.tick(c.cfg.Settle)
+	c.quiesce()
+	wantEq(t, "the newcomer's state", late.state, referenceState(c.cfg, 5))
+	wantEq(t, "phase after the newcomer joined", c.m.Phase(), Holding)
+	wantEq(t, "committed", c.m.Stats().Committed, int64(5))
+	if s := starts(late); len(s) != 0 {
+		t.Errorf("a held generation was started: %v", s)
+	}
+}
