@@ -358,6 +358,11 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	switch {
 	case m.refDigest != 0 && m.phaseRefValid():
 		ref = m.refDigest
+	case len(holders) == 0 && m.adoptNewer(out):
+		// A restarted coordinator found its workers ahead of its checkpoint,
+		// all in one state: it goes on from there (see adoptNewer).
+		ref = m.refDigest
+		holders[ref] = slices.Clone(m.ring)
 	case len(holders) > 0:
 		// The digest most members hold; ties go to the lowest-ranked holder.
 		best := -1
@@ -435,6 +440,38 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	for _, id := range m.ring {
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Start{Start: &nicepb.Start{Generation: m.gen, EvalEpoch: eval}}}})
 	}
+}
+
+// adoptNewer handles a coordinator that restarted from a checkpoint older
+// than the state its workers kept: before this process commits anything, if
+// every member holds one and the same state ahead of next, that state was
+// committed by the previous coordinator, so training goes on from it instead
+// of redoing the steps since the checkpoint. It sets next and refDigest and
+// reports whether it adopted.
+func (m *Machine) adoptNewer(out *Output) bool {
+	if m.stats.Committed > 0 || len(m.ring) == 0 {
+		return false
+	}
+	first := m.workers[m.ring[0]].ready
+	pos := statexfer.FromPB(first.Position)
+	if !first.HasState || pos.Step <= m.next.Step {
+		return false
+	}
+	for _, id := range m.ring[1:] {
+		r := m.workers[id].ready
+		if !r.HasState || statexfer.FromPB(r.Position) != pos || r.StateDigest != first.StateDigest {
+			return false
+		}
+	}
+	out.Logs = append(out.Logs, fmt.Sprintf("every worker holds the state at step %d, newer than the checkpoint at step %d: going on from there", pos.Step, m.next.Step))
+	m.next = pos
+	m.refDigest = first.StateDigest
+	if pos.StepInEpoch == 0 && pos.Epoch > 0 && m.evalEpoch == 0 {
+		// The epoch that ended there may not have been scored before the
+		// previous coordinator died: score it (again).
+		m.evalEpoch = pos.Epoch
+	}
+	return true
 }
 
 // phaseRefValid reports whether a reference digest chosen earlier in this

@@ -512,9 +512,12 @@ func (c *simCluster) apply(out Output) {
 	} else {
 		c.lastGen = g
 	}
-	if out.Committed != nil {
+	switch {
+	case out.Committed != nil:
 		c.checkCommit(out)
-	} else if m.Next() != c.expect {
+	case m.Next().Step > c.expect.Step:
+		c.adopted(m.Next())
+	case m.Next() != c.expect:
 		c.rewound(m.Next())
 	}
 	c.checkSends(out)
@@ -624,6 +627,21 @@ func checkPartition(shards []Shard, n int) error {
 		return fmt.Errorf("shards %v cover %d of %d", shards, at, n)
 	}
 	return nil
+}
+
+// adopted checks a move of the machine's next step forwards without a
+// commit: only by a coordinator that has committed nothing yet, only to a
+// state every member of the generation holds.
+func (c *simCluster) adopted(to train.Position) {
+	if c.m.Stats().Committed > 0 {
+		c.fail("next step moved forward from %+v to %+v without a commit", c.expect, to)
+	}
+	for _, id := range c.m.Ring() {
+		if w := c.workers[id]; w == nil || w.state.pos != to {
+			c.fail("went on from step %d, which member %s does not hold", to.Step, id)
+		}
+	}
+	c.expect = to
 }
 
 // rewound checks a move of the machine's next step backwards: only to the
@@ -1474,5 +1492,38 @@ func TestMachineJoinWhileHeldAtStepLimit(t *testing.T) {
 	wantEq(t, "committed", c.m.Stats().Committed, int64(5))
 	if s := starts(late); len(s) != 0 {
 		t.Errorf("a held generation was started: %v", s)
+	}
+}
+
+// A coordinator restarted from its checkpoint at step 5 whose workers all
+// kept the state at step 7 goes on from step 7 rather than redoing two steps;
+// if they disagree, it falls back to the checkpoint.
+func TestMachineRestartAdoptsTheWorkersNewerState(t *testing.T) {
+	for _, agree := range []bool{true, false} {
+		t.Run(fmt.Sprintf("agree=%v", agree), func(t *testing.T) {
+			cfg := simConfig()
+			cfg.StopAt = 10
+			ckpt, newer := referenceState(cfg, 5), referenceState(cfg, 7)
+			c := newSimCluster(t, cfg)
+			c.m = NewMachine(cfg, ckpt.pos, ckpt.digest, simCoordAddr)
+			c.own, c.expect = ckpt, ckpt.pos
+			w1 := c.attachWith("w1", newer)
+			other := newer
+			if !agree {
+				other = referenceState(cfg, 6) // missed the last commit
+			}
+			w2 := c.attachWith("w2", other)
+			c.start()
+			c.quiesce()
+			wantEq(t, "phase", c.m.Phase(), Holding)
+			wantEq(t, "w1's state", w1.state, referenceState(cfg, 10))
+			wantEq(t, "w2's state", w2.state, referenceState(cfg, 10))
+			wantFetches := 0
+			if !agree {
+				wantFetches = 1 // both roll back to the checkpoint
+			}
+			wantEq(t, "w1's fetches", len(fetches(w1)), wantFetches)
+			wantEq(t, "w2's fetches", len(fetches(w2)), wantFetches)
+		})
 	}
 }

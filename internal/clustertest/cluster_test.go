@@ -197,6 +197,11 @@ func TestCoordinatorKilledResumes(t *testing.T) {
 	resumed := c.Coord.WaitLine(t, "resuming from checkpoint", 10*time.Second)
 	t.Logf("restarted coordinator: %s", resumed)
 	got := c.Held(stop, 2*time.Minute)
+	for _, l := range strings.Split(c.Coord.Output(), "\n") {
+		if strings.Contains(l, "going on from there") || strings.Contains(l, "fetches the state") {
+			t.Logf("then: %s", l) // the workers' newer state adopted, or the checkpoint's sent
+		}
+	}
 	if err := sameBits(got, want); err != nil {
 		t.Fatalf("the resumed run differs from an uninterrupted one: %v", err)
 	}
@@ -209,6 +214,9 @@ func TestCorruptNewestCheckpointFallsBack(t *testing.T) {
 	needMNIST(t)
 	c := startCluster(t, 1, "--max-steps", "8", "--checkpoint-every", "4")
 	c.Held(8, 2*time.Minute)
+	// The worker goes too: a restarted coordinator would otherwise go on
+	// from the worker's state at step 8 (see Machine.adoptNewer).
+	c.Workers["w1"].Kill()
 	if err := c.Coord.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
