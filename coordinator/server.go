@@ -153,9 +153,14 @@ func New(cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
-	st, err := s.resume(cfg.Train)
+	st, from, err := s.resume(cfg.Train)
 	if err != nil {
 		return fail(err)
+	}
+	if from != nil {
+		s.status.LastCheckpointStep = int64(from.Step)
+		s.status.lastCheckpointTime = from.Time
+		s.status.LastCheckpointBytes = from.Size
 	}
 	s.cfg.Train = st.Config
 	if s.configJSON, err = json.Marshal(st.Config); err != nil {
@@ -209,8 +214,9 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// resume loads the newest verifying checkpoint, or builds the initial state.
-func (s *Server) resume(c train.Config) (*train.State, error) {
+// resume loads the newest verifying checkpoint (returning its record), or
+// builds the initial state.
+func (s *Server) resume(c train.Config) (*train.State, *checkpoint.Info, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cp, corrupt, err := s.store.LoadNewestValid(ctx)
@@ -219,17 +225,18 @@ func (s *Server) resume(c train.Config) (*train.State, error) {
 	}
 	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
 		if err := c.Validate(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		s.log.Info("no checkpoint: starting a new run", "config", c.Hash())
-		return train.InitialState(c)
+		st, err := train.InitialState(c)
+		return st, nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading checkpoints: %w", err)
+		return nil, nil, fmt.Errorf("reading checkpoints: %w", err)
 	}
 	st, err := train.DecodeState(cp.Blob)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint at step %d: %w", cp.Step, err)
+		return nil, nil, fmt.Errorf("checkpoint at step %d: %w", cp.Step, err)
 	}
 	if st.Config.Hash() != c.Hash() {
 		s.log.Warn("resuming with the checkpoint's configuration, not the flags'", "checkpoint", st.Config.Hash(), "flags", c.Hash())
@@ -238,7 +245,7 @@ func (s *Server) resume(c train.Config) (*train.State, error) {
 		st.Config.Epochs = c.Epochs
 	}
 	s.log.Info("resuming from checkpoint", "step", cp.Step, "epoch", st.Position.Epoch+1, "skipped_corrupt", len(corrupt))
-	return st, nil
+	return st, &cp.Info, nil
 }
 
 // Addr is the coordinator's gRPC address.

@@ -69,7 +69,7 @@ func runUp(ctx context.Context, args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			superviseWorker(wctx, bin, wargs, threads, logPath, *restart)
+			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, logPath, *restart)
 		}()
 	}
 	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; logs in %s\n", srv.Addr(), *n, threads, sf.stateDir)
@@ -122,9 +122,14 @@ func findWorkerBin(flagValue string) (string, error) {
 }
 
 // superviseWorker runs one worker process until ctx ends, starting it again
-// if it dies (when restart is set). On ctx's end it sends SIGTERM and, after
-// five seconds, SIGKILL.
-func superviseWorker(ctx context.Context, bin string, args []string, threads int, logPath string, restart bool) {
+// if it dies (when restart is set and shutdown has not begun). On ctx's end
+// it sends SIGTERM and, after five seconds, SIGKILL.
+//
+// Each worker runs in a process group of its own: a Ctrl-C in the terminal
+// reaches only `up`, which first has the coordinator take its final
+// checkpoint from the live workers and only then stops them. A worker whose
+// parent dies gets SIGTERM, so none is left behind.
+func superviseWorker(ctx context.Context, shuttingDown <-chan struct{}, bin string, args []string, threads int, logPath string, restart bool) {
 	for ctx.Err() == nil {
 		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		if err != nil {
@@ -134,6 +139,7 @@ func superviseWorker(ctx context.Context, bin string, args []string, threads int
 		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(threads), "OPENBLAS_NUM_THREADS="+strconv.Itoa(threads))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintf(os.Stderr, "starting %s: %v\n", bin, err)
 			logf.Close()
@@ -144,6 +150,11 @@ func superviseWorker(ctx context.Context, bin string, args []string, threads int
 		select {
 		case err := <-done:
 			logf.Close()
+			select {
+			case <-shuttingDown:
+				return
+			default:
+			}
 			if ctx.Err() != nil || !restart {
 				return
 			}
