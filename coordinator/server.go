@@ -478,7 +478,9 @@ func (s *Server) apply(out Output) {
 	}
 	if r := out.Snapshot; r != nil {
 		s.startSnapshot(r, true)
-	} else if s.m.Phase() == Holding && s.m.stopWanted {
+	} else if s.m.stopWanted && (s.m.Phase() == Holding || s.m.Phase() == Idle) {
+		// Stopped at a step boundary, or every worker left first (compose
+		// stops the workers before the coordinator): nothing more to wait for.
 		s.snapDone()
 	}
 }
