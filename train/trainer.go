@@ -241,11 +241,6 @@ func BitsPerDim(ll float64, dim int) float64 {
 	return 8 - ll/(float64(dim)*math.Ln2)
 }
 
-// Samples draws n samples with seed into a new slice (n x Dim).
-func (t *Trainer) Samples(n int, seed uint64) []float32 {
-	return Samples(t.Model, t.ws, n, seed)
-}
-
 // Samples draws n samples from m in batches that fit ws.
 func Samples(m *flow.Model, ws *flow.Workspace, n int, seed uint64) []float32 {
 	D := m.Config.Dim

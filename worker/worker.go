@@ -63,8 +63,6 @@ type Stats struct {
 	Rank, Size int
 	Position   train.Position
 	Applied    int64 // steps applied
-	Fetched    int64 // states fetched from others
-	Sessions   int64 // sessions opened with the coordinator
 }
 
 // keepaliveParams make a dead coordinator or peer connection show within a
@@ -260,7 +258,6 @@ func (w *Worker) session(ctx context.Context, client nicepb.CoordinatorClient) e
 	if err := w.configure(welcome.ConfigJson); err != nil {
 		return err
 	}
-	w.updateStats(func(s *Stats) { s.Sessions++ })
 	w.log.Info("attached to the coordinator", "coordinator_incarnation", welcome.CoordinatorIncarnation)
 
 	msgs := make(chan *nicepb.CoordinatorMessage, 64)
@@ -408,7 +405,7 @@ func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) error {
 	if err != nil {
 		return fmt.Errorf("state from %s: %w", f.SourceAddr, err)
 	}
-	w.updateStats(func(st *Stats) { st.Fetched++; st.Position = s.Position })
+	w.updateStats(func(st *Stats) { st.Position = s.Position })
 	w.log.Info("fetched state", "step", s.Position.Step, "from", f.SourceAddr, "bytes", len(blob), "seconds", time.Since(t0).Seconds())
 	return nil
 }
