@@ -41,6 +41,10 @@ type MachineConfig struct {
 	// StopAt, if positive, holds training once this many steps are
 	// committed, with a checkpoint of that state (as RequestStop does).
 	StopAt int64
+	// SaveRetry is how often a held or finished run asks again for the
+	// checkpoint of the state it holds while none is stored (a write failed,
+	// say, on a full disk). Zero means 5 s.
+	SaveRetry time.Duration
 }
 
 // Machine is the coordinator's step and generation logic as a deterministic
@@ -52,8 +56,11 @@ type Machine struct {
 
 	workers map[string]*workerState
 	gen     uint64
-	phase   Phase
-	ring    []string // worker ids in rank order
+	// genFloor is the newest generation an attached worker took part in
+	// (under an earlier coordinator): the next generation is numbered above.
+	genFloor uint64
+	phase    Phase
+	ring     []string // worker ids in rank order
 	// next is the position of the next step to commit.
 	next train.Position
 
@@ -80,6 +87,13 @@ type Machine struct {
 
 	snapshotWanted bool
 	stopWanted     bool
+	// leaveWanted holds the run at the next commit so that leaving members
+	// can be let go once that state is checkpointed.
+	leaveWanted bool
+	// stored is the step of the newest checkpoint known to be on disk;
+	// saveAsked when the state at next was last asked for.
+	stored    int64
+	saveAsked time.Time
 
 	stats Stats
 }
@@ -99,11 +113,27 @@ const (
 type workerState struct {
 	id, addr    string
 	incarnation uint64
+	// leaving: the worker asked to be let go (Leave); it takes part in no
+	// new generation and is dismissed once the state is checkpointed.
+	leaving bool
 	// for the current generation
 	member  bool
 	ready   *nicepb.Ready
 	fetched bool
+	// synced: the worker's state digest equals the generation's. Set in
+	// one place only, admit; see MemberState.
+	synced bool
+	// leaveAt is the step whose stored checkpoint lets a leaving worker go:
+	// leaveNone (not leaving), leavePending (at the next commit), or a step.
+	leaveAt int64
+	// dismissed: Dismiss was sent; the session ends from the worker's side.
+	dismissed bool
 }
+
+const (
+	leaveNone    = -1
+	leavePending = -2
+)
 
 // Stats are counters the status reports.
 type Stats struct {
@@ -145,6 +175,9 @@ type SnapshotRequest struct {
 	Position   train.Position
 	Addr       string
 	Generation uint64
+	// Live asks for the worker's live state (it is not training) instead of
+	// the snapshot it takes when applying a commit.
+	Live bool
 }
 
 // Commit is one committed step with the shards that computed it.
@@ -185,6 +218,32 @@ func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr 
 		blamed:      map[string]int{},
 		reports:     map[string]*nicepb.Report{},
 		evals:       map[string]*nicepb.EvalReport{},
+		// The state a machine starts from is stored: a checkpoint, or the
+		// initial state, which the configuration reproduces.
+		stored: pos.Step,
+	}
+}
+
+// View is the machine's state as the server shows and uses it.
+type View struct {
+	Phase         Phase
+	Generation    uint64
+	Next          train.Position // the next step to commit
+	StepsPerEpoch int
+	Ring          []string // member ids in rank order
+	Members       []MemberView
+	Stats         Stats
+	// Stopped: a requested stop is complete as far as the machine goes:
+	// training holds at a step boundary, or no worker is left.
+	Stopped bool
+}
+
+// View returns the machine's state for the server.
+func (m *Machine) View() View {
+	return View{
+		Phase: m.phase, Generation: m.gen, Next: m.next, StepsPerEpoch: m.spe,
+		Ring: m.Ring(), Members: m.Members(), Stats: m.stats,
+		Stopped: m.stopWanted && (m.phase == Holding || m.phase == Idle),
 	}
 }
 
@@ -203,8 +262,16 @@ func (m *Machine) Ring() []string { return slices.Clone(m.ring) }
 // Stats returns the counters.
 func (m *Machine) Stats() Stats { return m.stats }
 
-// Rank returns a worker's rank in the current generation, or -1.
-func (m *Machine) Rank(id string) int { return slices.Index(m.ring, id) }
+// Rank returns a worker's rank in the current generation, or -1 when it
+// has none (see MemberState).
+func (m *Machine) Rank(id string) int {
+	w := m.workers[id]
+	if w == nil {
+		return -1
+	}
+	_, rank := m.standing(w)
+	return rank
+}
 
 // Workers returns the attached worker ids, sorted.
 func (m *Machine) Workers() []string {
@@ -216,12 +283,96 @@ func (m *Machine) Workers() []string {
 	return ids
 }
 
+// candidates are the attached workers a new generation takes in: all but
+// those leaving, sorted.
+func (m *Machine) candidates() []string {
+	ids := m.Workers()
+	return slices.DeleteFunc(ids, func(id string) bool { return m.workers[id].leaving })
+}
+
+// MemberState is what an attached worker is in the current generation.
+type MemberState string
+
+// The member states, as the status shows them.
+const (
+	// Waiting: attached, not in the current generation.
+	Waiting MemberState = "waiting"
+	// Joining: in the current generation's plan, its state not yet shown
+	// to be the generation's (it is fetching it, or not yet Ready).
+	Joining MemberState = "preparing"
+	// Training: in the current generation with the generation's state.
+	Training MemberState = "training"
+	// Leaving: asked to leave; let go once the state is checkpointed.
+	Leaving MemberState = "leaving"
+)
+
+// MemberView is one attached worker as the status shows it.
+type MemberView struct {
+	ID, Addr string
+	State    MemberState
+	Rank     int // in the current generation; -1 when not a member
+}
+
+// Members lists the attached workers, sorted by id, each with its standing.
+func (m *Machine) Members() []MemberView {
+	out := make([]MemberView, 0, len(m.workers))
+	for _, id := range m.Workers() {
+		w := m.workers[id]
+		st, rank := m.standing(w)
+		out = append(out, MemberView{ID: id, Addr: w.addr, State: st, Rank: rank})
+	}
+	return out
+}
+
+// standing is THE rule of membership, the only place that decides it: a
+// worker is Training, with a rank, only while it is a member of the
+// current generation AND its state digest was shown equal to the
+// generation's (synced, set by admit when the generation starts), in every
+// phase. A member that has not shown it is Joining; a worker that attached
+// since the generation was planned, or re-attached as a new process under
+// the same id, is Waiting whatever the phase, until a later generation
+// admits it.
+func (m *Machine) standing(w *workerState) (MemberState, int) {
+	rank := -1
+	if w.member {
+		rank = slices.Index(m.ring, w.id)
+	}
+	switch {
+	case w.leaving:
+		return Leaving, rank
+	case rank < 0:
+		return Waiting, -1
+	case w.synced && (m.phase == Running || m.phase == Holding || m.phase == Finished):
+		return Training, rank
+	default:
+		return Joining, rank
+	}
+}
+
+// admit makes every member of the ring a synced member of the generation:
+// the one place where synced is set. The caller has checked that every
+// member's Ready names the state at next with the reference digest.
+func (m *Machine) admit() {
+	for _, id := range m.ring {
+		m.workers[id].synced = true
+	}
+}
+
 // Addr returns an attached worker's address.
 func (m *Machine) Addr(id string) string {
 	if w := m.workers[id]; w != nil {
 		return w.addr
 	}
 	return ""
+}
+
+// NeedScore says that the state the machine starts from ends epoch, whose
+// score the checkpoint lacks (the coordinator died before it came): the
+// first generation scores it before training on.
+func (m *Machine) NeedScore(epoch int) {
+	if epoch > 0 && m.evalEpoch == 0 && m.next.Epoch == epoch && m.next.StepInEpoch == 0 {
+		m.evalEpoch = epoch
+	}
 }
 
 // SetOwnState records that the coordinator now holds the state at pos (a
@@ -234,14 +385,17 @@ func (m *Machine) SetOwnState(pos train.Position, digest uint64) {
 func (m *Machine) done() bool { return m.next.Epoch >= m.cfg.Epochs }
 
 // Attach handles a worker's Hello. A worker attaching again with a newer
-// incarnation replaces its old session.
-func (m *Machine) Attach(now time.Time, id, addr string, incarnation uint64) Output {
+// incarnation replaces its old session. lastGen is the newest generation
+// the worker took part in: generations are numbered above it, so that they
+// keep growing across coordinator restarts.
+func (m *Machine) Attach(now time.Time, id, addr string, incarnation, lastGen uint64) Output {
 	var out Output
 	if old := m.workers[id]; old != nil {
 		out.Logs = append(out.Logs, fmt.Sprintf("worker %s re-attached (incarnation %d after %d)", id, incarnation, old.incarnation))
 		m.removeWorker(now, id, &out)
 	}
-	m.workers[id] = &workerState{id: id, addr: addr, incarnation: incarnation}
+	m.genFloor = max(m.genFloor, lastGen)
+	m.workers[id] = &workerState{id: id, addr: addr, incarnation: incarnation, leaveAt: leaveNone}
 	m.lastJoin = now
 	m.joinPending = true
 	out.Logs = append(out.Logs, fmt.Sprintf("worker %s attached from %s", id, addr))
@@ -268,16 +422,20 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	if w == nil || !w.member {
 		return
 	}
-	switch m.phase {
-	case Preparing, Running:
+	switch {
+	case m.phase == Preparing || m.phase == Running:
 		m.abandonStep()
 		m.startGeneration(now, out, "member "+id+" left")
-	case Finished:
-		if m.evalEpoch > 0 {
-			// No later generation would score the last epoch.
-			m.startGeneration(now, out, "member "+id+" left during the final evaluation")
-		}
+		return
+	case m.phase == Finished && m.evalEpoch > 0:
+		// No later generation would score the last epoch.
+		m.startGeneration(now, out, "member "+id+" left during the final evaluation")
+		return
 	}
+	// Holding, Finished or Idle: no step runs, so no new generation is
+	// needed now; the ring just no longer lists the worker (a process that
+	// attaches again under its id is a newcomer, see standing).
+	m.ring = slices.DeleteFunc(m.ring, func(r string) bool { return r == id })
 }
 
 // abandonStep forgets the step in flight; it is redone by the next generation.
@@ -295,10 +453,11 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
 	m.refDigest = 0
+	m.settleLeavers(out)
 	for _, w := range m.workers {
-		w.member, w.ready, w.fetched = false, nil, false
+		w.member, w.ready, w.fetched, w.synced = false, nil, false, false
 	}
-	ids := m.Workers()
+	ids := m.candidates()
 	if len(ids) < m.cfg.MinWorkers {
 		if m.phase != Idle {
 			out.Logs = append(out.Logs, fmt.Sprintf("waiting for workers: %d attached, %d needed", len(ids), m.cfg.MinWorkers))
@@ -306,7 +465,7 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 		m.phase, m.ring = Idle, nil
 		return
 	}
-	m.gen++
+	m.gen = max(m.gen, m.genFloor) + 1
 	m.stats.Generations++
 	m.phase = Preparing
 	m.phaseSince = now
@@ -422,6 +581,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 	if missing {
 		return
 	}
+	m.admit()
 	m.refDigest = 0
 	m.phase = Running
 	m.phaseSince = now
@@ -438,7 +598,9 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		clear(m.evals)
 	}
 	for _, id := range m.ring {
-		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Start{Start: &nicepb.Start{Generation: m.gen, EvalEpoch: eval}}}})
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Start{Start: &nicepb.Start{
+			Generation: m.gen, EvalEpoch: eval, Position: statexfer.ToPB(m.next), StateDigest: ref,
+		}}}})
 	}
 }
 
@@ -449,7 +611,9 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 // of redoing the steps since the checkpoint. It sets next and refDigest and
 // reports whether it adopted.
 func (m *Machine) adoptNewer(out *Output) bool {
-	if m.stats.Committed > 0 || len(m.ring) == 0 {
+	if m.stats.Committed > 0 || len(m.ring) == 0 || m.evalEpoch > 0 {
+		// (A score is pending for the state at next: going on would lose
+		// it; the generation starts from the checkpoint instead.)
 		return false
 	}
 	first := m.workers[m.ring[0]].ready
@@ -555,8 +719,10 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		m.evalEpoch = after.Epoch
 		clear(m.evals)
 	}
-	hold := m.stopWanted || (m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle)
-	msg.Hold = hold
+	leave := m.leaveWanted
+	hold := m.stopWanted || leave || (m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle)
+	// The last step of the run holds too: nothing follows it.
+	msg.Hold = hold || after.Epoch >= m.cfg.Epochs
 	for _, id := range m.ring {
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Commit{Commit: msg}}})
 	}
@@ -576,14 +742,27 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		m.snapshotWanted = false
 	}
 	m.phaseSince = now
+	if leave {
+		// The leaving members are let go once this step's checkpoint is
+		// stored (see Stored).
+		m.leaveWanted = false
+		for _, w := range m.workers {
+			if w.leaving && w.leaveAt == leavePending {
+				w.leaveAt = after.Step
+			}
+		}
+	}
 	switch {
 	case m.stopWanted:
 		m.phase = Holding
+	case leave:
+		m.startGeneration(now, out, "workers leaving")
 	case hold:
 		m.startGeneration(now, out, "workers joined")
 	case m.done():
 		m.phase = Finished
 	}
+	m.dismiss(out)
 }
 
 // Eval handles a worker's part of an epoch's evaluation.
@@ -616,6 +795,11 @@ func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 	out.Scored = score
 	m.evalEpoch = 0
 	clear(m.evals)
+	if m.phase == Finished {
+		// No commit follows to carry the score into a checkpoint: take the
+		// final state, live, from a member.
+		out.Snapshot = &SnapshotRequest{Position: m.next, Addr: m.workers[m.ring[0]].addr, Generation: m.gen, Live: true}
+	}
 	return out
 }
 
@@ -642,7 +826,7 @@ func (m *Machine) Tick(now time.Time) Output {
 	var out Output
 	switch m.phase {
 	case Idle:
-		if len(m.workers) >= m.cfg.MinWorkers && now.Sub(m.lastJoin) >= m.cfg.Settle {
+		if len(m.candidates()) >= m.cfg.MinWorkers && now.Sub(m.lastJoin) >= m.cfg.Settle {
 			m.startGeneration(now, &out, "enough workers")
 		}
 	case Finished, Holding:
@@ -651,7 +835,9 @@ func (m *Machine) Tick(now time.Time) Output {
 		atLimit := m.phase == Holding && m.cfg.StopAt > 0 && m.next.Step >= m.cfg.StopAt
 		if m.joinPending && now.Sub(m.lastJoin) >= m.cfg.Settle && (m.phase == Finished || atLimit) {
 			m.startGeneration(now, &out, "workers joined")
+			break
 		}
+		m.retrySave(now, &out)
 	case Preparing:
 		if m.cfg.PrepareTimeout > 0 && now.Sub(m.phaseSince) >= m.cfg.PrepareTimeout {
 			for _, id := range m.ring {
@@ -692,6 +878,117 @@ func (m *Machine) Tick(now time.Time) Output {
 		}
 	}
 	return out
+}
+
+// Leave handles a worker's request to be let go (it was told to stop). The
+// rule: a leaving worker takes part in no new generation, and is dismissed
+// once a checkpoint at or past the state it held is stored, so that
+// stopping workers (docker compose down, a scale-down) loses no step. A
+// member in the middle of a step finishes it: the run holds at the next
+// commit, which takes a checkpoint. A worker whose state is not needed is
+// dismissed at once.
+func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Output {
+	var out Output
+	w := m.workers[id]
+	if w == nil || w.leaving {
+		return out
+	}
+	w.leaving = true
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s asks to leave at step %d (%s)", id, pos.Step, reason))
+	switch {
+	case w.member && w.synced && m.phase == Running:
+		w.leaveAt = leavePending
+		m.leaveWanted = true
+		m.snapshotWanted = true
+	case pos.Step <= m.stored || pos.Step < m.next.Step:
+		// Nothing newer than the checkpoint, or an older state than the
+		// members that moved on hold.
+		w.leaveAt = m.stored
+	default:
+		// It holds the state at next (or, after this coordinator restarted
+		// from an older checkpoint, a newer state its predecessor
+		// committed) and no checkpoint has it: save it first.
+		w.leaveAt = pos.Step
+		if out.Snapshot == nil {
+			out.Snapshot = &SnapshotRequest{Position: pos, Addr: w.addr, Generation: m.gen, Live: true}
+		}
+	}
+	if w.member && m.phase == Preparing {
+		m.startGeneration(now, &out, "member "+id+" leaves")
+	}
+	m.dismiss(&out)
+	return out
+}
+
+// settleLeavers runs before a new generation forms other than by a commit
+// that held for them (a member died, say): members still waiting for that
+// commit are let go once the state they hold now, at next, is stored.
+func (m *Machine) settleLeavers(out *Output) {
+	var src *workerState
+	for _, id := range m.Workers() {
+		w := m.workers[id]
+		if w.leaving && w.leaveAt == leavePending {
+			w.leaveAt = m.next.Step
+			if src == nil && w.synced {
+				src = w
+			}
+		}
+	}
+	m.leaveWanted = false
+	if src != nil {
+		m.saveLive(src, out)
+	}
+}
+
+// saveLive asks for a checkpoint of the live state at next from w, which
+// holds it and is not training, unless one is stored already.
+func (m *Machine) saveLive(w *workerState, out *Output) {
+	if m.stored >= m.next.Step || out.Snapshot != nil {
+		return
+	}
+	out.Snapshot = &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true}
+}
+
+// Stored records that the checkpoint of the state at pos is on disk, and
+// lets go the leaving workers waiting for it.
+func (m *Machine) Stored(now time.Time, pos train.Position) Output {
+	var out Output
+	m.stored = max(m.stored, pos.Step)
+	m.dismiss(&out)
+	return out
+}
+
+// dismiss lets go every leaving worker whose state is stored.
+func (m *Machine) dismiss(out *Output) {
+	for _, id := range m.Workers() {
+		w := m.workers[id]
+		if !w.leaving || w.dismissed || w.leaveAt == leavePending || w.leaveAt > m.stored {
+			continue
+		}
+		w.dismissed = true
+		out.Logs = append(out.Logs, fmt.Sprintf("worker %s may leave: the checkpoint at step %d holds its state", id, max(m.stored, 0)))
+		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Dismiss{
+			Dismiss: &nicepb.Dismiss{CheckpointStep: max(m.stored, 0)}}}})
+	}
+}
+
+// retrySave asks again for the checkpoint of the held state while none is
+// stored: nothing else would, since no step follows.
+func (m *Machine) retrySave(now time.Time, out *Output) {
+	every := m.cfg.SaveRetry
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	if m.stored >= m.next.Step || m.evalEpoch > 0 || len(m.ring) == 0 || now.Sub(m.saveAsked) < every {
+		return
+	}
+	w := m.workers[m.ring[0]]
+	if w == nil || !w.synced {
+		return
+	}
+	m.saveAsked = now
+	out.Logs = append(out.Logs, fmt.Sprintf("the state at step %d is not stored yet: asking for its checkpoint again", m.next.Step))
+	out.Snapshot = &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true}
 }
 
 // RequestSnapshot asks for a snapshot at the next commit.

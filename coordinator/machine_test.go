@@ -212,7 +212,7 @@ func (c *simCluster) attachWith(id string, st simState) *simWorker {
 	c.nextInc++
 	w := &simWorker{id: id, addr: id + ":7100", incarnation: c.nextInc, state: st}
 	c.workers[id] = w
-	c.apply(c.m.Attach(c.now, id, w.addr, w.incarnation))
+	c.apply(c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen))
 	return w
 }
 
@@ -484,6 +484,12 @@ func (c *simCluster) stateAt(addr string) (simState, bool) {
 // is taken from its worker once that worker applied the commit, and the
 // machine is told it now holds that state.
 func (c *simCluster) takeSnapshots() {
+	var stored []train.Position
+	defer func() {
+		for _, pos := range stored {
+			c.apply(c.m.Stored(c.now, pos))
+		}
+	}()
 	c.pending = slices.DeleteFunc(c.pending, func(r pendingSnapshot) bool {
 		w := r.w
 		switch {
@@ -492,6 +498,7 @@ func (c *simCluster) takeSnapshots() {
 		case w.snap != nil && w.snap.pos == r.Position:
 			c.own = *w.snap
 			c.m.SetOwnState(c.own.pos, c.own.digest)
+			stored = append(stored, c.own.pos)
 			return true
 		case w.state.pos.Step > r.Position.Step:
 			c.fail("snapshot at step %d asked of %s, whose snapshot is at %v", r.Position.Step, w.id, w.snap)
@@ -1169,6 +1176,9 @@ func TestMachineCheckpoints(t *testing.T) {
 				want = append(want, s)
 			}
 		}
+		// Once the last epoch is scored, the final state is taken again,
+		// live, so that the checkpoint holds that score too.
+		want = append(want, c.totalSteps())
 		for _, out := range c.outs {
 			if r := out.Snapshot; r != nil {
 				got = append(got, r.Position.Step)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,11 +22,11 @@ import (
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/membership"
+	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
-	"github.com/nice-flow/nice/worker"
 )
 
 // Config configures a Server.
@@ -41,9 +42,15 @@ type Config struct {
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
 	// sample grids.
 	StateDir string
-	// Gossip, if non-nil, makes the coordinator a gossip seed; workers' deaths
-	// seen by gossip detach them.
-	Gossip *membership.Config
+	// Store keeps the checkpoints. nil opens the bbolt file StateDir/nice.db;
+	// a store passed in is closed by the server when it stops.
+	Store checkpoint.Store
+	// Membership, if non-nil, is the membership the server watches for
+	// workers declared dead (it is left and shut down when the server
+	// stops). Otherwise Gossip, if non-nil, makes the coordinator a gossip
+	// seed with that configuration.
+	Membership membership.Membership
+	Gossip     *membership.Config
 	// Machine tunes the step logic; its set sizes are filled in by New.
 	Machine MachineConfig
 	// KeepCheckpoints is how many checkpoints bbolt keeps.
@@ -73,12 +80,13 @@ type Server struct {
 	log         *slog.Logger
 	incarnation uint64
 	configJSON  []byte
+	advertise   string // the gRPC address workers reach
 
 	lis     net.Listener
 	srv     *grpc.Server
 	httpSrv *http.Server
 	httpLis net.Listener
-	gossip  *membership.Gossip
+	gossip  membership.Membership
 	store   checkpoint.Store
 	writer  *checkpoint.Writer
 	ledger  *bufio.Writer
@@ -96,9 +104,13 @@ type Server struct {
 	status   Status
 	own      ownState
 	scores   []train.EpochResult
-	snapping bool
-	stopped  chan struct{} // closed when a requested stop completed
-	params   int           // floats in the all-reduced gradient
+	snapping *SnapshotRequest // the snapshot being taken, if any
+	nextSnap *SnapshotRequest // the newest request that waits for it
+	stopped  chan struct{}    // closed when a requested stop completed
+	stopping bool             // a stop was requested
+	params   int              // floats in the all-reduced gradient
+
+	loopDone chan struct{} // closed when the loop goroutine ends
 }
 
 // ownState is the newest state the coordinator holds, served to workers when
@@ -113,6 +125,7 @@ type session struct {
 	id          string
 	addr        string
 	incarnation uint64
+	lastGen     uint64
 	out         chan *nicepb.CoordinatorMessage
 	cancel      context.CancelFunc
 }
@@ -123,7 +136,8 @@ type event struct {
 	gone   *membership.Member // gossip declared a worker dead
 	msg    *nicepb.WorkerMessage
 	from   *session
-	saved  *savedState
+	saved  *savedState     // the coordinator holds this state (in memory)
+	stored *train.Position // the checkpoint of this state is on disk
 	stop   bool
 }
 
@@ -142,13 +156,16 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("state folder: %w", err)
 	}
-	dbPath := filepath.Join(cfg.StateDir, "nice.db")
-	store, err := checkpoint.OpenBolt(dbPath, checkpoint.BoltOptions{Keep: cfg.KeepCheckpoints, Logger: log})
-	if err != nil {
-		return nil, err
+	store := cfg.Store
+	if store == nil {
+		var err error
+		dbPath := filepath.Join(cfg.StateDir, "nice.db")
+		if store, err = checkpoint.OpenBolt(dbPath, checkpoint.BoltOptions{Keep: cfg.KeepCheckpoints, Logger: log}); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
-		events: make(chan event, 256), sessions: map[string]*session{}, stopped: make(chan struct{})}
+		events: make(chan event, 256), sessions: map[string]*session{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -185,15 +202,18 @@ func New(cfg Config) (*Server, error) {
 	if adv == "" {
 		adv = s.lis.Addr().String()
 	}
+	s.advertise = adv
 	s.m = NewMachine(mc, st.Position, s.own.digest, adv)
+	if e := st.Position.Epoch; e > 0 && st.Position.StepInEpoch == 0 && !slices.ContainsFunc(st.History.Epochs, func(r train.EpochResult) bool { return r.Epoch == e }) {
+		s.m.NeedScore(e)
+	}
 	if s.ledgerF, err = os.OpenFile(filepath.Join(cfg.StateDir, "ledger.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
 		return fail(fmt.Errorf("ledger: %w", err))
 	}
 	s.ledger = bufio.NewWriter(s.ledgerF)
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
-	s.srv = grpc.NewServer(append(append([]grpc.ServerOption{}, worker.ServerKeepalive...),
-		grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
+	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
 	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
 	healthpb.RegisterHealthServer(s.srv, health.NewServer())
@@ -268,9 +288,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.httpSrv != nil {
 		go func() { serveErr <- s.httpSrv.Serve(s.httpLis) }()
 	}
-	if s.cfg.Gossip != nil {
+	switch {
+	case s.cfg.Membership != nil:
+		s.gossip = s.cfg.Membership
+	case s.cfg.Gossip != nil:
 		gc := *s.cfg.Gossip
-		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.m.coordAddr, Incarnation: s.incarnation}
+		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.advertise, Incarnation: s.incarnation}
 		if gc.Logger == nil {
 			gc.Logger = s.log
 		}
@@ -280,8 +303,10 @@ func (s *Server) Serve(ctx context.Context) error {
 			return fmt.Errorf("gossip: %w", err)
 		}
 		s.gossip = g
+	}
+	if s.gossip != nil {
 		s.wg.Add(1)
-		go s.watchGossip(g)
+		go s.watchGossip(s.gossip)
 	}
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	s.wg.Add(1)
@@ -300,16 +325,11 @@ func (s *Server) Serve(ctx context.Context) error {
 // shutdown asks for a final snapshot at the next commit and waits for it a
 // bounded time.
 func (s *Server) shutdown() {
-	s.mu.Lock()
-	running := s.status.Phase == string(Running)
-	s.mu.Unlock()
-	if running {
-		s.events <- event{stop: true}
-		select {
-		case <-s.stopped:
-		case <-time.After(30 * time.Second):
-			s.log.Warn("no final checkpoint within 30 s; the newest earlier one stands")
-		}
+	s.post(event{stop: true})
+	select {
+	case <-s.stopped:
+	case <-time.After(30 * time.Second):
+		s.log.Warn("no final checkpoint within 30 s; the newest earlier one stands")
 	}
 }
 
@@ -349,19 +369,29 @@ func (s *Server) closeAll() {
 	}
 }
 
-func (s *Server) watchGossip(g *membership.Gossip) {
+func (s *Server) watchGossip(g membership.Membership) {
 	defer s.wg.Done()
 	for ev := range g.Events() {
 		if ev.Kind == membership.EventLeave && ev.Member.Meta.Role == membership.RoleWorker {
 			m := ev.Member
-			s.events <- event{gone: &m}
+			s.post(event{gone: &m})
 		}
+	}
+}
+
+// post hands an event from a background goroutine to the loop, unless the
+// loop has ended.
+func (s *Server) post(ev event) {
+	select {
+	case s.events <- ev:
+	case <-s.loopDone:
 	}
 }
 
 // loop owns the machine: every event goes through it, one at a time.
 func (s *Server) loop(ctx context.Context) {
 	defer s.wg.Done()
+	defer close(s.loopDone)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -390,7 +420,7 @@ func (s *Server) handle(now time.Time, ev event) Output {
 			old.cancel()
 		}
 		s.sessions[ev.attach.id] = ev.attach
-		return s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation)
+		return s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation, ev.attach.lastGen)
 	case ev.detach != nil:
 		if s.sessions[ev.detach.id] != ev.detach {
 			return Output{} // an older session of a re-attached worker
@@ -425,14 +455,24 @@ func (s *Server) handle(now time.Time, ev event) Output {
 			return s.m.Eval(now, id, k.Eval)
 		case *nicepb.WorkerMessage_RingFailure:
 			return s.m.RingFailure(now, id, k.RingFailure)
+		case *nicepb.WorkerMessage_Leave:
+			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
 		}
 	case ev.saved != nil:
 		s.m.SetOwnState(ev.saved.pos, ev.saved.digest)
+	case ev.stored != nil:
+		return s.m.Stored(now, *ev.stored)
 	case ev.stop:
-		s.m.RequestStop()
-		if s.m.Phase() != Running {
-			s.closeStopped()
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		if v := s.m.View(); v.Phase != Running && v.Phase != Preparing {
+			// Nothing trains: what the workers hold is what the last
+			// commit's checkpoint (or the hold's) took.
+			s.stopWhenSaved()
+			return Output{}
 		}
+		s.m.RequestStop()
 	}
 	return Output{}
 }
@@ -477,17 +517,20 @@ func (s *Server) apply(out Output) {
 		s.recordScore(sc)
 	}
 	if r := out.Snapshot; r != nil {
-		s.startSnapshot(r, true)
-	} else if s.m.stopWanted && (s.m.Phase() == Holding || s.m.Phase() == Idle) {
-		// Stopped at a step boundary, or every worker left first (compose
-		// stops the workers before the coordinator): nothing more to wait for.
-		s.snapDone()
+		s.startSnapshot(r)
+	}
+	if s.m.View().Stopped {
+		// Stopped at a step boundary, or every worker left first: once the
+		// snapshots asked for are taken there is nothing more to wait for.
+		s.stopWhenSaved()
 	}
 }
 
-func (s *Server) snapDone() {
+// stopWhenSaved completes a requested stop unless a snapshot is still
+// being taken (its goroutine calls it again when done).
+func (s *Server) stopWhenSaved() {
 	s.mu.Lock()
-	busy := s.snapping
+	busy := s.snapping != nil || s.nextSnap != nil
 	s.mu.Unlock()
 	if !busy {
 		s.closeStopped()
@@ -514,10 +557,11 @@ func (s *Server) recordCommit(c *Commit) {
 		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: c.Compute, Allreduce: c.Allreduce})
 	s.ledger.Write(append(b, '\n'))
 	s.ledger.Flush()
+	stats := s.m.View().Stats
 	s.mu.Lock()
 	st := &s.status
 	n := float64(c.Batch)
-	if sec := s.m.stats.LastStepSeconds; sec > 0 {
+	if sec := stats.LastStepSeconds; sec > 0 {
 		sps := n / sec
 		if st.SamplesPerSec == 0 {
 			st.SamplesPerSec = sps
@@ -526,7 +570,7 @@ func (s *Server) recordCommit(c *Commit) {
 		}
 	}
 	st.TrainNLL = -c.SumLL / n
-	if ar := s.m.stats.LastAllreduce; ar > 0 && len(c.Shards) > 1 {
+	if ar := stats.LastAllreduce; ar > 0 && len(c.Shards) > 1 {
 		k := float64(len(c.Shards))
 		bytes := 4 * float64(s.params)
 		st.BusBW = bytes / ar * 2 * (k - 1) / k / 1e9
@@ -541,9 +585,4 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 	s.scores = append(s.scores, r)
 	s.mu.Unlock()
 	s.log.Info("epoch scored", "epoch", r.Epoch, "test_ll", fmt.Sprintf("%.2f", r.TestLL), "bits_per_dim", fmt.Sprintf("%.4f", r.BitsPerDim))
-	if s.m.Phase() == Finished {
-		// No commit follows to carry the score into a checkpoint: take the
-		// final state from a worker now.
-		s.startSnapshot(&SnapshotRequest{Position: s.m.Next(), Addr: s.m.Addr(s.m.ring[0]), Generation: s.m.gen}, false)
-	}
 }

@@ -17,41 +17,56 @@ import (
 )
 
 // startSnapshot fetches the state r names from a worker in the background,
-// adds the epoch scores it lacks, and hands it to the checkpoint writer. At
-// most one runs at a time; a request while one runs is skipped (the next
-// one will come).
-func (s *Server) startSnapshot(r *SnapshotRequest, snapshot bool) {
+// adds the epoch scores it lacks, and hands it to the checkpoint writer. One
+// runs at a time: a request that comes while one runs waits for it, and a
+// newer request replaces a waiting older one (the newest state is the one
+// worth keeping: a hold's or a shutdown's checkpoint is never skipped).
+func (s *Server) startSnapshot(r *SnapshotRequest) {
 	s.mu.Lock()
-	if s.snapping {
-		s.mu.Unlock()
-		s.log.Warn("a checkpoint is still being taken; skipping the one at this step", "step", r.Position.Step)
+	defer s.mu.Unlock()
+	if s.snapping != nil {
+		switch {
+		case s.snapping.Position == r.Position:
+			// Already being taken.
+		case s.nextSnap != nil && s.nextSnap.Position.Step > r.Position.Step:
+			// A newer one waits already.
+		default:
+			if s.nextSnap != nil {
+				s.log.Info("a newer checkpoint replaces one still waiting", "step", r.Position.Step, "replaced", s.nextSnap.Position.Step)
+			}
+			s.nextSnap = r
+		}
 		return
 	}
-	s.snapping = true
-	s.mu.Unlock()
+	s.snapping = r
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		err := s.takeSnapshot(r, snapshot)
-		s.mu.Lock()
-		s.snapping = false
-		s.mu.Unlock()
-		if err != nil {
+	go s.snapshotLoop(r)
+}
+
+// snapshotLoop takes r, then any request that came meanwhile.
+func (s *Server) snapshotLoop(r *SnapshotRequest) {
+	defer s.wg.Done()
+	for r != nil {
+		if err := s.takeSnapshot(r); err != nil {
 			s.log.Error("checkpoint not taken", "step", r.Position.Step, "err", err)
 		}
-		if s.stopRequested() {
-			s.closeStopped()
-		}
-	}()
+		s.mu.Lock()
+		r, s.nextSnap = s.nextSnap, nil
+		s.snapping = r
+		s.mu.Unlock()
+	}
+	if s.stopRequested() {
+		s.stopWhenSaved()
+	}
 }
 
 func (s *Server) stopRequested() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status.Phase == string(Holding)
+	return s.stopping
 }
 
-func (s *Server) takeSnapshot(r *SnapshotRequest, snapshot bool) error {
+func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	t0 := time.Now()
 	conn, err := grpc.NewClient(r.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
@@ -61,7 +76,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest, snapshot bool) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, statexfer.ToPB(r.Position), snapshot)
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.ToPB(r.Position), !r.Live)
 	if err != nil {
 		return err
 	}
@@ -101,7 +116,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest, snapshot bool) error {
 	s.own = ownState{pos: st.Position, blob: blob, digest: digest}
 	s.status.LastSnapshotFetchSeconds = fetched.Seconds()
 	s.mu.Unlock()
-	s.events <- event{saved: &savedState{pos: st.Position, digest: digest}}
+	s.post(event{saved: &savedState{pos: st.Position, digest: digest}})
 	if st.Position.StepInEpoch == 0 && s.cfg.Samples > 0 {
 		if err := s.writeImages(st); err != nil {
 			s.log.Warn("sample grid not written", "err", err)
@@ -135,6 +150,8 @@ func (s *Server) onSaved(r checkpoint.Result) {
 	s.status.LastCheckpointWriteSeconds = r.Duration.Seconds()
 	s.status.LastCheckpointBytes = r.Info.Size
 	s.mu.Unlock()
+	pos := train.Position{Step: int64(r.Meta.Step), Epoch: int(r.Meta.Epoch), StepInEpoch: int(r.Meta.StepInEpoch)}
+	s.post(event{stored: &pos})
 }
 
 // WriteState serves the coordinator's own state (a checkpoint, or the

@@ -48,7 +48,7 @@ type Status struct {
 type WorkerStatus struct {
 	ID     string `json:"id"`
 	Addr   string `json:"addr"`
-	State  string `json:"state"` // "training", "preparing", "waiting" (attached, not in the ring)
+	State  string `json:"state"` // a MemberState: "training", "preparing", "waiting", "leaving"
 	Rank   int    `json:"rank"`  // -1 when not in the ring
 	Gossip string `json:"gossip"`
 }
@@ -73,8 +73,7 @@ func (s *Server) Status() Status {
 
 // updateStatus copies the loop's view into the status (loop goroutine only).
 func (s *Server) updateStatus() {
-	m := s.m
-	next := m.Next()
+	v := s.m.View()
 	alive := map[string]string{}
 	if s.gossip != nil {
 		for _, mem := range s.gossip.Members() {
@@ -83,47 +82,37 @@ func (s *Server) updateStatus() {
 			}
 		}
 	}
-	var ws []WorkerStatus
-	for _, id := range m.Workers() {
-		rank := m.Rank(id)
-		state := "waiting"
-		if rank >= 0 {
-			switch m.Phase() {
-			case Running, Finished, Holding:
-				state = "training"
-			default:
-				state = "preparing"
-			}
-		}
-		g := alive[id]
+	ws := make([]WorkerStatus, 0, len(v.Members))
+	for _, mv := range v.Members {
+		g := alive[mv.ID]
 		if g == "" {
 			g = "unknown"
 			if s.gossip != nil {
 				g = "not seen"
 			}
 		}
-		ws = append(ws, WorkerStatus{ID: id, Addr: m.Addr(id), State: state, Rank: rank, Gossip: g})
+		ws = append(ws, WorkerStatus{ID: mv.ID, Addr: mv.Addr, State: string(mv.State), Rank: mv.Rank, Gossip: g})
 	}
-	stats := m.Stats()
+	next := v.Next
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &s.status
-	st.Phase = string(m.Phase())
-	st.Generation = m.Generation()
+	st.Phase = string(v.Phase)
+	st.Generation = v.Generation
 	st.Epoch = next.Epoch + 1
 	st.Epochs = s.cfg.Train.Epochs
 	st.Step = next.Step
 	st.StepInEpoch = next.StepInEpoch
-	st.StepsPerEpoch = m.spe
-	st.Ring = m.Ring()
+	st.StepsPerEpoch = v.StepsPerEpoch
+	st.Ring = v.Ring
 	st.Workers = ws
-	st.CommittedSteps = stats.Committed
-	st.RedoneSteps = stats.Redone
-	st.Generations = stats.Generations
-	st.LedgerErrors = stats.LedgerErrors
-	st.LedgerOK = stats.LedgerErrors == 0
-	st.DigestMismatches = stats.DigestMismatch
-	st.DigestsAgree = stats.DigestMismatch == 0
+	st.CommittedSteps = v.Stats.Committed
+	st.RedoneSteps = v.Stats.Redone
+	st.Generations = v.Stats.Generations
+	st.LedgerErrors = v.Stats.LedgerErrors
+	st.LedgerOK = v.Stats.LedgerErrors == 0
+	st.DigestMismatches = v.Stats.DigestMismatch
+	st.DigestsAgree = v.Stats.DigestMismatch == 0
 	st.ConfigHash = s.cfg.Train.Hash()
 	st.Incarnation = s.incarnation
 }

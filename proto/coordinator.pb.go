@@ -91,6 +91,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_Report
 	//	*WorkerMessage_Eval
 	//	*WorkerMessage_RingFailure
+	//	*WorkerMessage_Leave
 	Kind          isWorkerMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -178,6 +179,15 @@ func (x *WorkerMessage) GetRingFailure() *RingFailure {
 	return nil
 }
 
+func (x *WorkerMessage) GetLeave() *Leave {
+	if x != nil {
+		if x, ok := x.Kind.(*WorkerMessage_Leave); ok {
+			return x.Leave
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Kind interface {
 	isWorkerMessage_Kind()
 }
@@ -202,6 +212,10 @@ type WorkerMessage_RingFailure struct {
 	RingFailure *RingFailure `protobuf:"bytes,5,opt,name=ring_failure,json=ringFailure,proto3,oneof"`
 }
 
+type WorkerMessage_Leave struct {
+	Leave *Leave `protobuf:"bytes,6,opt,name=leave,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_Ready) isWorkerMessage_Kind() {}
@@ -212,14 +226,20 @@ func (*WorkerMessage_Eval) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_RingFailure) isWorkerMessage_Kind() {}
 
+func (*WorkerMessage_Leave) isWorkerMessage_Kind() {}
+
 // Hello opens a session.
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"` // stable across restarts of the worker
-	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`          // grows with each start of the worker process
-	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`                         // the worker's gRPC address (ring and state)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId    string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"` // stable across restarts of the worker
+	Incarnation uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`          // grows with each start of the worker process
+	Addr        string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`                         // the worker's gRPC address (ring and state)
+	// The newest generation the worker took part in: a coordinator numbers
+	// its generations above it, so that generations keep growing across
+	// coordinator restarts (a ring refuses a generation older than its own).
+	LastGeneration uint64 `protobuf:"varint,4,opt,name=last_generation,json=lastGeneration,proto3" json:"last_generation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -271,6 +291,13 @@ func (x *Hello) GetAddr() string {
 		return x.Addr
 	}
 	return ""
+}
+
+func (x *Hello) GetLastGeneration() uint64 {
+	if x != nil {
+		return x.LastGeneration
+	}
+	return 0
 }
 
 // Ready answers a Plan (or a Fetch): the worker's ring is configured for the
@@ -537,6 +564,61 @@ func (x *EvalReport) GetHi() int32 {
 	return 0
 }
 
+// Leave says the worker was told to stop (SIGTERM): it asks to be let go
+// once the state it helps hold is safe in a checkpoint, and waits for
+// Dismiss (or its own deadline) before it exits.
+type Leave struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Position      *Position              `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"` // the state the worker holds
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leave) Reset() {
+	*x = Leave{}
+	mi := &file_coordinator_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leave) ProtoMessage() {}
+
+func (x *Leave) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leave.ProtoReflect.Descriptor instead.
+func (*Leave) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Leave) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Leave) GetPosition() *Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
 // RingFailure reports that the all-reduce of a generation broke.
 type RingFailure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -549,7 +631,7 @@ type RingFailure struct {
 
 func (x *RingFailure) Reset() {
 	*x = RingFailure{}
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +643,7 @@ func (x *RingFailure) String() string {
 func (*RingFailure) ProtoMessage() {}
 
 func (x *RingFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +656,7 @@ func (x *RingFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingFailure.ProtoReflect.Descriptor instead.
 func (*RingFailure) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RingFailure) GetGeneration() uint64 {
@@ -607,6 +689,7 @@ type CoordinatorMessage struct {
 	//	*CoordinatorMessage_Fetch
 	//	*CoordinatorMessage_Start
 	//	*CoordinatorMessage_Commit
+	//	*CoordinatorMessage_Dismiss
 	Kind          isCoordinatorMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -614,7 +697,7 @@ type CoordinatorMessage struct {
 
 func (x *CoordinatorMessage) Reset() {
 	*x = CoordinatorMessage{}
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +709,7 @@ func (x *CoordinatorMessage) String() string {
 func (*CoordinatorMessage) ProtoMessage() {}
 
 func (x *CoordinatorMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +722,7 @@ func (x *CoordinatorMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinatorMessage.ProtoReflect.Descriptor instead.
 func (*CoordinatorMessage) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CoordinatorMessage) GetKind() isCoordinatorMessage_Kind {
@@ -694,6 +777,15 @@ func (x *CoordinatorMessage) GetCommit() *Commit {
 	return nil
 }
 
+func (x *CoordinatorMessage) GetDismiss() *Dismiss {
+	if x != nil {
+		if x, ok := x.Kind.(*CoordinatorMessage_Dismiss); ok {
+			return x.Dismiss
+		}
+	}
+	return nil
+}
+
 type isCoordinatorMessage_Kind interface {
 	isCoordinatorMessage_Kind()
 }
@@ -718,6 +810,10 @@ type CoordinatorMessage_Commit struct {
 	Commit *Commit `protobuf:"bytes,5,opt,name=commit,proto3,oneof"`
 }
 
+type CoordinatorMessage_Dismiss struct {
+	Dismiss *Dismiss `protobuf:"bytes,6,opt,name=dismiss,proto3,oneof"`
+}
+
 func (*CoordinatorMessage_Welcome) isCoordinatorMessage_Kind() {}
 
 func (*CoordinatorMessage_Plan) isCoordinatorMessage_Kind() {}
@@ -727,6 +823,8 @@ func (*CoordinatorMessage_Fetch) isCoordinatorMessage_Kind() {}
 func (*CoordinatorMessage_Start) isCoordinatorMessage_Kind() {}
 
 func (*CoordinatorMessage_Commit) isCoordinatorMessage_Kind() {}
+
+func (*CoordinatorMessage_Dismiss) isCoordinatorMessage_Kind() {}
 
 // Welcome answers Hello with the run's configuration (train.Config as JSON).
 type Welcome struct {
@@ -739,7 +837,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +849,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +862,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Welcome) GetConfigJson() []byte {
@@ -791,7 +889,7 @@ type RingMember struct {
 
 func (x *RingMember) Reset() {
 	*x = RingMember{}
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +901,7 @@ func (x *RingMember) String() string {
 func (*RingMember) ProtoMessage() {}
 
 func (x *RingMember) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +914,7 @@ func (x *RingMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingMember.ProtoReflect.Descriptor instead.
 func (*RingMember) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RingMember) GetId() string {
@@ -846,7 +944,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +956,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +969,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Plan) GetGeneration() uint64 {
@@ -916,7 +1014,7 @@ type Fetch struct {
 
 func (x *Fetch) Reset() {
 	*x = Fetch{}
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1026,7 @@ func (x *Fetch) String() string {
 func (*Fetch) ProtoMessage() {}
 
 func (x *Fetch) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1039,7 @@ func (x *Fetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fetch.ProtoReflect.Descriptor instead.
 func (*Fetch) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Fetch) GetGeneration() uint64 {
@@ -975,17 +1073,21 @@ func (x *Fetch) GetStateDigest() uint64 {
 // Start lets a prepared generation train from its plan's position. If
 // eval_epoch > 0 the workers first score their shards of the scored set (the
 // evaluation of that epoch was interrupted).
+// position and state_digest name the state every member holds: a worker
+// whose state differs does not train (it answers with a Ready instead).
 type Start struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
 	EvalEpoch     int32                  `protobuf:"varint,2,opt,name=eval_epoch,json=evalEpoch,proto3" json:"eval_epoch,omitempty"`
+	Position      *Position              `protobuf:"bytes,3,opt,name=position,proto3" json:"position,omitempty"`
+	StateDigest   uint64                 `protobuf:"varint,4,opt,name=state_digest,json=stateDigest,proto3" json:"state_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Start) Reset() {
 	*x = Start{}
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1099,7 @@ func (x *Start) String() string {
 func (*Start) ProtoMessage() {}
 
 func (x *Start) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1112,7 @@ func (x *Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Start.ProtoReflect.Descriptor instead.
 func (*Start) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Start) GetGeneration() uint64 {
@@ -1023,6 +1125,66 @@ func (x *Start) GetGeneration() uint64 {
 func (x *Start) GetEvalEpoch() int32 {
 	if x != nil {
 		return x.EvalEpoch
+	}
+	return 0
+}
+
+func (x *Start) GetPosition() *Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *Start) GetStateDigest() uint64 {
+	if x != nil {
+		return x.StateDigest
+	}
+	return 0
+}
+
+// Dismiss answers Leave: the state the worker held is checkpointed (or held
+// by others), so it may exit now.
+type Dismiss struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CheckpointStep int64                  `protobuf:"varint,1,opt,name=checkpoint_step,json=checkpointStep,proto3" json:"checkpoint_step,omitempty"` // the newest checkpoint's step
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Dismiss) Reset() {
+	*x = Dismiss{}
+	mi := &file_coordinator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dismiss) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dismiss) ProtoMessage() {}
+
+func (x *Dismiss) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dismiss.ProtoReflect.Descriptor instead.
+func (*Dismiss) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Dismiss) GetCheckpointStep() int64 {
+	if x != nil {
+		return x.CheckpointStep
 	}
 	return 0
 }
@@ -1044,7 +1206,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1218,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1231,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Commit) GetGeneration() uint64 {
@@ -1136,7 +1298,7 @@ type EpochScore struct {
 
 func (x *EpochScore) Reset() {
 	*x = EpochScore{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1310,7 @@ func (x *EpochScore) String() string {
 func (*EpochScore) ProtoMessage() {}
 
 func (x *EpochScore) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1323,7 @@ func (x *EpochScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochScore.ProtoReflect.Descriptor instead.
 func (*EpochScore) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EpochScore) GetEpoch() int32 {
@@ -1216,7 +1378,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1390,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1403,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FetchStateRequest) GetPosition() *Position {
@@ -1269,7 +1431,7 @@ type StateChunk struct {
 
 func (x *StateChunk) Reset() {
 	*x = StateChunk{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1443,7 @@ func (x *StateChunk) String() string {
 func (*StateChunk) ProtoMessage() {}
 
 func (x *StateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1456,7 @@ func (x *StateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChunk.ProtoReflect.Descriptor instead.
 func (*StateChunk) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StateChunk) GetTotal() int64 {
@@ -1326,7 +1488,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1500,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1513,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 // StatusReply is the status as one JSON object (see coordinator.Status).
@@ -1364,7 +1526,7 @@ type StatusReply struct {
 
 func (x *StatusReply) Reset() {
 	*x = StatusReply{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1538,7 @@ func (x *StatusReply) String() string {
 func (*StatusReply) ProtoMessage() {}
 
 func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1551,7 @@ func (x *StatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
 func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusReply) GetJson() []byte {
@@ -1407,7 +1569,7 @@ type CheckpointsRequest struct {
 
 func (x *CheckpointsRequest) Reset() {
 	*x = CheckpointsRequest{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1581,7 @@ func (x *CheckpointsRequest) String() string {
 func (*CheckpointsRequest) ProtoMessage() {}
 
 func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1594,7 @@ func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 type CheckpointsReply struct {
@@ -1444,7 +1606,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1618,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1631,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CheckpointsReply) GetJson() []byte {
@@ -1487,18 +1649,20 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bPosition\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\"\n" +
-	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\xf8\x01\n" +
+	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\xa0\x02\n" +
 	"\rWorkerMessage\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0e.nice.v1.HelloH\x00R\x05hello\x12&\n" +
 	"\x05ready\x18\x02 \x01(\v2\x0e.nice.v1.ReadyH\x00R\x05ready\x12)\n" +
 	"\x06report\x18\x03 \x01(\v2\x0f.nice.v1.ReportH\x00R\x06report\x12)\n" +
 	"\x04eval\x18\x04 \x01(\v2\x13.nice.v1.EvalReportH\x00R\x04eval\x129\n" +
-	"\fring_failure\x18\x05 \x01(\v2\x14.nice.v1.RingFailureH\x00R\vringFailureB\x06\n" +
-	"\x04kind\"Z\n" +
+	"\fring_failure\x18\x05 \x01(\v2\x14.nice.v1.RingFailureH\x00R\vringFailure\x12&\n" +
+	"\x05leave\x18\x06 \x01(\v2\x0e.nice.v1.LeaveH\x00R\x05leaveB\x06\n" +
+	"\x04kind\"\x83\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x96\x01\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12'\n" +
+	"\x0flast_generation\x18\x04 \x01(\x04R\x0elastGeneration\"\x96\x01\n" +
 	"\x05Ready\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1530,19 +1694,23 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\x15\n" +
 	"\x06sum_ll\x18\x03 \x01(\x01R\x05sumLl\x12\x0e\n" +
 	"\x02lo\x18\x04 \x01(\x05R\x02lo\x12\x0e\n" +
-	"\x02hi\x18\x05 \x01(\x05R\x02hi\"\\\n" +
+	"\x02hi\x18\x05 \x01(\x05R\x02hi\"N\n" +
+	"\x05Leave\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12-\n" +
+	"\bposition\x18\x02 \x01(\v2\x11.nice.v1.PositionR\bposition\"\\\n" +
 	"\vRingFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\xea\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x98\x02\n" +
 	"\x12CoordinatorMessage\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x10.nice.v1.WelcomeH\x00R\awelcome\x12#\n" +
 	"\x04plan\x18\x02 \x01(\v2\r.nice.v1.PlanH\x00R\x04plan\x12&\n" +
 	"\x05fetch\x18\x03 \x01(\v2\x0e.nice.v1.FetchH\x00R\x05fetch\x12&\n" +
 	"\x05start\x18\x04 \x01(\v2\x0e.nice.v1.StartH\x00R\x05start\x12)\n" +
-	"\x06commit\x18\x05 \x01(\v2\x0f.nice.v1.CommitH\x00R\x06commitB\x06\n" +
+	"\x06commit\x18\x05 \x01(\v2\x0f.nice.v1.CommitH\x00R\x06commit\x12,\n" +
+	"\adismiss\x18\x06 \x01(\v2\x10.nice.v1.DismissH\x00R\adismissB\x06\n" +
 	"\x04kind\"c\n" +
 	"\aWelcome\x12\x1f\n" +
 	"\vconfig_json\x18\x01 \x01(\fR\n" +
@@ -1566,13 +1734,17 @@ const file_coordinator_proto_rawDesc = "" +
 	"\vsource_addr\x18\x02 \x01(\tR\n" +
 	"sourceAddr\x12-\n" +
 	"\bposition\x18\x03 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
-	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"F\n" +
+	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\x98\x01\n" +
 	"\x05Start\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x1d\n" +
 	"\n" +
-	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\"\xb8\x01\n" +
+	"eval_epoch\x18\x02 \x01(\x05R\tevalEpoch\x12-\n" +
+	"\bposition\x18\x03 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
+	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"2\n" +
+	"\aDismiss\x12'\n" +
+	"\x0fcheckpoint_step\x18\x01 \x01(\x03R\x0echeckpointStep\"\xb8\x01\n" +
 	"\x06Commit\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1627,7 +1799,7 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 	return file_coordinator_proto_rawDescData
 }
 
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_coordinator_proto_goTypes = []any{
 	(*Position)(nil),           // 0: nice.v1.Position
 	(*WorkerMessage)(nil),      // 1: nice.v1.WorkerMessage
@@ -1635,51 +1807,57 @@ var file_coordinator_proto_goTypes = []any{
 	(*Ready)(nil),              // 3: nice.v1.Ready
 	(*Report)(nil),             // 4: nice.v1.Report
 	(*EvalReport)(nil),         // 5: nice.v1.EvalReport
-	(*RingFailure)(nil),        // 6: nice.v1.RingFailure
-	(*CoordinatorMessage)(nil), // 7: nice.v1.CoordinatorMessage
-	(*Welcome)(nil),            // 8: nice.v1.Welcome
-	(*RingMember)(nil),         // 9: nice.v1.RingMember
-	(*Plan)(nil),               // 10: nice.v1.Plan
-	(*Fetch)(nil),              // 11: nice.v1.Fetch
-	(*Start)(nil),              // 12: nice.v1.Start
-	(*Commit)(nil),             // 13: nice.v1.Commit
-	(*EpochScore)(nil),         // 14: nice.v1.EpochScore
-	(*FetchStateRequest)(nil),  // 15: nice.v1.FetchStateRequest
-	(*StateChunk)(nil),         // 16: nice.v1.StateChunk
-	(*StatusRequest)(nil),      // 17: nice.v1.StatusRequest
-	(*StatusReply)(nil),        // 18: nice.v1.StatusReply
-	(*CheckpointsRequest)(nil), // 19: nice.v1.CheckpointsRequest
-	(*CheckpointsReply)(nil),   // 20: nice.v1.CheckpointsReply
+	(*Leave)(nil),              // 6: nice.v1.Leave
+	(*RingFailure)(nil),        // 7: nice.v1.RingFailure
+	(*CoordinatorMessage)(nil), // 8: nice.v1.CoordinatorMessage
+	(*Welcome)(nil),            // 9: nice.v1.Welcome
+	(*RingMember)(nil),         // 10: nice.v1.RingMember
+	(*Plan)(nil),               // 11: nice.v1.Plan
+	(*Fetch)(nil),              // 12: nice.v1.Fetch
+	(*Start)(nil),              // 13: nice.v1.Start
+	(*Dismiss)(nil),            // 14: nice.v1.Dismiss
+	(*Commit)(nil),             // 15: nice.v1.Commit
+	(*EpochScore)(nil),         // 16: nice.v1.EpochScore
+	(*FetchStateRequest)(nil),  // 17: nice.v1.FetchStateRequest
+	(*StateChunk)(nil),         // 18: nice.v1.StateChunk
+	(*StatusRequest)(nil),      // 19: nice.v1.StatusRequest
+	(*StatusReply)(nil),        // 20: nice.v1.StatusReply
+	(*CheckpointsRequest)(nil), // 21: nice.v1.CheckpointsRequest
+	(*CheckpointsReply)(nil),   // 22: nice.v1.CheckpointsReply
 }
 var file_coordinator_proto_depIdxs = []int32{
 	2,  // 0: nice.v1.WorkerMessage.hello:type_name -> nice.v1.Hello
 	3,  // 1: nice.v1.WorkerMessage.ready:type_name -> nice.v1.Ready
 	4,  // 2: nice.v1.WorkerMessage.report:type_name -> nice.v1.Report
 	5,  // 3: nice.v1.WorkerMessage.eval:type_name -> nice.v1.EvalReport
-	6,  // 4: nice.v1.WorkerMessage.ring_failure:type_name -> nice.v1.RingFailure
-	0,  // 5: nice.v1.Ready.position:type_name -> nice.v1.Position
-	8,  // 6: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
-	10, // 7: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
-	11, // 8: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
-	12, // 9: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
-	13, // 10: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
-	9,  // 11: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
-	0,  // 12: nice.v1.Plan.position:type_name -> nice.v1.Position
-	0,  // 13: nice.v1.Fetch.position:type_name -> nice.v1.Position
-	0,  // 14: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
-	1,  // 15: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
-	17, // 16: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
-	19, // 17: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
-	15, // 18: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
-	7,  // 19: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
-	18, // 20: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
-	20, // 21: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
-	16, // 22: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
-	19, // [19:23] is the sub-list for method output_type
-	15, // [15:19] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	7,  // 4: nice.v1.WorkerMessage.ring_failure:type_name -> nice.v1.RingFailure
+	6,  // 5: nice.v1.WorkerMessage.leave:type_name -> nice.v1.Leave
+	0,  // 6: nice.v1.Ready.position:type_name -> nice.v1.Position
+	0,  // 7: nice.v1.Leave.position:type_name -> nice.v1.Position
+	9,  // 8: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
+	11, // 9: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
+	12, // 10: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
+	13, // 11: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
+	15, // 12: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
+	14, // 13: nice.v1.CoordinatorMessage.dismiss:type_name -> nice.v1.Dismiss
+	10, // 14: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
+	0,  // 15: nice.v1.Plan.position:type_name -> nice.v1.Position
+	0,  // 16: nice.v1.Fetch.position:type_name -> nice.v1.Position
+	0,  // 17: nice.v1.Start.position:type_name -> nice.v1.Position
+	0,  // 18: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
+	1,  // 19: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
+	19, // 20: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
+	21, // 21: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
+	17, // 22: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
+	8,  // 23: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
+	20, // 24: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
+	22, // 25: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
+	18, // 26: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -1693,13 +1871,15 @@ func file_coordinator_proto_init() {
 		(*WorkerMessage_Report)(nil),
 		(*WorkerMessage_Eval)(nil),
 		(*WorkerMessage_RingFailure)(nil),
+		(*WorkerMessage_Leave)(nil),
 	}
-	file_coordinator_proto_msgTypes[7].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[8].OneofWrappers = []any{
 		(*CoordinatorMessage_Welcome)(nil),
 		(*CoordinatorMessage_Plan)(nil),
 		(*CoordinatorMessage_Fetch)(nil),
 		(*CoordinatorMessage_Start)(nil),
 		(*CoordinatorMessage_Commit)(nil),
+		(*CoordinatorMessage_Dismiss)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1707,7 +1887,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

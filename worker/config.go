@@ -32,6 +32,10 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Ring tunes the all-reduce.
 	Ring ring.Config
+	// LeaveTimeout bounds how long a worker told to stop waits for the
+	// coordinator to dismiss it (once its state is checkpointed). Keep it
+	// below the container's stop grace period.
+	LeaveTimeout time.Duration
 	// Fault, if set, pauses the worker at one point of one step (tests).
 	Fault Fault
 	// Logger receives the worker's logs (nil: slog.Default()).
@@ -47,6 +51,7 @@ func DefaultConfig() Config {
 		DigestEvery:   10,
 		RetryMin:      100 * time.Millisecond,
 		RetryMax:      2 * time.Second,
+		LeaveTimeout:  20 * time.Second,
 		Ring:          ring.DefaultConfig(),
 	}
 }
@@ -59,6 +64,9 @@ func (c Config) Validate() error {
 	}
 	if c.Coordinator == "" {
 		errs = append(errs, errors.New("coordinator address is empty"))
+	}
+	if c.LeaveTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("leave timeout %v: must be positive", c.LeaveTimeout))
 	}
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		errs = append(errs, fmt.Errorf("retry backoff %v..%v: need 0 < min <= max", c.RetryMin, c.RetryMax))

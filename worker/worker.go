@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 
+	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
@@ -27,7 +27,10 @@ import (
 	"github.com/nice-flow/nice/train"
 )
 
-// Worker is one training process.
+// Worker is one training process: the protocol is its Machine; the
+// goroutines of a Worker only move messages and results between the
+// machine, the coordinator's session, and the work it orders (ring set-up,
+// state transfer, gradient and all-reduce, update, evaluation).
 type Worker struct {
 	cfg         Config
 	log         *slog.Logger
@@ -39,8 +42,8 @@ type Worker struct {
 	ring      *ring.Member
 	addr      string
 
-	// mu guards the trainer: the training loop holds it while it computes
-	// or applies, a live state transfer while it reads.
+	// mu guards the trainer: work holds it while it computes or applies, a
+	// live state transfer while it reads.
 	mu       sync.Mutex
 	tr       *train.Trainer
 	trainSet *mnist.Set
@@ -55,6 +58,14 @@ type Worker struct {
 	stats   Stats
 
 	ringArmed atomic.Bool // the ring fault fires in the armed all-reduce
+
+	// Owned by the loop goroutine.
+	m       *Machine
+	results chan func(time.Time) Actions // results of work, as machine calls
+	work    context.CancelFunc           // cancels the work in flight
+	quit    chan struct{}                // closed when the loop has ended
+	workers sync.WaitGroup               // the work goroutine
+	norm    float64                      // gradient norm of the last computed step (written by work)
 }
 
 // Stats describe what a worker has done; tests and logs read them.
@@ -63,16 +74,6 @@ type Stats struct {
 	Rank, Size int
 	Position   train.Position
 	Applied    int64 // steps applied
-}
-
-// keepaliveParams make a dead coordinator or peer connection show within a
-// few seconds even when no packet would otherwise flow.
-var keepaliveParams = keepalive.ClientParameters{Time: time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}
-
-// ServerKeepalive lets clients ping as often as keepaliveParams does.
-var ServerKeepalive = []grpc.ServerOption{
-	grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 500 * time.Millisecond, PermitWithoutStream: true}),
-	grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Second, Timeout: 2 * time.Second}),
 }
 
 // New validates cfg and opens the worker's gRPC listener; Run serves it.
@@ -116,8 +117,11 @@ func New(cfg Config) (*Worker, error) {
 		ring:        member,
 		addr:        addr,
 		snapTaken:   make(chan struct{}),
+		m:           NewMachine(MachineConfig{DigestEvery: cfg.DigestEvery, FetchRetryMin: cfg.RetryMin, FetchRetryMax: cfg.RetryMax}),
+		results:     make(chan func(time.Time) Actions, 1),
+		quit:        make(chan struct{}),
 	}
-	w.srv = grpc.NewServer(append(ring.ServerOptions(), ServerKeepalive...)...)
+	w.srv = grpc.NewServer(append(ring.ServerOptions(), rpcopt.ServerKeepalive()...)...)
 	tp.RegisterServer(w.srv)
 	nicepb.RegisterStateServiceServer(w.srv, &statexfer.Server{Src: w})
 	hs := health.NewServer()
@@ -141,12 +145,6 @@ func (w *Worker) Stats() Stats {
 	return w.stats
 }
 
-func (w *Worker) updateStats(f func(*Stats)) {
-	w.statsMu.Lock()
-	f(&w.stats)
-	w.statsMu.Unlock()
-}
-
 // State returns a deep copy of the worker's training state (nil before the
 // coordinator sent a configuration).
 func (w *Worker) State() *train.State {
@@ -158,8 +156,19 @@ func (w *Worker) State() *train.State {
 	return w.tr.State()
 }
 
+// sessionEvent is what the session goroutine tells the loop.
+type sessionEvent struct {
+	attached bool
+	out      chan *nicepb.WorkerMessage // the session's send queue
+	epochs   int
+	detached bool
+	msg      *nicepb.CoordinatorMessage
+}
+
 // Run serves the gRPC server and keeps a session with the coordinator until
-// ctx ends; then it stops everything it started.
+// ctx ends. Then, if the worker is attached, it asks the coordinator to let
+// it go once its state is checkpointed (Leave) and waits for that, at most
+// Config.LeaveTimeout; then it stops everything it started.
 func (w *Worker) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- w.srv.Serve(w.lis) }()
@@ -177,73 +186,202 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	conn, err := grpc.NewClient(w.cfg.Coordinator,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive))
 	if err != nil {
 		return fmt.Errorf("worker %s: coordinator address %q: %w", w.cfg.ID, w.cfg.Coordinator, err)
 	}
 	defer conn.Close()
-	client := nicepb.NewCoordinatorClient(conn)
 	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator)
-	backoff := w.cfg.RetryMin
+
+	life, endLife := context.WithCancel(context.Background())
+	sess := make(chan sessionEvent, 64)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.keepSession(life, nicepb.NewCoordinatorClient(conn), sess)
+	}()
+	err = w.loop(ctx, sess, serveErr)
+	endLife()
+	w.cancelWork()
+	close(w.quit)
+	wg.Wait()
+	w.workers.Wait()
+	return err
+}
+
+// loop owns the machine: every event goes through it, one at a time, and
+// it carries out the machine's actions.
+func (w *Worker) loop(ctx context.Context, sess <-chan sessionEvent, serveErr <-chan error) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	stop := ctx.Done()
+	var leaveDeadline <-chan time.Time
+	var out chan *nicepb.WorkerMessage
 	for {
-		began := time.Now()
-		err := w.session(ctx, client)
-		if ctx.Err() != nil {
-			return nil
-		}
+		var a Actions
 		select {
+		case <-stop:
+			stop = nil
+			t := time.NewTimer(w.cfg.LeaveTimeout)
+			defer t.Stop()
+			leaveDeadline = t.C
+			a = w.m.Stop(time.Now())
+		case <-leaveDeadline:
+			w.log.Warn("not dismissed by the coordinator in time; stopping anyway", "waited", w.cfg.LeaveTimeout)
+			return nil
 		case err := <-serveErr:
 			return fmt.Errorf("worker %s: gRPC server stopped: %w", w.cfg.ID, err)
+		case ev := <-sess:
+			now := time.Now()
+			switch {
+			case ev.attached:
+				out = ev.out
+				a = w.m.Attached(now, ev.epochs)
+			case ev.detached:
+				out = nil
+				a = w.m.Detached(now)
+			default:
+				a = w.m.Message(now, ev.msg)
+			}
+		case r := <-w.results:
+			a = r(time.Now())
+		case now := <-tick.C:
+			a = w.m.Tick(now)
+		}
+		if w.carryOut(a, out) {
+			return nil
+		}
+	}
+}
+
+// carryOut does what the machine asked; it reports whether to exit.
+func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
+	for _, l := range a.Logs {
+		w.log.Info(l)
+	}
+	for _, msg := range a.Send {
+		if out == nil {
+			continue
+		}
+		select {
+		case out <- msg:
 		default:
+			w.log.Warn("the session's send queue is full; dropping a message", "kind", fmt.Sprintf("%T", msg.Kind))
+		}
+	}
+	if a.Cancel {
+		w.cancelWork()
+	}
+	switch {
+	case a.Prepare != nil:
+		o := a.Prepare
+		w.startWork(func(context.Context) func(time.Time) Actions {
+			err := w.ring.Configure(o.Generation, o.Rank, o.Peers)
+			w.mu.Lock()
+			v := w.tr.View()
+			pos, d := v.Position, v.Digest()
+			w.mu.Unlock()
+			return func(now time.Time) Actions { return w.m.Prepared(now, o.Generation, pos, d, err) }
+		})
+	case a.Fetch != nil:
+		f := a.Fetch
+		w.startWork(func(ctx context.Context) func(time.Time) Actions {
+			pos, d, err := w.fetch(ctx, f)
+			return func(now time.Time) Actions { return w.m.Fetched(now, f.Generation, pos, d, err) }
+		})
+	case a.Compute != nil:
+		o := *a.Compute
+		w.startWork(func(ctx context.Context) func(time.Time) Actions {
+			r := w.compute(ctx, o)
+			return func(now time.Time) Actions { return w.m.Computed(now, r) }
+		})
+	case a.Apply != nil:
+		o := *a.Apply
+		w.startWork(func(context.Context) func(time.Time) Actions {
+			pos, err := w.apply(o.Commit)
+			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, err) }
+		})
+	case a.Evaluate != nil:
+		o := *a.Evaluate
+		w.startWork(func(context.Context) func(time.Time) Actions {
+			sum, lo, hi := w.evaluate(o)
+			return func(now time.Time) Actions { return w.m.Evaluated(now, o.Generation, o.Epoch, sum, lo, hi) }
+		})
+	}
+	ms := w.m.Stats()
+	pos := w.m.Position()
+	w.statsMu.Lock()
+	w.stats = Stats{Generation: ms.Generation, Rank: ms.Rank, Size: ms.Size, Position: pos, Applied: ms.Applied}
+	w.statsMu.Unlock()
+	return a.Exit
+}
+
+// startWork runs one piece of work the machine ordered; its result goes
+// back to the loop as a machine call.
+func (w *Worker) startWork(do func(context.Context) func(time.Time) Actions) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w.work = cancel
+	w.workers.Add(1)
+	go func() {
+		defer w.workers.Done()
+		defer cancel()
+		select {
+		case w.results <- do(ctx):
+		case <-w.quit:
+		}
+	}()
+}
+
+// cancelWork cancels the work in flight, if any (its result still comes).
+func (w *Worker) cancelWork() {
+	if w.work != nil {
+		w.work()
+	}
+}
+
+// keepSession keeps a session with the coordinator open until life ends,
+// reconnecting with backoff.
+func (w *Worker) keepSession(life context.Context, client nicepb.CoordinatorClient, sess chan<- sessionEvent) {
+	backoff := w.cfg.RetryMin
+	for life.Err() == nil {
+		began := time.Now()
+		err := w.session(life, client, sess)
+		if life.Err() != nil {
+			return
 		}
 		if time.Since(began) > 10*w.cfg.RetryMax {
 			backoff = w.cfg.RetryMin
 		}
 		w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
 		select {
-		case <-ctx.Done():
-			return nil
+		case <-life.Done():
+			return
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, w.cfg.RetryMax)
 	}
 }
 
-// generation is the training loop of one started generation.
-type generation struct {
-	id      uint64
-	rank    int
-	size    int
-	commits chan *nicepb.Commit
-	cancel  context.CancelFunc
-	done    chan struct{}
-}
-
-func (g *generation) stop() {
-	if g == nil {
-		return
-	}
-	g.cancel()
-	<-g.done
-}
-
 // session is one attachment to the coordinator, from Hello until the stream
-// breaks or ctx ends.
-func (w *Worker) session(ctx context.Context, client nicepb.CoordinatorClient) error {
-	sctx, cancel := context.WithCancel(ctx)
+// breaks or life ends. It tells the loop attached, each message, detached.
+func (w *Worker) session(life context.Context, client nicepb.CoordinatorClient, sess chan<- sessionEvent) error {
+	sctx, cancel := context.WithCancel(life)
 	defer cancel()
+	post := func(ev sessionEvent) bool {
+		select {
+		case sess <- ev:
+			return true
+		case <-life.Done():
+			return false
+		}
+	}
 	stream, err := client.Session(sctx)
 	if err != nil {
 		return fmt.Errorf("opening session: %w", err)
 	}
-	var sendMu sync.Mutex
-	send := func(m *nicepb.WorkerMessage) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(m)
-	}
-	if err := send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Hello{Hello: &nicepb.Hello{
-		WorkerId: w.cfg.ID, Incarnation: w.incarnation, Addr: w.addr,
+	if err := stream.Send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Hello{Hello: &nicepb.Hello{
+		WorkerId: w.cfg.ID, Incarnation: w.incarnation, Addr: w.addr, LastGeneration: w.ring.Generation(),
 	}}}); err != nil {
 		return fmt.Errorf("sending hello: %w", err)
 	}
@@ -255,12 +393,17 @@ func (w *Worker) session(ctx context.Context, client nicepb.CoordinatorClient) e
 	if welcome == nil {
 		return fmt.Errorf("coordinator sent %T before its welcome", first.Kind)
 	}
-	if err := w.configure(welcome.ConfigJson); err != nil {
+	epochs, err := w.configure(welcome.ConfigJson)
+	if err != nil {
 		return err
 	}
 	w.log.Info("attached to the coordinator", "coordinator_incarnation", welcome.CoordinatorIncarnation)
+	out := make(chan *nicepb.WorkerMessage, 256)
+	if !post(sessionEvent{attached: true, out: out, epochs: epochs}) {
+		return life.Err()
+	}
+	defer post(sessionEvent{detached: true})
 
-	msgs := make(chan *nicepb.CoordinatorMessage, 64)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -269,262 +412,164 @@ func (w *Worker) session(ctx context.Context, client nicepb.CoordinatorClient) e
 				recvErr <- err
 				return
 			}
-			select {
-			case msgs <- m:
-			case <-sctx.Done():
+			if !post(sessionEvent{msg: m}) {
 				return
 			}
 		}
 	}()
-
-	var plan *nicepb.Plan
-	var gen *generation
-	defer func() { gen.stop() }()
 	for {
-		var m *nicepb.CoordinatorMessage
 		select {
 		case err := <-recvErr:
 			return fmt.Errorf("session ended: %w", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case m = <-msgs:
-		}
-		switch k := m.Kind.(type) {
-		case *nicepb.CoordinatorMessage_Plan:
-			gen.stop()
-			gen = nil
-			plan = k.Plan
-			peers := make([]ring.Peer, len(plan.Ring))
-			for i, p := range plan.Ring {
-				peers[i] = ring.Peer{ID: p.Id, Addr: p.Addr}
-			}
-			if err := w.ring.Configure(plan.Generation, int(plan.Rank), peers); err != nil {
-				return fmt.Errorf("generation %d: %w", plan.Generation, err)
-			}
-			w.updateStats(func(s *Stats) { s.Generation, s.Rank, s.Size = plan.Generation, int(plan.Rank), len(plan.Ring) })
-			if err := send(w.ready(plan.Generation)); err != nil {
-				return err
-			}
-		case *nicepb.CoordinatorMessage_Fetch:
-			if plan == nil || k.Fetch.Generation != plan.Generation {
-				continue
-			}
-			if err := w.fetch(sctx, k.Fetch); err != nil {
-				return fmt.Errorf("generation %d: %w", k.Fetch.Generation, err)
-			}
-			if err := send(w.ready(plan.Generation)); err != nil {
-				return err
-			}
-		case *nicepb.CoordinatorMessage_Start:
-			if plan == nil || k.Start.Generation != plan.Generation || gen != nil {
-				continue
-			}
-			gctx, gcancel := context.WithCancel(sctx)
-			gen = &generation{id: plan.Generation, rank: int(plan.Rank), size: len(plan.Ring),
-				commits: make(chan *nicepb.Commit, 4), cancel: gcancel, done: make(chan struct{})}
-			go w.train(gctx, gen, int(k.Start.EvalEpoch), send)
-		case *nicepb.CoordinatorMessage_Commit:
-			if gen == nil || k.Commit.Generation != gen.id {
-				continue
-			}
-			select {
-			case gen.commits <- k.Commit:
-			default:
-				return fmt.Errorf("generation %d: commits arrive faster than steps", gen.id)
+		case <-sctx.Done():
+			return sctx.Err()
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return fmt.Errorf("sending to the coordinator: %w", err)
 			}
 		}
 	}
 }
 
 // configure makes sure the trainer runs the coordinator's configuration,
-// keeping its state when the configuration is the one it already has.
-func (w *Worker) configure(js []byte) error {
+// keeping its state when the configuration is the one it already has. It
+// returns the run's number of epochs.
+func (w *Worker) configure(js []byte) (int, error) {
 	var c train.Config
 	if err := json.Unmarshal(js, &c); err != nil {
-		return fmt.Errorf("coordinator's configuration: %w", err)
+		return 0, fmt.Errorf("coordinator's configuration: %w", err)
 	}
 	if err := c.Validate(); err != nil {
-		return fmt.Errorf("coordinator's configuration: %w", err)
+		return 0, fmt.Errorf("coordinator's configuration: %w", err)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.tr != nil && w.tr.Config.Hash() == c.Hash() {
-		return nil
+		w.tr.Config.Epochs = c.Epochs
+		return c.Epochs, nil
 	}
 	if w.trainSet == nil {
 		dir, err := mnist.FindDir(w.cfg.DataDir)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if w.trainSet, w.testSet, err = mnist.Load(dir); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	tr, err := train.New(c, train.SplitData(c, w.trainSet, w.testSet))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	w.tr = tr
-	return nil
-}
-
-// ready describes the worker's state for a generation.
-func (w *Worker) ready(gen uint64) *nicepb.WorkerMessage {
-	w.mu.Lock()
-	v := w.tr.View()
-	r := &nicepb.Ready{Generation: gen, HasState: true, Position: statexfer.ToPB(v.Position), StateDigest: v.Digest()}
-	w.mu.Unlock()
-	return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Ready{Ready: r}}
+	return c.Epochs, nil
 }
 
 // fetch loads the state named by f from its source.
-func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) error {
+func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, uint64, error) {
 	t0 := time.Now()
 	conn, err := grpc.NewClient(f.SourceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
-		return fmt.Errorf("state source %q: %w", f.SourceAddr, err)
+		return train.Position{}, 0, fmt.Errorf("state source %q: %w", f.SourceAddr, err)
 	}
 	defer conn.Close()
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	blob, err := statexfer.Fetch(fctx, conn, f.Position, false)
 	if err != nil {
-		return fmt.Errorf("from %s: %w", f.SourceAddr, err)
+		return train.Position{}, 0, fmt.Errorf("from %s: %w", f.SourceAddr, err)
 	}
 	s, err := train.DecodeState(blob)
 	if err != nil {
-		return fmt.Errorf("state from %s: %w", f.SourceAddr, err)
+		return train.Position{}, 0, fmt.Errorf("state from %s: %w", f.SourceAddr, err)
 	}
-	if d := s.Digest(); d != f.StateDigest {
-		return fmt.Errorf("state from %s has digest %016x, the plan says %016x", f.SourceAddr, d, f.StateDigest)
+	d := s.Digest()
+	if d != f.StateDigest {
+		return train.Position{}, 0, fmt.Errorf("state from %s has digest %016x, the plan says %016x", f.SourceAddr, d, f.StateDigest)
 	}
 	w.mu.Lock()
 	err = w.tr.SetState(s)
 	w.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("state from %s: %w", f.SourceAddr, err)
+		return train.Position{}, 0, fmt.Errorf("state from %s: %w", f.SourceAddr, err)
 	}
-	w.updateStats(func(st *Stats) { st.Position = s.Position })
 	w.log.Info("fetched state", "step", s.Position.Step, "from", f.SourceAddr, "bytes", len(blob), "seconds", time.Since(t0).Seconds())
-	return nil
+	return s.Position, d, nil
 }
 
-// train runs steps of generation g until it is told to hold, training is
-// done, or ctx ends (a new plan, the session ending).
-func (w *Worker) train(ctx context.Context, g *generation, evalEpoch int, send func(*nicepb.WorkerMessage) error) {
-	defer close(g.done)
-	log := w.log.With("generation", g.id, "rank", g.rank)
-	if evalEpoch > 0 {
-		if err := w.evaluate(g, evalEpoch, send); err != nil {
-			log.Warn("evaluation not sent", "err", err)
-			return
-		}
-	}
-	for ctx.Err() == nil {
-		w.mu.Lock()
-		tr := w.tr
-		if tr.Done() {
-			w.mu.Unlock()
-			return
-		}
-		pos := tr.Position
-		idx := tr.BatchIndices(pos)
-		lo, hi := train.Shard(len(idx), g.rank, g.size)
-		var pd uint32
-		if w.cfg.DigestEvery > 0 && pos.Step%int64(w.cfg.DigestEvery) == 0 {
-			pd = max(train.Digest(tr.Model.Params), 1)
-		}
-		t0 := time.Now()
-		w.faultAt(ctx, "gradient", pos.Step)
-		ll := tr.ComputeGradient(idx[lo:hi], pos.Epoch)
-		tc := time.Since(t0)
-		w.mu.Unlock()
-
-		t1 := time.Now()
-		w.ringArmed.Store(w.cfg.Fault.Phase == "ring" && w.cfg.Fault.Step == pos.Step)
-		if err := w.ring.AllReduce(ctx, tr.Grad); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			log.Warn("all-reduce failed", "step", pos.Step, "err", err)
-			var be *ring.BrokenError
-			peer := ""
-			if errors.As(err, &be) && be.PeerRank >= 0 {
-				peer = be.Peer.ID
-			}
-			_ = send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_RingFailure{RingFailure: &nicepb.RingFailure{
-				Generation: g.id, PeerId: peer, Error: err.Error(),
-			}}})
-			return
-		}
-		ta := time.Since(t1)
-		// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
-		// and the update after the commit reuses it.
-		norm := tr.Opt.GradNorm(tr.Grad)
-		rep := &nicepb.Report{
-			Generation: g.id, Step: pos.Step, GradDigest: train.Digest(tr.Grad), SumLl: ll,
-			Lo: int32(lo), Hi: int32(hi), ParamsDigest: pd,
-			ComputeSeconds: tc.Seconds(), AllreduceSeconds: ta.Seconds(),
-			NonFinite: math.IsNaN(norm) || math.IsInf(norm, 0),
-		}
-		w.faultAt(ctx, "report", pos.Step)
-		if err := send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: rep}}); err != nil {
-			return
-		}
-		var c *nicepb.Commit
-		select {
-		case c = <-g.commits:
-		case <-ctx.Done():
-			// A commit that arrived just before the next plan still counts:
-			// the coordinator sent it first, and the plan assumes it applied.
-			select {
-			case c = <-g.commits:
-			default:
-				return
-			}
-		}
-		if c.Step != pos.Step {
-			log.Error("commit for another step", "commit", c.Step, "step", pos.Step)
-			return
-		}
-		w.mu.Lock()
-		err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, norm)
-		if err == nil && c.Snapshot {
-			w.snapMu.Lock()
-			tr.CopyInto(&w.snap)
-			w.snapValid = true
-			close(w.snapTaken)
-			w.snapTaken = make(chan struct{})
-			w.snapMu.Unlock()
-		}
-		now := tr.Position
-		w.mu.Unlock()
-		if err != nil {
-			log.Error("committed step not applied", "err", err)
-			return
-		}
-		w.updateStats(func(s *Stats) { s.Applied++; s.Position = now })
-		if c.EvalEpoch > 0 {
-			if err := w.evaluate(g, int(c.EvalEpoch), send); err != nil {
-				return
-			}
-		}
-		if c.Hold {
-			return
-		}
-	}
-}
-
-// evaluate scores this rank's shard of the scored set and reports it.
-func (w *Worker) evaluate(g *generation, epoch int, send func(*nicepb.WorkerMessage) error) error {
+// compute computes this rank's shard of the gradient of the step at
+// o.Position and all-reduces it.
+func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
+	r := ComputeResult{Generation: o.Generation, Step: o.Position.Step}
 	w.mu.Lock()
-	lo, hi := train.Shard(w.tr.Data.Eval.N, g.rank, g.size)
-	sum := w.tr.EvalSum(lo, hi)
+	tr := w.tr
+	if tr.Position != o.Position {
+		w.mu.Unlock()
+		r.Err = fmt.Errorf("asked to compute step %d, the trainer is at step %d", o.Position.Step, tr.Position.Step)
+		return r
+	}
+	idx := tr.BatchIndices(o.Position)
+	r.Lo, r.Hi = train.Shard(len(idx), o.Rank, o.Size)
+	if o.ParamsDigest {
+		r.ParamsDigest = max(train.Digest(tr.Model.Params), 1)
+	}
+	t0 := time.Now()
+	w.faultAt(ctx, "gradient", o.Position.Step)
+	r.SumLL = tr.ComputeGradient(idx[r.Lo:r.Hi], o.Position.Epoch)
+	r.ComputeSeconds = time.Since(t0).Seconds()
 	w.mu.Unlock()
-	return send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Eval{Eval: &nicepb.EvalReport{
-		Generation: g.id, Epoch: int32(epoch), SumLl: sum, Lo: int32(lo), Hi: int32(hi),
-	}}})
+
+	t1 := time.Now()
+	w.ringArmed.Store(w.cfg.Fault.Phase == "ring" && w.cfg.Fault.Step == o.Position.Step)
+	if err := w.ring.AllReduce(ctx, tr.Grad); err != nil {
+		r.Err = err
+		var be *ring.BrokenError
+		if errors.As(err, &be) && be.PeerRank >= 0 {
+			r.Peer = be.Peer.ID
+		}
+		return r
+	}
+	r.AllreduceSeconds = time.Since(t1).Seconds()
+	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
+	// and the update after the commit reuses it.
+	w.norm = tr.Opt.GradNorm(tr.Grad)
+	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0)
+	r.GradDigest = train.Digest(tr.Grad)
+	w.faultAt(ctx, "report", o.Position.Step)
+	return r
+}
+
+// apply applies a committed step with the norm of its reduced gradient,
+// and keeps a snapshot if the commit asks for one.
+func (w *Worker) apply(c *nicepb.Commit) (train.Position, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	tr := w.tr
+	if tr.Position.Step != c.Step {
+		return tr.Position, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
+	}
+	if err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, w.norm); err != nil {
+		return tr.Position, err
+	}
+	if c.Snapshot {
+		w.snapMu.Lock()
+		tr.CopyInto(&w.snap)
+		w.snapValid = true
+		close(w.snapTaken)
+		w.snapTaken = make(chan struct{})
+		w.snapMu.Unlock()
+	}
+	return tr.Position, nil
+}
+
+// evaluate scores this rank's shard of the scored set.
+func (w *Worker) evaluate(o EvalOrder) (sum float64, lo, hi int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lo, hi = train.Shard(w.tr.Data.Eval.N, o.Rank, o.Size)
+	return w.tr.EvalSum(lo, hi), lo, hi
 }
 
 // WriteState serves the live state (only while no step runs) or the last

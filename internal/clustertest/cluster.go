@@ -279,8 +279,33 @@ func (c *Cluster) WaitStatus(what string, timeout time.Duration, cond func(*coor
 // checkpoint taken, and returns the coordinator's state there.
 func (c *Cluster) Held(step int64, timeout time.Duration) *train.State {
 	c.t.Helper()
-	st := c.WaitStatus(fmt.Sprintf("training to hold at step %d", step), timeout, func(s *coordinator.Status) bool {
-		return s.Phase == "holding" && s.Step == step && s.LastCheckpointStep == step
+	return c.HeldWith(step, 0, timeout)
+}
+
+// HeldWith is Held that also waits for workers workers (0: any number) to be
+// attached, every one of them training with a rank.
+func (c *Cluster) HeldWith(step int64, workers int, timeout time.Duration) *train.State {
+	c.t.Helper()
+	what := fmt.Sprintf("training to hold at step %d", step)
+	if workers > 0 {
+		what += fmt.Sprintf(" with %d workers all training", workers)
+	}
+	st := c.WaitStatus(what, timeout, func(s *coordinator.Status) bool {
+		if s.Phase != "holding" || s.Step != step || s.LastCheckpointStep != step {
+			return false
+		}
+		if workers == 0 {
+			return true
+		}
+		if len(s.Workers) != workers {
+			return false
+		}
+		for _, w := range s.Workers {
+			if w.State != string(coordinator.Training) || w.Rank < 0 {
+				return false
+			}
+		}
+		return true
 	})
 	return c.FetchState(c.Addr, &nicepb.Position{Step: st.Step, Epoch: int32(st.Epoch - 1), StepInEpoch: int32(st.StepInEpoch)})
 }

@@ -162,7 +162,9 @@ func TestWorkerKilledMidStep(t *testing.T) {
 				tc.phase, killStep, st.Step, st.Ring, time.Since(killed).Seconds(), st.RedoneSteps)
 
 			c.StartWorker("w2")
-			held := c.Held(stop, 2*time.Minute)
+			// The restarted worker counts once it trains: a newcomer is
+			// "waiting" until a generation admits it with the held state.
+			held := c.HeldWith(stop, 3, 2*time.Minute)
 			final, err := c.Status()
 			if err != nil {
 				t.Fatal(err)
@@ -191,7 +193,10 @@ func TestCoordinatorKilledResumes(t *testing.T) {
 	want := startCluster(t, 2, args...).Held(stop, 2*time.Minute)
 
 	c := startCluster(t, 2, args...)
-	c.WaitStatus("step 6", time.Minute, func(s *coordinator.Status) bool { return s.Step >= 6 })
+	// Kill only once a checkpoint is on disk, whatever the machine's speed.
+	c.WaitStatus("step 6 with a checkpoint stored", time.Minute, func(s *coordinator.Status) bool {
+		return s.Step >= 6 && s.LastCheckpointStep >= 4
+	})
 	c.Coord.Kill()
 	c.StartCoordinator()
 	resumed := c.Coord.WaitLine(t, "resuming from checkpoint", 10*time.Second)
