@@ -94,13 +94,35 @@ func (n *node) waitEvent(t *testing.T, timeout time.Duration, what string, ok fu
 
 func (n *node) waitMembers(t *testing.T, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(n.Members()) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s sees %d members, want %d", n.Local().Name, len(n.Members()), want)
+	waitFor(t, 10*time.Second, fmt.Sprintf("%s to see %d members", n.Local().Name, want), func() bool {
+		return len(n.Members()) == want
+	})
+}
+
+// waitFor polls cond until it holds, and fails the test if it does not
+// within timeout. It returns how long it waited.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("waited %v for %s", timeout, what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		<-tick.C
 	}
+	return time.Since(start)
+}
+
+// sees reports whether n lists a member of that name in that state.
+func (n *node) sees(name string, state State) bool {
+	for _, m := range n.Members() {
+		if m.Name == name {
+			return m.State == state
+		}
+	}
+	return false
 }
 
 // startCluster starts a coordinator and workers "1".."workers" seeded by it.
@@ -144,19 +166,37 @@ func TestThreeNodesSeeEachOther(t *testing.T) {
 	}
 }
 
+// TestCrashDetected measures, under DefaultConfig, how long a crashed
+// member takes to be declared dead (the figures DefaultConfig states), and
+// checks that before that it shows as suspect.
 func TestCrashDetected(t *testing.T) {
-	nodes := startCluster(t, 2)
-	coord, w1, w2 := nodes[0], nodes[1], nodes[2]
-	gone := w2.Local().Name
-	crashed := time.Now()
-	if err := w2.Shutdown(); err != nil { // no Leave: a crash
-		t.Fatal(err)
+	for _, workers := range []int{2, 4} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			nodes := startCluster(t, workers)
+			coord, victim := nodes[0], nodes[len(nodes)-1]
+			gone := victim.Local().Name
+			crashed := time.Now()
+			if err := victim.Shutdown(); err != nil { // no Leave: a crash
+				t.Fatal(err)
+			}
+			// The coordinator's own probes must find it suspect before anyone
+			// declares it dead: with a single other prober to confirm,
+			// memberlist waits for the coordinator's suspicion.
+			suspectAfter := waitFor(t, 30*time.Second, gone+" suspect or gone at the coordinator", func() bool {
+				return coord.sees(gone, StateSuspect) || !coord.sees(gone, StateAlive)
+			})
+			sawSuspect := coord.sees(gone, StateSuspect)
+			for _, n := range nodes[:len(nodes)-1] {
+				e := n.waitEvent(t, 30*time.Second, "failure of "+gone, leaveOf(gone, CauseFailed))
+				t.Logf("%s declared %s dead after %v", n.Local().Name, gone, e.at.Sub(crashed).Round(10*time.Millisecond))
+			}
+			if !sawSuspect {
+				t.Errorf("the coordinator never listed %s as suspect before it was gone", gone)
+			}
+			t.Logf("suspect at the coordinator after %v", suspectAfter.Round(10*time.Millisecond))
+			coord.waitMembers(t, len(nodes)-1)
+		})
 	}
-	for _, n := range []*node{coord, w1} {
-		e := n.waitEvent(t, 10*time.Second, "failure of "+gone, leaveOf(gone, CauseFailed))
-		t.Logf("%s declared %s dead after %v", n.Local().Name, gone, e.at.Sub(crashed).Round(10*time.Millisecond))
-	}
-	coord.waitMembers(t, 2)
 }
 
 func TestGracefulLeave(t *testing.T) {
@@ -203,7 +243,7 @@ func TestRestartedWorkerRejoins(t *testing.T) {
 		t.Errorf("rejoined as %+v, want worker 2 with incarnation above %d", e.Member.Meta, old.Meta.Incarnation)
 	}
 	// The old incarnation is still declared dead although its address answers.
-	coord.waitEvent(t, 10*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
+	coord.waitEvent(t, 30*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
 	coord.waitMembers(t, 3)
 }
 
@@ -260,7 +300,8 @@ func freeLoopbackPort(t *testing.T) int {
 func TestJoinRetriesUntilSeedAppears(t *testing.T) {
 	port := freeLoopbackPort(t)
 	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cfg := loopbackConfig(t, "1", []string{seed})
+	rec := &logRecorder{}
+	cfg := record(loopbackConfig(t, "1", []string{seed}), rec)
 	cfg.JoinRetryMin, cfg.JoinRetryMax = 50*time.Millisecond, 200*time.Millisecond
 
 	type joined struct {
@@ -281,7 +322,9 @@ func TestJoinRetriesUntilSeedAppears(t *testing.T) {
 		}
 		done <- j
 	}()
-	time.Sleep(300 * time.Millisecond) // a few failed attempts
+	waitFor(t, 10*time.Second, "two failed join attempts", func() bool {
+		return len(rec.matching("WARN joining cluster failed")) >= 2
+	})
 	coordCfg := loopbackConfig(t, "", nil)
 	coordCfg.BindPort = port
 	coord := startNode(t, coordCfg)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"time"
 )
 
@@ -29,35 +30,72 @@ type Config struct {
 
 	// Seeds are host:port gossip addresses of members to join through. Join
 	// retries them with backoff until one answers or its context ends. No
-	// seeds means this node starts a cluster of its own.
+	// seeds means this node starts a cluster of its own. After joining, the
+	// node keeps joining through any seed at whose address no member it
+	// believes alive answers (see RejoinInterval), so a seed that restarts
+	// under a new name is found again, and finds this node.
 	Seeds []string
+	// RejoinInterval is how often a node with seeds resolves each seed again
+	// and checks that a live member answers there. A restarted seed is seen
+	// again at most about one interval after this node first fails to reach
+	// its predecessor (plus the time the seed takes to start). Each check is
+	// a name lookup; a join is attempted only when the check fails.
+	RejoinInterval time.Duration
+	// Resolver looks up the host names of seeds and of AdvertiseAddr. nil
+	// means net.DefaultResolver. Seeds are resolved on every attempt, since
+	// a restarted container may come back with a new IP.
+	Resolver Resolver
 
 	// Meta is announced to the cluster; Incarnation 0 means "now".
 	Meta Meta
 
-	// ProbeInterval is how often this node probes one peer. Detection time
-	// is roughly ProbeInterval (to reach the dead peer in the probe
-	// rotation) + ProbeInterval (direct and indirect probes) + the
-	// suspicion time. Smaller is faster but sends more packets: one probe
-	// per node per interval.
+	// Failure detection (SWIM, with memberlist's Lifeguard extensions).
+	//
+	// A member is declared dead when it leaves a probe unanswered (directly,
+	// through IndirectChecks peers and over TCP) for a whole ProbeInterval
+	// and then does not refute the suspicion for the suspicion timeout,
+	// SuspicionMult * ProbeInterval (times log10 of the cluster size from 10
+	// members on). So, roughly:
+	//
+	//	tolerated stall  ~ (1 + SuspicionMult) * ProbeInterval
+	//	detection time   ~ (1.5 + SuspicionMult) * ProbeInterval, up to
+	//	                   (2 + SuspicionMult) * ProbeInterval
+	//
+	// A member that stops answering for less than the tolerated stall (CPU
+	// starvation, GC, a paused container) is at most suspected; one that
+	// stays silent longer is declared dead. The two cannot be told apart,
+	// so detection can never be much faster than the longest stall a live
+	// member may show. In a cluster of at least SuspicionMult members,
+	// memberlist also waits for SuspicionMult-2 other members to confirm a
+	// suspicion before using that timeout (up to 6 times longer without
+	// them), so one starved prober cannot kill a healthy member.
+	//
+	// DefaultConfig's figures are in its comment.
+
+	// ProbeInterval is how often this node probes one peer, and how long a
+	// probe waits for any ack (direct, indirect or TCP). Larger tolerates
+	// longer stalls and sends fewer packets, and detects deaths later.
 	ProbeInterval time.Duration
-	// ProbeTimeout is how long a direct probe waits for an ack before
-	// asking others to probe indirectly. It must exceed the round trip plus
-	// scheduling delays on a busy machine; too small gives false suspicions,
-	// which the suspect refutes but which cost gossip.
+	// ProbeTimeout is how long a direct probe waits for an ack before also
+	// asking IndirectChecks peers to probe and trying TCP. It must be below
+	// ProbeInterval. Too small only costs extra indirect probes (and the log
+	// lines that used to cry wolf); the verdict still waits for the whole
+	// ProbeInterval.
 	ProbeTimeout time.Duration
 	// SuspicionMult sets how long a suspect has to refute before it is
 	// declared dead: SuspicionMult * max(1, log10(nodes)) * ProbeInterval.
 	// Smaller is faster, but a process paused longer than that (GC, CPU
 	// starvation, a debugger) is declared dead and must rejoin.
 	SuspicionMult int
-	// GossipInterval is how often news (joins, suspicions, deaths) is sent
-	// to a few random peers. Smaller spreads news faster for more packets.
+	// GossipInterval is how often news (joins, suspicions, refutations,
+	// deaths) is sent to a few random peers. Smaller spreads news faster for
+	// more packets; a refutation must arrive before the suspicion timeout.
 	GossipInterval time.Duration
 	// PushPullInterval is how often a full state exchange over TCP repairs
 	// whatever gossip missed. Smaller converges sooner at more bandwidth.
 	PushPullInterval time.Duration
-	// TCPTimeout bounds joins, push/pull exchanges and TCP fallback probes.
+	// TCPTimeout bounds joins, push/pull exchanges and the handling of a
+	// TCP probe. A starved peer may take seconds to answer one.
 	TCPTimeout time.Duration
 
 	// JoinRetryMin and JoinRetryMax bound the backoff between join attempts
@@ -71,17 +109,31 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns settings for a LAN or a single machine: memberlist's
-// LAN profile with probing and suspicion about twice as fast, so that a
-// dead member of a small cluster is declared dead in about 3 s rather than
-// about 6 s. The cost is a few more packets per second per node and less
-// tolerance for a stalled process (about 1.5 s).
+// DefaultConfig returns settings for a LAN or a single machine whose cores
+// are busy training. There a process may not run at all for seconds: with
+// four workers training on two cores (and other work on the machine), a
+// worker went without running any goroutine for over a second about once a
+// minute, and for up to 7 s while it received a model state. The 0.5 s
+// probes used before declared live workers dead several times a minute. So
+// probing is slower even than memberlist's LAN profile (1 s probes,
+// suspicion multiplier 4):
+//
+//   - a member that stops answering for up to 2 s is not even suspected;
+//   - one silent for up to about 8 s is suspected, not declared dead;
+//   - a dead member is declared dead after about 10 s (9.8-9.9 s measured on
+//     loopback with 3 and 5 members).
+//
+// The ring and the gRPC sessions see most failures sooner; gossip confirms
+// them and watches what nothing else does. A seed that restarts is found
+// again by the heal loop within about RejoinInterval + ProbeTimeout (2 s),
+// however slow failure detection is. On machines with idle cores,
+// ProbeInterval 1 s halves every figure.
 func DefaultConfig() Config {
 	return Config{
 		BindAddr:         "0.0.0.0",
 		BindPort:         7946,
-		ProbeInterval:    500 * time.Millisecond,
-		ProbeTimeout:     250 * time.Millisecond,
+		ProbeInterval:    2 * time.Second,
+		ProbeTimeout:     time.Second,
 		SuspicionMult:    3,
 		GossipInterval:   100 * time.Millisecond,
 		PushPullInterval: 15 * time.Second,
@@ -89,6 +141,7 @@ func DefaultConfig() Config {
 		JoinRetryMin:     200 * time.Millisecond,
 		JoinRetryMax:     5 * time.Second,
 		LeaveTimeout:     2 * time.Second,
+		RejoinInterval:   time.Second,
 	}
 }
 
@@ -110,8 +163,13 @@ func (c Config) Validate() error {
 	if c.SuspicionMult < 1 || c.GossipInterval <= 0 || c.PushPullInterval <= 0 || c.TCPTimeout <= 0 {
 		errs = append(errs, errors.New("SuspicionMult, GossipInterval, PushPullInterval and TCPTimeout must be positive"))
 	}
-	if c.JoinRetryMin <= 0 || c.JoinRetryMax < c.JoinRetryMin || c.LeaveTimeout <= 0 {
-		errs = append(errs, errors.New("need 0 < JoinRetryMin <= JoinRetryMax and LeaveTimeout > 0"))
+	if c.JoinRetryMin <= 0 || c.JoinRetryMax < c.JoinRetryMin || c.LeaveTimeout <= 0 || c.RejoinInterval <= 0 {
+		errs = append(errs, errors.New("need 0 < JoinRetryMin <= JoinRetryMax, LeaveTimeout > 0 and RejoinInterval > 0"))
+	}
+	for _, s := range c.Seeds {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			errs = append(errs, fmt.Errorf("seed %q is not host:port: %w", s, err))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid membership config: %w", err)
@@ -146,6 +204,7 @@ func (c Config) withDefaults(now time.Time) Config {
 		{&c.GossipInterval, d.GossipInterval}, {&c.PushPullInterval, d.PushPullInterval},
 		{&c.TCPTimeout, d.TCPTimeout}, {&c.JoinRetryMin, d.JoinRetryMin},
 		{&c.JoinRetryMax, d.JoinRetryMax}, {&c.LeaveTimeout, d.LeaveTimeout},
+		{&c.RejoinInterval, d.RejoinInterval},
 	} {
 		if *f.v == 0 {
 			*f.v = f.def
@@ -156,6 +215,9 @@ func (c Config) withDefaults(now time.Time) Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
 	}
 	return c
 }

@@ -2,12 +2,14 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -22,6 +24,14 @@ type Gossip struct {
 	meta         Meta
 	delegate     *metaDelegate
 	table        *memberTable
+	resolver     Resolver
+	// quiet turns memberlist's logs to Debug once this node leaves or shuts
+	// down (see memberlistLog).
+	quiet atomic.Bool
+
+	// The heal loop (heal.go) runs until stopHeal.
+	healCancel context.CancelFunc
+	healDone   sync.WaitGroup
 
 	mu       sync.Mutex
 	shutdown bool
@@ -33,6 +43,10 @@ var _ Membership = (*Gossip)(nil)
 // retrying with backoff until a seed answers or ctx ends. With no seeds it
 // returns at once with a cluster of one. Zero fields of cfg take their
 // DefaultConfig values.
+//
+// A node with seeds keeps checking them after joining, and joins through a
+// seed again whenever no live member answers at its address (see
+// Config.RejoinInterval), until Leave or Shutdown.
 func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	cfg = cfg.withDefaults(time.Now())
 	if err := cfg.Validate(); err != nil {
@@ -42,7 +56,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("joining as %s: %w", cfg.NodeName, err)
 	}
-	advertise, err := resolveAdvertise(ctx, cfg.AdvertiseAddr)
+	advertise, err := resolveAdvertise(ctx, cfg.Resolver, cfg.AdvertiseAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +64,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 
 	g := &Gossip{
 		queue: newEventQueue(), log: log, leaveTimeout: cfg.LeaveTimeout,
-		meta: cfg.Meta, delegate: &metaDelegate{},
+		meta: cfg.Meta, delegate: &metaDelegate{}, resolver: cfg.Resolver,
 		table: &memberTable{self: cfg.NodeName, members: map[string]Member{}},
 	}
 	g.delegate.set(meta)
@@ -65,7 +79,13 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	mc.TCPTimeout = cfg.TCPTimeout
 	mc.Delegate = g.delegate
 	mc.Events = eventDelegate{queue: g.queue, table: g.table, log: log}
-	mc.Logger = memberlistLogger(log.With("component", "memberlist"))
+	mc.Ping = pingDelegate{table: g.table, log: log}
+	mlLog := log.With("component", "memberlist")
+	mc.Logger = memberlistLog{
+		log:       mlLog,
+		onSuspect: func(name string) { g.table.suspect(mlLog, name) },
+		quiet:     &g.quiet,
+	}.logger()
 
 	g.ml, err = memberlist.Create(mc)
 	if err != nil {
@@ -80,13 +100,14 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		_ = g.Shutdown()
 		return nil, err
 	}
+	g.startHeal(cfg.Seeds, cfg.RejoinInterval, cfg.TCPTimeout)
 	return g, nil
 }
 
 func (g *Gossip) joinSeeds(ctx context.Context, cfg Config) error {
 	wait := cfg.JoinRetryMin
 	for attempt := 1; ; attempt++ {
-		n, err := g.ml.Join(cfg.Seeds)
+		n, err := g.joinOnce(ctx, cfg.Seeds, cfg.TCPTimeout)
 		if err == nil {
 			g.log.Info("joined cluster", "seeds", cfg.Seeds, "contacted", n, "attempt", attempt)
 			return nil
@@ -102,6 +123,30 @@ func (g *Gossip) joinSeeds(ctx context.Context, cfg Config) error {
 		}
 		wait = min(2*wait, cfg.JoinRetryMax)
 	}
+}
+
+// joinOnce resolves the seeds (here rather than in memberlist, so that a
+// restarted seed's new address is found the same way the heal loop finds
+// it) and joins through every address found.
+func (g *Gossip) joinOnce(ctx context.Context, seeds []string, lookupTimeout time.Duration) (int, error) {
+	var addrs []string
+	var errs []error
+	for _, s := range seeds {
+		a, err := resolveSeed(ctx, g.resolver, s, lookupTimeout)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		addrs = append(addrs, a...)
+	}
+	if len(addrs) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	n, err := g.ml.Join(addrs)
+	if err != nil {
+		return n, fmt.Errorf("joining through %v: %w", addrs, err)
+	}
+	return n, nil
 }
 
 // oneLine flattens memberlist's multi-line join errors ("1 error occurred:
@@ -121,11 +166,11 @@ func oneLine(err error) string {
 }
 
 // resolveAdvertise turns a host name into an IP, which memberlist needs.
-func resolveAdvertise(ctx context.Context, host string) (string, error) {
+func resolveAdvertise(ctx context.Context, r Resolver, host string) (string, error) {
 	if host == "" || net.ParseIP(host) != nil {
 		return host, nil
 	}
-	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	ips, err := r.LookupIPAddr(ctx, host)
 	if err != nil {
 		return "", fmt.Errorf("resolving advertise address %q: %w", host, err)
 	}
@@ -144,14 +189,17 @@ func resolveAdvertise(ctx context.Context, host string) (string, error) {
 func (g *Gossip) Local() Member { return g.table.localMember() }
 
 // Members implements Membership, sorted by name. Nodes whose metadata
-// cannot be decoded (not ours) are left out.
+// cannot be decoded (not ours) are left out. StateSuspect reflects this
+// node's own probes only: memberlist keeps the suspicions it hears from
+// others to itself.
 func (g *Gossip) Members() []Member { return g.table.list() }
 
 // Events implements Membership.
 func (g *Gossip) Events() <-chan Event { return g.queue.out }
 
 // Leave implements Membership. Without a deadline on ctx it waits at most
-// Config.LeaveTimeout.
+// Config.LeaveTimeout. It stops the heal loop first, so a node that left
+// never joins again by itself.
 func (g *Gossip) Leave(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -166,14 +214,18 @@ func (g *Gossip) Leave(ctx context.Context) error {
 	if timeout <= 0 {
 		return fmt.Errorf("leaving: %w", context.DeadlineExceeded)
 	}
+	g.quiet.Store(true)
+	g.stopHeal()
 	// Announce the intent first: the dead message memberlist sends next
-	// reaches others' NotifyLeave without saying it was voluntary.
+	// reaches others' NotifyLeave without saying it was voluntary. Alone
+	// (the last to go at a clean shutdown) there is nobody to tell, and
+	// waiting for an acknowledgement would only time out.
 	leaving := g.meta
 	leaving.Leaving = true
-	if b, err := leaving.Encode(); err == nil {
+	if b, err := leaving.Encode(); err == nil && len(g.Members()) > 1 {
 		g.delegate.set(b)
 		if err := g.ml.UpdateNode(timeout / 2); err != nil {
-			g.log.Warn("announcing leave", "err", err)
+			g.log.Warn("announcing leave: others may report this node as failed", "err", err)
 		}
 	}
 	if err := g.ml.Leave(time.Until(deadline)); err != nil {
@@ -183,7 +235,8 @@ func (g *Gossip) Leave(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown implements Membership.
+// Shutdown implements Membership. It waits for the heal loop, which may be
+// in the middle of a join attempt (at most Config.TCPTimeout per address).
 func (g *Gossip) Shutdown() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -191,6 +244,11 @@ func (g *Gossip) Shutdown() error {
 		return nil
 	}
 	g.shutdown = true
+	// memberlist closes its sockets before it stops its tickers, so a
+	// gossip round or probe in flight fails with "use of closed network
+	// connection": expected now, hence Debug.
+	g.quiet.Store(true)
+	g.stopHeal()
 	err := g.ml.Shutdown()
 	g.queue.close()
 	if err != nil {

@@ -5,19 +5,48 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 )
 
-// memberlistLogger adapts memberlist's *log.Logger output, lines such as
-// "[WARN] memberlist: Refuting a suspect message", to slog records at the
-// matching level.
-func memberlistLogger(l *slog.Logger) *log.Logger {
-	return log.New(slogWriter{l}, "", 0)
+// memberlistLog turns memberlist's *log.Logger output, lines such as
+// "[WARN] memberlist: Refuting a suspect message", into slog records.
+//
+// memberlist logs every step of its failure detector at INFO and ERR: on
+// machines whose cores are busy training, a late ack produces "Suspect X has
+// failed" and "Failed fallback TCP ping" lines for members that are alive,
+// and a clean shutdown produces "use of closed network connection" errors
+// from its own closed sockets. Those are routine, so they go to Debug. What
+// an operator must see stays visible: a member declared dead (logged by the
+// event delegate, with its role and worker id), this node being suspected
+// or declared dead by others, and anything not recognised as routine, which
+// keeps memberlist's own level.
+type memberlistLog struct {
+	log *slog.Logger
+	// onSuspect is told the name in every "Suspect <name> has failed"
+	// line: memberlist's prober has just given up on a probe of that
+	// member, and this is the only place memberlist says so.
+	onSuspect func(name string)
+	// quiet is set once this node leaves or shuts down: from then on
+	// nothing memberlist says about the network concerns anyone.
+	quiet *atomic.Bool
 }
 
-type slogWriter struct{ log *slog.Logger }
+func (w memberlistLog) logger() *log.Logger { return log.New(w, "", 0) }
 
-func (w slogWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
+func (w memberlistLog) Write(p []byte) (int, error) {
+	level, msg := parseMemberlistLine(string(p))
+	level = w.classify(level, msg)
+	if w.quiet != nil && w.quiet.Load() {
+		level = min(level, slog.LevelDebug)
+	}
+	w.log.Log(context.Background(), level, msg)
+	return len(p), nil
+}
+
+// parseMemberlistLine splits "[LEVEL] memberlist: text" into a level and
+// the text. Lines without a level are Info.
+func parseMemberlistLine(line string) (slog.Level, string) {
+	line = strings.TrimSpace(line)
 	level := slog.LevelInfo
 	if strings.HasPrefix(line, "[") {
 		if end := strings.IndexByte(line, ']'); end > 0 {
@@ -32,7 +61,60 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			line = strings.TrimSpace(line[end+1:])
 		}
 	}
-	line = strings.TrimPrefix(line, "memberlist: ")
-	w.log.Log(context.Background(), level, line)
-	return len(p), nil
+	return level, strings.TrimPrefix(line, "memberlist: ")
+}
+
+// Prefixes of memberlist messages that are part of normal failure
+// detection: each is either followed by a verdict logged elsewhere (a death,
+// a refutation) or by nothing because the member was fine.
+var routinePrefixes = []string{
+	"Suspect ",                  // a probe went unanswered; State shows it, a death is logged
+	"Failed fallback TCP ping",  // the TCP leg of the same probe
+	"Marking ",                  // "... as failed": the event delegate logs the death
+	"Push/Pull with ",           // periodic sync; retried, and a dead peer is reported anyway
+	"Got ping for unexpected",   // a restarted member got its predecessor's probes
+	"Was able to connect to ",   // "... over TCP but UDP probes failed": a late UDP ack
+	"Failed UDP ping",           // already Debug in memberlist; kept here for clarity
+	"Initiating push/pull sync", // Debug in memberlist
+}
+
+// Substrings of errors that mean a peer was slow or went away, or that our
+// own socket was closed by Shutdown: failure detection handles the first two
+// and the last is expected.
+var routineErrors = []string{
+	"i/o timeout",
+	"use of closed network connection",
+	"connection refused",
+	"connection reset by peer",
+	"broken pipe",
+	": EOF",
+}
+
+func (w memberlistLog) classify(level slog.Level, msg string) slog.Level {
+	if rest, ok := strings.CutPrefix(msg, "Suspect "); ok && w.onSuspect != nil {
+		if name, ok := strings.CutSuffix(rest, " has failed, no acks received"); ok {
+			w.onSuspect(name)
+		}
+	}
+	switch {
+	case strings.HasPrefix(msg, "Refuting a suspect message"):
+		// This node was suspected and is answering it: not a failure, but
+		// a sign that probes here are too slow for the configured timing.
+		return slog.LevelInfo
+	case strings.HasPrefix(msg, "Refuting a dead message"):
+		return slog.LevelWarn
+	}
+	for _, p := range routinePrefixes {
+		if strings.HasPrefix(msg, p) {
+			return slog.LevelDebug
+		}
+	}
+	if level > slog.LevelDebug {
+		for _, e := range routineErrors {
+			if strings.Contains(msg, e) {
+				return slog.LevelDebug
+			}
+		}
+	}
+	return level
 }

@@ -21,7 +21,8 @@ var (
 type Membership interface {
 	// Local is this process's own member.
 	Local() Member
-	// Members lists the members believed alive, the local one included.
+	// Members lists the members not declared dead, the local one included,
+	// sorted by name. Member.State says whether each is alive or suspect.
 	Members() []Member
 	// Events delivers membership changes; it is closed by Shutdown.
 	Events() <-chan Event
@@ -38,6 +39,35 @@ type Member struct {
 	Name string // node name, new on every process start
 	Addr string // gossip address, host:port
 	Meta Meta
+	// State is this process's opinion of the member's liveness when Members
+	// was called. Events carry StateAlive: suspicion is not an event, since
+	// it either clears within seconds or ends in an EventLeave.
+	State State
+}
+
+// State is a member's liveness as seen by one process's failure detector.
+type State int
+
+const (
+	// StateAlive is the zero value: the member answers, or nothing says
+	// otherwise yet.
+	StateAlive State = iota
+	// StateSuspect means this process's latest probe of the member went
+	// unanswered. The member has until the suspicion timeout (see Config)
+	// to show it is alive; if it does not, it is declared dead and leaves
+	// with CauseFailed. A live member that was only slow goes back to
+	// StateAlive at the next answered probe.
+	StateSuspect
+)
+
+func (s State) String() string {
+	switch s {
+	case StateAlive:
+		return "alive"
+	case StateSuspect:
+		return "suspect"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
 }
 
 // EventKind says what happened to a member.

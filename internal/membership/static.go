@@ -9,8 +9,9 @@ import (
 )
 
 // Static is a Membership without a network, for tests of other packages:
-// the test adds, updates and removes members by hand and the consumer sees
-// the same events, through the same queue, as with gossip.
+// the test adds, updates, suspects and removes members by hand and the
+// consumer sees the same events, through the same queue, and the same
+// Members, as with gossip.
 type Static struct {
 	queue *eventQueue
 
@@ -25,8 +26,10 @@ var _ Membership = (*Static)(nil)
 // NewStatic returns a view from local with the given other members alive.
 // As gossip does on joining, it emits a join event for local and each other.
 func NewStatic(local Member, others ...Member) *Static {
+	local.State = StateAlive
 	s := &Static{queue: newEventQueue(), local: local, members: map[string]Member{}}
 	for _, m := range append([]Member{local}, others...) {
+		m.State = StateAlive
 		s.members[m.Name] = m
 		s.queue.push(Event{Kind: EventJoin, Member: m})
 	}
@@ -34,16 +37,32 @@ func NewStatic(local Member, others ...Member) *Static {
 }
 
 // Add makes m alive: a join event, or an update if a member of that name is
-// already alive.
+// already there (which, as with gossip, also ends a suspicion).
 func (s *Static) Add(m Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	m.State = StateAlive
 	kind := EventJoin
 	if _, ok := s.members[m.Name]; ok {
 		kind = EventUpdate
 	}
 	s.members[m.Name] = m
 	s.queue.push(Event{Kind: kind, Member: m})
+}
+
+// SetState sets the liveness Members reports for the named member, other
+// than the local one, and reports whether it is there. As with gossip,
+// suspicion is not an event: a suspect either comes back or is removed.
+func (s *Static) SetState(name string, st State) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.members[name]
+	if !ok || name == s.local.Name {
+		return false
+	}
+	m.State = st
+	s.members[name] = m
+	return true
 }
 
 // Remove takes the named member out with the given cause (CauseLeft or

@@ -8,11 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"go.uber.org/goleak"
 )
 
@@ -129,6 +132,9 @@ func TestConfig(t *testing.T) {
 	if c.Meta.Incarnation != 12345 || !strings.HasPrefix(c.NodeName, "worker-7-") {
 		t.Errorf("incarnation %d, node name %q", c.Meta.Incarnation, c.NodeName)
 	}
+	if c.Resolver == nil || c.RejoinInterval <= 0 {
+		t.Errorf("defaults not filled in: resolver %v, rejoin interval %v", c.Resolver, c.RejoinInterval)
+	}
 	if other := mod(func(*Config) {}); other.NodeName == c.NodeName {
 		t.Errorf("two starts got the same node name %q", c.NodeName)
 	}
@@ -138,6 +144,8 @@ func TestConfig(t *testing.T) {
 		"bad port":                   func(c *Config) { c.BindPort = 70000 },
 		"bad meta":                   func(c *Config) { c.Meta.Role = "" },
 		"retry max below min":        func(c *Config) { c.JoinRetryMax = time.Millisecond },
+		"seed without a port":        func(c *Config) { c.Seeds = []string{"coordinator"} },
+		"negative rejoin interval":   func(c *Config) { c.RejoinInterval = -time.Second },
 	} {
 		if err := mod(f).Validate(); err == nil {
 			t.Errorf("%s: Validate accepted it", name)
@@ -155,23 +163,99 @@ func TestJoinRejectsLargeMeta(t *testing.T) {
 	t.Log(err)
 }
 
-func TestSlogAdapter(t *testing.T) {
-	var buf bytes.Buffer
-	l := memberlistLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	l.Printf("[WARN] memberlist: Refuting a suspect message (from: %s)", "n1")
-	l.Printf("[DEBUG] memberlist: Stream connection from=%s", "127.0.0.1:1")
-	l.Printf("[ERR] memberlist: Failed to send")
-	l.Printf("no level here")
-	out := buf.String()
-	for _, want := range []string{
-		`level=WARN msg="Refuting a suspect message (from: n1)"`,
-		`level=DEBUG msg="Stream connection from=127.0.0.1:1"`,
-		`level=ERROR msg="Failed to send"`,
-		`level=INFO msg="no level here"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("log output lacks %s:\n%s", want, out)
+func TestMemberlistLogLevels(t *testing.T) {
+	cases := []struct {
+		line      string
+		quiet     bool
+		wantLevel string
+		wantMsg   string
+	}{
+		// Routine failure detection: Debug.
+		{"[INFO] memberlist: Suspect worker-w2-1 has failed, no acks received", false, "DEBUG", "Suspect worker-w2-1 has failed, no acks received"},
+		{"[ERR] memberlist: Failed fallback TCP ping: timeout 500ms: read tcp 127.0.0.1:1->127.0.0.1:2: i/o timeout", false, "DEBUG", "Failed fallback TCP ping"},
+		{"[INFO] memberlist: Marking worker-w2-1 as failed, suspect timeout reached (1 peer confirmations)", false, "DEBUG", "Marking"},
+		{"[ERR] memberlist: Push/Pull with worker-w2-1 failed: dial tcp 127.0.0.1:2: i/o timeout", false, "DEBUG", "Push/Pull"},
+		{"[ERR] memberlist: failed to receive: read tcp 127.0.0.1:2->127.0.0.1:1: i/o timeout from=127.0.0.1:1", false, "DEBUG", "failed to receive"},
+		{"[WARN] memberlist: Got ping for unexpected node 'coordinator-1' from=127.0.0.1:1", false, "DEBUG", "Got ping"},
+		{"[WARN] memberlist: Was able to connect to worker-w2-1 over TCP but UDP probes failed, network may be misconfigured", false, "DEBUG", "Was able"},
+		{"[DEBUG] memberlist: Stream connection from=127.0.0.1:1", false, "DEBUG", "Stream connection from=127.0.0.1:1"},
+		// Our own sockets closed by Shutdown.
+		{"[ERR] memberlist: Failed to send gossip to 127.0.0.1:2: write udp 127.0.0.1:1->127.0.0.1:2: use of closed network connection", false, "DEBUG", "Failed to send gossip"},
+		// This node being suspected or declared dead stays visible.
+		{"[WARN] memberlist: Refuting a suspect message (from: worker-w1-1)", false, "INFO", "Refuting a suspect message (from: worker-w1-1)"},
+		{"[WARN] memberlist: Refuting a dead message (from: worker-w1-1)", false, "WARN", "Refuting a dead message"},
+		// Anything else keeps memberlist's level.
+		{"[ERR] memberlist: Conflicting address for worker-w2-1. Mine: 127.0.0.1:1 Theirs: 127.0.0.1:3", false, "ERROR", "Conflicting address"},
+		{"[WARN] memberlist: discarding packet with unacceptable label \"x\"", false, "WARN", "discarding packet"},
+		{"no level here", false, "INFO", "no level here"},
+		// After Leave or Shutdown, everything is Debug.
+		{"[ERR] memberlist: Conflicting address for worker-w2-1. Mine: 127.0.0.1:1 Theirs: 127.0.0.1:3", true, "DEBUG", "Conflicting address"},
+	}
+	for _, tc := range cases {
+		var buf bytes.Buffer
+		var quiet atomic.Bool
+		quiet.Store(tc.quiet)
+		l := memberlistLog{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), quiet: &quiet}.logger()
+		l.Print(tc.line)
+		out := buf.String()
+		if !strings.Contains(out, "level="+tc.wantLevel+" ") || !strings.Contains(out, tc.wantMsg) || strings.Contains(out, "memberlist:") {
+			t.Errorf("%q (quiet %v) logged as\n%s want level %s with %q", tc.line, tc.quiet, out, tc.wantLevel, tc.wantMsg)
 		}
+	}
+}
+
+func TestMemberlistLogReportsSuspicion(t *testing.T) {
+	var got []string
+	l := memberlistLog{
+		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		onSuspect: func(name string) { got = append(got, name) },
+	}.logger()
+	l.Printf("[INFO] memberlist: Suspect %s has failed, no acks received", "worker-w2-1")
+	l.Printf("[INFO] memberlist: Suspect %s has failed, no acks received", "a name with spaces")
+	l.Printf("[WARN] memberlist: Refuting a suspect message (from: %s)", "worker-w1-1") // about us
+	l.Printf("[INFO] memberlist: Marking %s as failed, suspect timeout reached (0 peer confirmations)", "worker-w3-1")
+	if want := []string{"worker-w2-1", "a name with spaces"}; !slices.Equal(got, want) {
+		t.Errorf("suspects reported: %q, want %q", got, want)
+	}
+}
+
+func TestMemberTableState(t *testing.T) {
+	self := Member{Name: "coordinator-1", Meta: Meta{Role: RoleCoordinator, GRPCAddr: "c:1"}}
+	w1 := Member{Name: "worker-w1-1", Meta: Meta{Role: RoleWorker, WorkerID: "w1", GRPCAddr: "w1:1"}}
+	tab := &memberTable{self: self.Name, members: map[string]Member{}}
+	tab.apply(Event{Kind: EventJoin, Member: self})
+	tab.apply(Event{Kind: EventJoin, Member: w1})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	state := func(name string) State {
+		for _, m := range tab.list() {
+			if m.Name == name {
+				return m.State
+			}
+		}
+		t.Fatalf("%s not in the table", name)
+		return 0
+	}
+
+	tab.suspect(log, w1.Name)
+	tab.suspect(log, self.Name)  // memberlist never probes itself; ignore it anyway
+	tab.suspect(log, "stranger") // foreign metadata: not in the table
+	if state(w1.Name) != StateSuspect || state(self.Name) != StateAlive || len(tab.list()) != 2 {
+		t.Fatalf("after suspicion: %+v", tab.list())
+	}
+	pingDelegate{table: tab, log: log}.NotifyPingComplete(&memberlist.Node{Name: w1.Name}, time.Millisecond, nil)
+	if state(w1.Name) != StateAlive {
+		t.Errorf("an answered probe left %s %v", w1.Name, state(w1.Name))
+	}
+	tab.suspect(log, w1.Name)
+	w1.Meta.GRPCAddr = "w1:2"
+	tab.apply(Event{Kind: EventUpdate, Member: w1}) // it announced new metadata: it is alive
+	if state(w1.Name) != StateAlive {
+		t.Errorf("an update left %s %v", w1.Name, state(w1.Name))
+	}
+	tab.suspect(log, w1.Name)
+	tab.apply(Event{Kind: EventLeave, Member: w1, Cause: CauseFailed})
+	if len(tab.list()) != 1 {
+		t.Errorf("after the leave: %+v", tab.list())
 	}
 }
 
@@ -237,6 +321,12 @@ func TestStatic(t *testing.T) {
 	s.Add(w2)
 	w2.Meta.GRPCAddr = "w2:9001"
 	s.Add(w2)
+	if !s.SetState("worker-2-b", StateSuspect) || s.SetState("nobody", StateSuspect) || s.SetState("coordinator-1", StateSuspect) {
+		t.Error("SetState reported wrongly")
+	}
+	if ms := m.Members(); len(ms) != 3 || ms[2].Name != "worker-2-b" || ms[2].State != StateSuspect || ms[0].State != StateAlive {
+		t.Errorf("Members with a suspect = %+v", ms)
+	}
 	if !s.Remove("worker-1-a", CauseFailed) || s.Remove("nobody", CauseFailed) {
 		t.Error("Remove reported wrongly")
 	}
@@ -250,8 +340,13 @@ func TestStatic(t *testing.T) {
 			t.Errorf("got %q, want %q", got, want)
 		}
 	}
-	if ms := m.Members(); len(ms) != 1 || ms[0].Meta.GRPCAddr != "w2:9001" {
+	if ms := m.Members(); len(ms) != 1 || ms[0].Meta.GRPCAddr != "w2:9001" || ms[0].State != StateSuspect {
 		t.Errorf("Members = %+v", ms)
+	}
+	w2.State = StateSuspect // ignored: Add makes a member alive
+	s.Add(w2)
+	if ms := m.Members(); len(ms) != 1 || ms[0].State != StateAlive {
+		t.Errorf("Members after Add = %+v", ms)
 	}
 	if m.Local().Name != "coordinator-1" {
 		t.Errorf("Local = %+v", m.Local())
