@@ -378,6 +378,9 @@ func (m *Machine) NeedScore(epoch int) {
 // SetOwnState records that the coordinator now holds the state at pos (a
 // checkpoint was taken), so it can serve it if every worker is lost.
 func (m *Machine) SetOwnState(pos train.Position, digest uint64) {
+	if pos.Step < m.coordPos.Step {
+		return // it keeps the newer one
+	}
 	m.coordPos, m.coordDigest = pos, digest
 }
 
@@ -547,7 +550,13 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		out.Logs = append(out.Logs, fmt.Sprintf("no worker holds the state at step %d; resuming from the checkpoint at step %d", m.next.Step, m.coordPos.Step))
 		m.next = m.coordPos
 		ref = m.coordDigest
-		if m.evalEpoch > 0 && (m.next.Epoch != m.evalEpoch || m.next.StepInEpoch != 0) {
+		switch {
+		case m.next.StepInEpoch == 0 && m.next.Epoch > 0:
+			// The checkpoint ends an epoch whose score it may lack (it
+			// may have been taken from a leaving worker before the score
+			// came): score it (again; the server keeps one per epoch).
+			m.evalEpoch = m.next.Epoch
+		case m.evalEpoch > 0:
 			// The checkpoint is not the end of the epoch awaiting its
 			// score: it is scored when training reaches that end again.
 			m.evalEpoch = 0
@@ -900,14 +909,14 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 		w.leaveAt = leavePending
 		m.leaveWanted = true
 		m.snapshotWanted = true
-	case pos.Step <= m.stored || pos.Step < m.next.Step:
-		// Nothing newer than the checkpoint, or an older state than the
-		// members that moved on hold.
+	case pos.Step <= m.stored:
+		// Nothing newer than the checkpoint.
 		w.leaveAt = m.stored
 	default:
-		// It holds the state at next (or, after this coordinator restarted
-		// from an older checkpoint, a newer state its predecessor
-		// committed) and no checkpoint has it: save it first.
+		// It holds a committed state newer than the checkpoint (the state
+		// at next, one whose commit it missed, or, after this coordinator
+		// restarted from an older checkpoint, one its predecessor
+		// committed): save it first; it may be the only copy.
 		w.leaveAt = pos.Step
 		if out.Snapshot == nil {
 			out.Snapshot = &SnapshotRequest{Position: pos, Addr: w.addr, Generation: m.gen, Live: true}

@@ -582,6 +582,9 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 	r := train.EpochResult{Epoch: int(sc.Epoch), Step: sc.Step, TrainNLL: sc.TrainNll, TestLL: sc.TestLl, BitsPerDim: sc.BitsPerDim}
 	s.mu.Lock()
 	r.SamplesPerSec = s.status.SamplesPerSec
+	// An epoch scored again (its checkpoint was resumed before its score
+	// was kept) replaces its entry.
+	s.scores = slices.DeleteFunc(s.scores, func(e train.EpochResult) bool { return e.Epoch == r.Epoch })
 	s.scores = append(s.scores, r)
 	s.mu.Unlock()
 	s.log.Info("epoch scored", "epoch", r.Epoch, "test_ll", fmt.Sprintf("%.2f", r.TestLL), "bits_per_dim", fmt.Sprintf("%.4f", r.BitsPerDim))

@@ -113,7 +113,9 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 		return err
 	}
 	s.mu.Lock()
-	s.own = ownState{pos: st.Position, blob: blob, digest: digest}
+	if st.Position.Step >= s.own.pos.Step {
+		s.own = ownState{pos: st.Position, blob: blob, digest: digest} // the machine keeps the newer too
+	}
 	s.status.LastSnapshotFetchSeconds = fetched.Seconds()
 	s.mu.Unlock()
 	s.post(event{saved: &savedState{pos: st.Position, digest: digest}})

@@ -185,6 +185,9 @@ func (c *coordProc) take(r *coordinator.SnapshotRequest, deadline time.Time) {
 			c.take(r, deadline)
 			return
 		}
+		if retry {
+			err = fmt.Errorf("no state at step %d from %s within 30s", r.Position.Step, r.Addr)
+		}
 		if err != nil {
 			s.log("coordinator: checkpoint at step %d not taken: %v", r.Position.Step, err)
 			c.snapDone()
@@ -196,7 +199,10 @@ func (c *coordProc) take(r *coordinator.SnapshotRequest, deadline time.Time) {
 				scored[e] = true
 			}
 		}
-		c.own = stored{pos: st.pos, value: st.value, ok: true, scored: scored}
+		took := stored{pos: st.pos, value: st.value, ok: true, scored: scored}
+		if st.pos.Step >= c.own.pos.Step {
+			c.own = took
+		}
 		c.m.SetOwnState(st.pos, digest(st.pos, st.value))
 		full := c.diskFull
 		s.at(s.dur(time.Millisecond, 60*time.Millisecond), fmt.Sprintf("checkpoint write of step %d", st.pos.Step), func() {
@@ -207,7 +213,7 @@ func (c *coordProc) take(r *coordinator.SnapshotRequest, deadline time.Time) {
 				s.log("coordinator: checkpoint write of step %d failed: disk full", st.pos.Step)
 			} else {
 				if st.pos.Step >= c.store.pos.Step || !c.store.ok {
-					c.store = c.own
+					c.store = took
 				}
 				c.apply(c.m.Stored(s.now, st.pos))
 			}
