@@ -2,7 +2,7 @@
 // schedule of global batches, one training step, evaluation of the test set,
 // and the complete training state that a checkpoint holds.
 //
-// What it promises (DESIGN.md, "Training semantics"):
+// What it promises (docs/design.md, "What nice promises"):
 //
 //   - Step s of epoch e uses positions [sB, (s+1)B) of a permutation of the
 //     training set that is a function of (seed, e); the last step of an epoch
