@@ -10,7 +10,8 @@
 #   5. kill the coordinator and start it again: it resumes from its checkpoint and
 #      the same workers reattach by themselves
 #   6. disconnect a worker from the network: it is dropped; reconnected, it rejoins
-#   7. down and up again: training resumes from the volume's checkpoint
+#   7. down and up again: training resumes at exactly the step after the last
+#      one committed before down (the workers leave only once it is checkpointed)
 #
 # It prints each recovery time and fails on any lost or repeated step. Where no
 # Docker engine answers, it says so and exits 0 without running anything.
@@ -451,9 +452,18 @@ FLOOR=$ckpt ERA_COMMITTED=0
 timeout $((E2E_WAIT + 120)) "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" -f "$OVERRIDE" \
 	up -d --scale "worker=$WORKERS" || fail "${COMPOSE[*]} up after down did not bring the cluster up"
 wait_until "the coordinator to answer after down and up" coordinator_answers
-resumed=$(cur_step)
+# Every step committed before down must be kept: the new coordinator resumes
+# at exactly the step after the last one the ledger (on the volume) shows.
+new_inc=$(field '.incarnation')
+coord_c=$(containers coordinator | head -n 1)
+last_before=$(docker cp "$coord_c:/var/lib/nice/ledger.jsonl" - 2>/dev/null | tar -xO 2>/dev/null |
+	jq -s --argjson inc "$new_inc" '[.[] | select(.coordinator != $inc) | .step] | max // -1') ||
+	fail "could not read the ledger from the coordinator's volume"
+resumed=$(dc logs --no-color coordinator 2>/dev/null | grep 'resuming from checkpoint' | tail -n 1 | sed -n 's/.* step=\([0-9]*\).*/\1/p')
+[ -n "$resumed" ] || fail "after down and up the coordinator did not say it resumed from a checkpoint"
 ((resumed > 0)) || fail "after down and up training started again from step 0: the volume's checkpoint (step $ckpt) was not used"
-log "coordinator answering again at step $resumed (last seen at step $step_at_down before down, last checkpoint seen $ckpt)"
+((resumed == last_before + 1)) || fail "down then up lost steps: the last step committed before down was $last_before, the coordinator resumed at step $resumed"
+log "coordinator resumed at step $resumed, exactly after the last step committed before down ($last_before; last seen at step $step_at_down, last checkpoint seen $ckpt)"
 P0=$resumed WANT=$WORKERS
 wait_until "$WORKERS live workers, $E2E_PROGRESS more steps, agreeing digests" healthy_cluster
 record "down and up: training with $WANT" "$(secs_since "$t0")"
