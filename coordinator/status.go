@@ -50,7 +50,7 @@ type WorkerStatus struct {
 	Addr   string `json:"addr"`
 	State  string `json:"state"` // a MemberState: "training", "preparing", "waiting", "leaving"
 	Rank   int    `json:"rank"`  // -1 when not in the ring
-	Gossip string `json:"gossip"`
+	Gossip string `json:"gossip"` // "alive", "suspect" (a probe went unanswered), "not seen", "unknown" (no gossip)
 }
 
 // Status returns the current status.
@@ -78,7 +78,7 @@ func (s *Server) updateStatus() {
 	if s.gossip != nil {
 		for _, mem := range s.gossip.Members() {
 			if mem.Meta.WorkerID != "" {
-				alive[mem.Meta.WorkerID] = "alive"
+				alive[mem.Meta.WorkerID] = mem.State.String() // "alive" or "suspect"
 			}
 		}
 	}
