@@ -92,6 +92,30 @@ func (n *node) waitEvent(t *testing.T, timeout time.Duration, what string, ok fu
 	}
 }
 
+// expectNoEvent fails the test if the node reports an event matching ok
+// before the deadline.
+func (n *node) expectNoEvent(t *testing.T, deadline time.Time, what string, ok func(Event) bool) {
+	t.Helper()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		n.mu.Lock()
+		for _, e := range n.events {
+			if ok(e.Event) {
+				n.mu.Unlock()
+				t.Errorf("%s reported %s: %v", n.Local().Name, what, e.Event)
+				return
+			}
+		}
+		n.mu.Unlock()
+		select {
+		case <-n.notify:
+		case <-timer.C:
+			return
+		}
+	}
+}
+
 func (n *node) waitMembers(t *testing.T, want int) {
 	t.Helper()
 	waitFor(t, 10*time.Second, fmt.Sprintf("%s to see %d members", n.Local().Name, want), func() bool {

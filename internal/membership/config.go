@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // Config configures Join. Start from DefaultConfig.
@@ -107,6 +109,10 @@ type Config struct {
 	// Logger receives this package's and memberlist's logs. nil means
 	// slog.Default().
 	Logger *slog.Logger
+
+	// wrapTransport, set by tests, wraps the network transport, for example
+	// to freeze a node as a stalled process would be.
+	wrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // DefaultConfig returns settings for a LAN or a single machine whose cores

@@ -142,11 +142,14 @@ func (d eventDelegate) push(kind EventKind, n *memberlist.Node) {
 			e.Cause = CauseLeft
 		}
 		attrs := []any{"member", m.Name, "role", m.Meta.Role, "worker", m.Meta.WorkerID, "addr", m.Addr}
-		if e.Cause == CauseFailed {
+		switch {
+		case m.Name == d.table.self:
+			// Leave logs it.
+		case e.Cause == CauseFailed:
 			// The one verdict of failure detection that matters to an
 			// operator; the suspicions before it are Debug.
 			d.log.Warn("member declared dead: it stopped answering probes", attrs...)
-		} else {
+		default:
 			d.log.Info("member left", attrs...)
 		}
 	}

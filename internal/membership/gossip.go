@@ -87,6 +87,20 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		quiet:     &g.quiet,
 	}.logger()
 
+	if cfg.wrapTransport != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.BindPort, Logger: mc.Logger,
+		})
+		if err != nil {
+			g.queue.close()
+			return nil, fmt.Errorf("starting gossip transport on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+		}
+		if mc.BindPort == 0 {
+			mc.BindPort = nt.GetAutoBindPort()
+			mc.AdvertisePort = mc.BindPort
+		}
+		mc.Transport = cfg.wrapTransport(nt)
+	}
 	g.ml, err = memberlist.Create(mc)
 	if err != nil {
 		g.queue.close()

@@ -17,9 +17,9 @@ import (
 // and a clean shutdown produces "use of closed network connection" errors
 // from its own closed sockets. Those are routine, so they go to Debug. What
 // an operator must see stays visible: a member declared dead (logged by the
-// event delegate, with its role and worker id), this node being suspected
-// or declared dead by others, and anything not recognised as routine, which
-// keeps memberlist's own level.
+// event delegate, with its role and worker id), this node being declared
+// dead by others, and anything not recognised as routine, which keeps
+// memberlist's own level.
 type memberlistLog struct {
 	log *slog.Logger
 	// onSuspect is told the name in every "Suspect <name> has failed"
@@ -65,17 +65,18 @@ func parseMemberlistLine(line string) (slog.Level, string) {
 }
 
 // Prefixes of memberlist messages that are part of normal failure
-// detection: each is either followed by a verdict logged elsewhere (a death,
-// a refutation) or by nothing because the member was fine.
+// detection: each is either followed by a verdict logged elsewhere (a
+// death) or by nothing because the member was fine.
 var routinePrefixes = []string{
-	"Suspect ",                  // a probe went unanswered; State shows it, a death is logged
-	"Failed fallback TCP ping",  // the TCP leg of the same probe
-	"Marking ",                  // "... as failed": the event delegate logs the death
-	"Push/Pull with ",           // periodic sync; retried, and a dead peer is reported anyway
-	"Got ping for unexpected",   // a restarted member got its predecessor's probes
-	"Was able to connect to ",   // "... over TCP but UDP probes failed": a late UDP ack
-	"Failed UDP ping",           // already Debug in memberlist; kept here for clarity
-	"Initiating push/pull sync", // Debug in memberlist
+	"Suspect ",                   // a probe went unanswered; State shows it, a death is logged
+	"Refuting a suspect message", // this node was late to answer and says it is alive
+	"Failed fallback TCP ping",   // the TCP leg of the same probe
+	"Marking ",                   // "... as failed": the event delegate logs the death
+	"Push/Pull with ",            // periodic sync; retried, and a dead peer is reported anyway
+	"Got ping for unexpected",    // a restarted member got its predecessor's probes
+	"Was able to connect to ",    // "... over TCP but UDP probes failed": a late UDP ack
+	"Failed UDP ping",            // already Debug in memberlist; kept here for clarity
+	"Initiating push/pull sync",  // Debug in memberlist
 }
 
 // Substrings of errors that mean a peer was slow or went away, or that our
@@ -96,12 +97,9 @@ func (w memberlistLog) classify(level slog.Level, msg string) slog.Level {
 			w.onSuspect(name)
 		}
 	}
-	switch {
-	case strings.HasPrefix(msg, "Refuting a suspect message"):
-		// This node was suspected and is answering it: not a failure, but
-		// a sign that probes here are too slow for the configured timing.
-		return slog.LevelInfo
-	case strings.HasPrefix(msg, "Refuting a dead message"):
+	if strings.HasPrefix(msg, "Refuting a dead message") {
+		// Others declared this node dead: they dropped it, and whatever it
+		// was doing with them, until the refutation reaches them.
 		return slog.LevelWarn
 	}
 	for _, p := range routinePrefixes {

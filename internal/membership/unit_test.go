@@ -181,8 +181,8 @@ func TestMemberlistLogLevels(t *testing.T) {
 		{"[DEBUG] memberlist: Stream connection from=127.0.0.1:1", false, "DEBUG", "Stream connection from=127.0.0.1:1"},
 		// Our own sockets closed by Shutdown.
 		{"[ERR] memberlist: Failed to send gossip to 127.0.0.1:2: write udp 127.0.0.1:1->127.0.0.1:2: use of closed network connection", false, "DEBUG", "Failed to send gossip"},
-		// This node being suspected or declared dead stays visible.
-		{"[WARN] memberlist: Refuting a suspect message (from: worker-w1-1)", false, "INFO", "Refuting a suspect message (from: worker-w1-1)"},
+		{"[WARN] memberlist: Refuting a suspect message (from: worker-w1-1)", false, "DEBUG", "Refuting a suspect message (from: worker-w1-1)"},
+		// This node being declared dead stays visible.
 		{"[WARN] memberlist: Refuting a dead message (from: worker-w1-1)", false, "WARN", "Refuting a dead message"},
 		// Anything else keeps memberlist's level.
 		{"[ERR] memberlist: Conflicting address for worker-w2-1. Mine: 127.0.0.1:1 Theirs: 127.0.0.1:3", false, "ERROR", "Conflicting address"},
