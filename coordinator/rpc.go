@@ -37,7 +37,7 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	ss := &session{id: hello.WorkerId, addr: hello.Addr, incarnation: hello.Incarnation, lastGen: hello.LastGeneration,
+	ss := &workerSession{id: hello.WorkerId, addr: hello.Addr, incarnation: hello.Incarnation, lastGen: hello.LastGeneration,
 		out: make(chan *nicepb.CoordinatorMessage, 256), cancel: cancel}
 	if !r.post(ctx, event{attach: ss}) {
 		return ctx.Err()

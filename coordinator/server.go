@@ -23,6 +23,7 @@ import (
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/rpcopt"
+	"github.com/nice-flow/nice/internal/session"
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
@@ -97,7 +98,7 @@ type Server struct {
 
 	// Owned by the loop goroutine.
 	m        *Machine
-	sessions map[string]*session
+	sessions map[string]*workerSession
 
 	// mu guards what other goroutines read.
 	mu       sync.Mutex
@@ -121,7 +122,7 @@ type ownState struct {
 	digest uint64
 }
 
-type session struct {
+type workerSession struct {
 	id          string
 	addr        string
 	incarnation uint64
@@ -131,11 +132,11 @@ type session struct {
 }
 
 type event struct {
-	attach *session
-	detach *session
+	attach *workerSession
+	detach *workerSession
 	gone   *membership.Member // gossip declared a worker dead
 	msg    *nicepb.WorkerMessage
-	from   *session
+	from   *workerSession
 	saved  *savedState     // the coordinator holds this state (in memory)
 	stored *train.Position // the checkpoint of this state is on disk
 	stop   bool
@@ -165,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
-		events: make(chan event, 256), sessions: map[string]*session{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
+		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -267,6 +268,10 @@ func (s *Server) resume(c train.Config) (*train.State, *checkpoint.Info, error) 
 	s.log.Info("resuming from checkpoint", "step", cp.Step, "epoch", st.Position.Epoch+1, "skipped_corrupt", len(corrupt))
 	return st, &cp.Info, nil
 }
+
+// InmemSessions returns a dialer of sessions with this coordinator that
+// stay in this process (workers in tests use it instead of gRPC).
+func (s *Server) InmemSessions() session.Dialer { return session.Inmem((&rpc{s: s}).Session) }
 
 // Addr is the coordinator's gRPC address.
 func (s *Server) Addr() string { return s.lis.Addr().String() }

@@ -48,8 +48,8 @@ type Status struct {
 type WorkerStatus struct {
 	ID     string `json:"id"`
 	Addr   string `json:"addr"`
-	State  string `json:"state"` // a MemberState: "training", "preparing", "waiting", "leaving"
-	Rank   int    `json:"rank"`  // -1 when not in the ring
+	State  string `json:"state"`  // a MemberState: "training", "preparing", "waiting", "leaving"
+	Rank   int    `json:"rank"`   // -1 when not in the ring
 	Gossip string `json:"gossip"` // "alive", "suspect" (a probe went unanswered), "not seen", "unknown" (no gossip)
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nice-flow/nice/internal/session"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -22,6 +23,10 @@ type Config struct {
 	AdvertiseHost string
 	// Coordinator is the coordinator's gRPC address.
 	Coordinator string
+	// Sessions, if set, opens the sessions with the coordinator instead of
+	// gRPC to Coordinator (session.Inmem runs a coordinator in this
+	// process).
+	Sessions session.Dialer
 	// DataDir is the MNIST folder ("" finds it; see mnist.FindDir).
 	DataDir string
 	// DigestEvery includes a parameter digest in every this many steps'
@@ -62,7 +67,7 @@ func (c Config) Validate() error {
 	if c.ID == "" {
 		errs = append(errs, errors.New("worker id is empty"))
 	}
-	if c.Coordinator == "" {
+	if c.Coordinator == "" && c.Sessions == nil {
 		errs = append(errs, errors.New("coordinator address is empty"))
 	}
 	if c.LeaveTimeout <= 0 {

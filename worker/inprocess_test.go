@@ -1,7 +1,10 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -9,7 +12,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/nice-flow/nice/coordinator"
+	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/mnist"
 	"github.com/nice-flow/nice/train"
 	"github.com/nice-flow/nice/worker"
@@ -76,4 +81,99 @@ func TestInProcessClusterStopsCleanly(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
+}
+
+// The parts injected: the coordinator keeps its checkpoints in memory and
+// watches a static membership, the workers reach it through in-memory
+// sessions. A worker the membership declares dead is detached.
+func TestInProcessClusterWithInjectedParts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains a small model on MNIST")
+	}
+	if _, err := mnist.FindDir(""); err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+
+	tc := train.DefaultConfig()
+	tc.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
+	tc.Batch = 256
+	mc := coordinator.DefaultMachine()
+	mc.Settle = 100 * time.Millisecond
+	mc.StopAt = 4
+	mc.CheckpointEvery = 2
+	store := checkpoint.NewMemory(checkpoint.MemoryOptions{})
+	members := membership.NewStatic(membership.Member{Name: "coordinator", Meta: membership.Meta{Role: membership.RoleCoordinator}})
+	logs := &syncBuffer{}
+	srv, err := coordinator.New(coordinator.Config{Train: tc, Listen: "127.0.0.1:0", StateDir: t.TempDir(), Machine: mc,
+		Store: store, Membership: members, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); srv.Serve(ctx) }()
+	var ws []*worker.Worker
+	for _, id := range []string{"a", "b"} {
+		cfg := worker.DefaultConfig()
+		cfg.ID, cfg.Coordinator, cfg.Sessions = id, "", srv.InmemSessions()
+		w, err := worker.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+		wg.Add(1)
+		go func() { defer wg.Done(); w.Run(ctx) }()
+	}
+	wait := func(what string, cond func(coordinator.Status) bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			st := srv.Status()
+			if cond(st) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within a minute: %+v", what, st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	wait("hold at step 4 with two training workers", func(st coordinator.Status) bool {
+		return st.Phase == "holding" && st.Step == 4 && st.LastCheckpointStep == 4 && len(st.Workers) == 2 &&
+			st.Workers[0].State == "training" && st.Workers[1].State == "training"
+	})
+	list, err := store.List(ctx)
+	if err != nil || len(list) == 0 || list[len(list)-1].Info.Step != 4 {
+		t.Fatalf("the in-memory store holds %+v (err %v), want the checkpoint at step 4 last", list, err)
+	}
+	a := membership.Member{Name: "worker-a", Addr: "127.0.0.1:1", Meta: membership.Meta{
+		Role: membership.RoleWorker, WorkerID: "a", GRPCAddr: ws[0].Addr(), Incarnation: ws[0].Incarnation()}}
+	members.Add(a)
+	members.Remove(a.Name, membership.CauseFailed)
+	// (It re-attaches at once, as its session is fine: the log says it left.)
+	wait("worker a detached once the membership declares it dead", func(coordinator.Status) bool {
+		return strings.Contains(logs.String(), "worker a left: gossip: worker-a is gone")
+	})
+	cancel()
+	wg.Wait()
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

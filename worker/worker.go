@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nice-flow/nice/internal/rpcopt"
+	"github.com/nice-flow/nice/internal/session"
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
@@ -184,13 +185,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			<-stopped
 		}
 	}()
-	conn, err := grpc.NewClient(w.cfg.Coordinator,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive))
-	if err != nil {
-		return fmt.Errorf("worker %s: coordinator address %q: %w", w.cfg.ID, w.cfg.Coordinator, err)
+	dialer := w.cfg.Sessions
+	if dialer == nil {
+		conn, err := grpc.NewClient(w.cfg.Coordinator,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithKeepaliveParams(rpcopt.ClientKeepalive))
+		if err != nil {
+			return fmt.Errorf("worker %s: coordinator address %q: %w", w.cfg.ID, w.cfg.Coordinator, err)
+		}
+		defer conn.Close()
+		dialer = session.GRPC(conn)
 	}
-	defer conn.Close()
 	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator)
 
 	life, endLife := context.WithCancel(context.Background())
@@ -199,9 +204,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		w.keepSession(life, nicepb.NewCoordinatorClient(conn), sess)
+		w.keepSession(life, dialer, sess)
 	}()
-	err = w.loop(ctx, sess, serveErr)
+	err := w.loop(ctx, sess, serveErr)
 	endLife()
 	w.cancelWork()
 	close(w.quit)
@@ -342,7 +347,7 @@ func (w *Worker) cancelWork() {
 
 // keepSession keeps a session with the coordinator open until life ends,
 // reconnecting with backoff.
-func (w *Worker) keepSession(life context.Context, client nicepb.CoordinatorClient, sess chan<- sessionEvent) {
+func (w *Worker) keepSession(life context.Context, client session.Dialer, sess chan<- sessionEvent) {
 	backoff := w.cfg.RetryMin
 	for life.Err() == nil {
 		began := time.Now()
@@ -365,7 +370,7 @@ func (w *Worker) keepSession(life context.Context, client nicepb.CoordinatorClie
 
 // session is one attachment to the coordinator, from Hello until the stream
 // breaks or life ends. It tells the loop attached, each message, detached.
-func (w *Worker) session(life context.Context, client nicepb.CoordinatorClient, sess chan<- sessionEvent) error {
+func (w *Worker) session(life context.Context, client session.Dialer, sess chan<- sessionEvent) error {
 	sctx, cancel := context.WithCancel(life)
 	defer cancel()
 	post := func(ev sessionEvent) bool {
@@ -376,7 +381,7 @@ func (w *Worker) session(life context.Context, client nicepb.CoordinatorClient, 
 			return false
 		}
 	}
-	stream, err := client.Session(sctx)
+	stream, err := client.Dial(sctx)
 	if err != nil {
 		return fmt.Errorf("opening session: %w", err)
 	}
