@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/rpcopt"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -45,6 +47,8 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	defer r.post(context.Background(), event{detach: ss})
 
 	recvErr := make(chan error, 1)
+	var heard atomic.Int64 // unix nanoseconds of the last message received
+	heard.Store(time.Now().UnixNano())
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -52,11 +56,22 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 				recvErr <- err
 				return
 			}
+			heard.Store(time.Now().UnixNano())
+			if m.GetHeartbeat() != nil {
+				continue
+			}
 			if !r.post(ctx, event{msg: m, from: ss}) {
 				return
 			}
 		}
 	}()
+	beat := time.NewTicker(rpcopt.HeartbeatInterval)
+	defer beat.Stop()
+	heartbeat := &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
+	timeout := s.cfg.SessionTimeout
+	if timeout <= 0 {
+		timeout = rpcopt.DefaultSessionTimeout
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,6 +80,14 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 			return err
 		case m := <-ss.out:
 			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case now := <-beat.C:
+			if silent := now.Sub(time.Unix(0, heard.Load())); silent > timeout {
+				s.log.Warn("worker silent; ending its session", "worker", ss.id, "silent", silent.Round(time.Millisecond), "session_timeout", timeout)
+				return status.Errorf(codes.DeadlineExceeded, "worker %s silent for %v", ss.id, silent.Round(time.Millisecond))
+			}
+			if err := stream.Send(heartbeat); err != nil {
 				return err
 			}
 		}

@@ -58,6 +58,9 @@ type Config struct {
 	KeepCheckpoints int
 	// Samples is the size of each epoch's sample grid (0: none).
 	Samples int
+	// SessionTimeout ends a worker's session when it has sent nothing (not
+	// even a heartbeat) for this long (0: rpcopt.DefaultSessionTimeout).
+	SessionTimeout time.Duration
 	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }

@@ -92,6 +92,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_Eval
 	//	*WorkerMessage_RingFailure
 	//	*WorkerMessage_Leave
+	//	*WorkerMessage_Heartbeat
 	Kind          isWorkerMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -188,6 +189,15 @@ func (x *WorkerMessage) GetLeave() *Leave {
 	return nil
 }
 
+func (x *WorkerMessage) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Kind.(*WorkerMessage_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Kind interface {
 	isWorkerMessage_Kind()
 }
@@ -216,6 +226,10 @@ type WorkerMessage_Leave struct {
 	Leave *Leave `protobuf:"bytes,6,opt,name=leave,proto3,oneof"`
 }
 
+type WorkerMessage_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_Ready) isWorkerMessage_Kind() {}
@@ -227,6 +241,8 @@ func (*WorkerMessage_Eval) isWorkerMessage_Kind() {}
 func (*WorkerMessage_RingFailure) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_Leave) isWorkerMessage_Kind() {}
+
+func (*WorkerMessage_Heartbeat) isWorkerMessage_Kind() {}
 
 // Hello opens a session.
 type Hello struct {
@@ -690,6 +706,7 @@ type CoordinatorMessage struct {
 	//	*CoordinatorMessage_Start
 	//	*CoordinatorMessage_Commit
 	//	*CoordinatorMessage_Dismiss
+	//	*CoordinatorMessage_Heartbeat
 	Kind          isCoordinatorMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -786,6 +803,15 @@ func (x *CoordinatorMessage) GetDismiss() *Dismiss {
 	return nil
 }
 
+func (x *CoordinatorMessage) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Kind.(*CoordinatorMessage_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isCoordinatorMessage_Kind interface {
 	isCoordinatorMessage_Kind()
 }
@@ -814,6 +840,10 @@ type CoordinatorMessage_Dismiss struct {
 	Dismiss *Dismiss `protobuf:"bytes,6,opt,name=dismiss,proto3,oneof"`
 }
 
+type CoordinatorMessage_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*CoordinatorMessage_Welcome) isCoordinatorMessage_Kind() {}
 
 func (*CoordinatorMessage_Plan) isCoordinatorMessage_Kind() {}
@@ -826,6 +856,48 @@ func (*CoordinatorMessage_Commit) isCoordinatorMessage_Kind() {}
 
 func (*CoordinatorMessage_Dismiss) isCoordinatorMessage_Kind() {}
 
+func (*CoordinatorMessage_Heartbeat) isCoordinatorMessage_Kind() {}
+
+// Heartbeat is sent by both ends of a session every few hundred
+// milliseconds: an end that hears nothing for its session timeout ends the
+// session. A SIGKILLed or frozen container's connections vanish without a
+// reset, and gRPC's client keepalive cannot ping more often than every 10 s.
+type Heartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_coordinator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{9}
+}
+
 // Welcome answers Hello with the run's configuration (train.Config as JSON).
 type Welcome struct {
 	state                  protoimpl.MessageState `protogen:"open.v1"`
@@ -837,7 +909,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +921,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +934,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Welcome) GetConfigJson() []byte {
@@ -889,7 +961,7 @@ type RingMember struct {
 
 func (x *RingMember) Reset() {
 	*x = RingMember{}
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +973,7 @@ func (x *RingMember) String() string {
 func (*RingMember) ProtoMessage() {}
 
 func (x *RingMember) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +986,7 @@ func (x *RingMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingMember.ProtoReflect.Descriptor instead.
 func (*RingMember) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RingMember) GetId() string {
@@ -944,7 +1016,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1028,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1041,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Plan) GetGeneration() uint64 {
@@ -1014,7 +1086,7 @@ type Fetch struct {
 
 func (x *Fetch) Reset() {
 	*x = Fetch{}
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1098,7 @@ func (x *Fetch) String() string {
 func (*Fetch) ProtoMessage() {}
 
 func (x *Fetch) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1111,7 @@ func (x *Fetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fetch.ProtoReflect.Descriptor instead.
 func (*Fetch) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Fetch) GetGeneration() uint64 {
@@ -1087,7 +1159,7 @@ type Start struct {
 
 func (x *Start) Reset() {
 	*x = Start{}
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1171,7 @@ func (x *Start) String() string {
 func (*Start) ProtoMessage() {}
 
 func (x *Start) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1184,7 @@ func (x *Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Start.ProtoReflect.Descriptor instead.
 func (*Start) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Start) GetGeneration() uint64 {
@@ -1154,7 +1226,7 @@ type Dismiss struct {
 
 func (x *Dismiss) Reset() {
 	*x = Dismiss{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1238,7 @@ func (x *Dismiss) String() string {
 func (*Dismiss) ProtoMessage() {}
 
 func (x *Dismiss) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1251,7 @@ func (x *Dismiss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dismiss.ProtoReflect.Descriptor instead.
 func (*Dismiss) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Dismiss) GetCheckpointStep() int64 {
@@ -1206,7 +1278,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1290,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1303,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Commit) GetGeneration() uint64 {
@@ -1298,7 +1370,7 @@ type EpochScore struct {
 
 func (x *EpochScore) Reset() {
 	*x = EpochScore{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1382,7 @@ func (x *EpochScore) String() string {
 func (*EpochScore) ProtoMessage() {}
 
 func (x *EpochScore) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1395,7 @@ func (x *EpochScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochScore.ProtoReflect.Descriptor instead.
 func (*EpochScore) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EpochScore) GetEpoch() int32 {
@@ -1378,7 +1450,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1462,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1475,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FetchStateRequest) GetPosition() *Position {
@@ -1431,7 +1503,7 @@ type StateChunk struct {
 
 func (x *StateChunk) Reset() {
 	*x = StateChunk{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1515,7 @@ func (x *StateChunk) String() string {
 func (*StateChunk) ProtoMessage() {}
 
 func (x *StateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1528,7 @@ func (x *StateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChunk.ProtoReflect.Descriptor instead.
 func (*StateChunk) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StateChunk) GetTotal() int64 {
@@ -1488,7 +1560,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1572,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1585,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 // StatusReply is the status as one JSON object (see coordinator.Status).
@@ -1526,7 +1598,7 @@ type StatusReply struct {
 
 func (x *StatusReply) Reset() {
 	*x = StatusReply{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1610,7 @@ func (x *StatusReply) String() string {
 func (*StatusReply) ProtoMessage() {}
 
 func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1623,7 @@ func (x *StatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
 func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusReply) GetJson() []byte {
@@ -1569,7 +1641,7 @@ type CheckpointsRequest struct {
 
 func (x *CheckpointsRequest) Reset() {
 	*x = CheckpointsRequest{}
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1653,7 @@ func (x *CheckpointsRequest) String() string {
 func (*CheckpointsRequest) ProtoMessage() {}
 
 func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1666,7 @@ func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 type CheckpointsReply struct {
@@ -1606,7 +1678,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1690,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1703,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckpointsReply) GetJson() []byte {
@@ -1649,14 +1721,15 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bPosition\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\"\n" +
-	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\xa0\x02\n" +
+	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\xd4\x02\n" +
 	"\rWorkerMessage\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0e.nice.v1.HelloH\x00R\x05hello\x12&\n" +
 	"\x05ready\x18\x02 \x01(\v2\x0e.nice.v1.ReadyH\x00R\x05ready\x12)\n" +
 	"\x06report\x18\x03 \x01(\v2\x0f.nice.v1.ReportH\x00R\x06report\x12)\n" +
 	"\x04eval\x18\x04 \x01(\v2\x13.nice.v1.EvalReportH\x00R\x04eval\x129\n" +
 	"\fring_failure\x18\x05 \x01(\v2\x14.nice.v1.RingFailureH\x00R\vringFailure\x12&\n" +
-	"\x05leave\x18\x06 \x01(\v2\x0e.nice.v1.LeaveH\x00R\x05leaveB\x06\n" +
+	"\x05leave\x18\x06 \x01(\v2\x0e.nice.v1.LeaveH\x00R\x05leave\x122\n" +
+	"\theartbeat\x18\a \x01(\v2\x12.nice.v1.HeartbeatH\x00R\theartbeatB\x06\n" +
 	"\x04kind\"\x83\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12 \n" +
@@ -1703,15 +1776,17 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x98\x02\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xcc\x02\n" +
 	"\x12CoordinatorMessage\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x10.nice.v1.WelcomeH\x00R\awelcome\x12#\n" +
 	"\x04plan\x18\x02 \x01(\v2\r.nice.v1.PlanH\x00R\x04plan\x12&\n" +
 	"\x05fetch\x18\x03 \x01(\v2\x0e.nice.v1.FetchH\x00R\x05fetch\x12&\n" +
 	"\x05start\x18\x04 \x01(\v2\x0e.nice.v1.StartH\x00R\x05start\x12)\n" +
 	"\x06commit\x18\x05 \x01(\v2\x0f.nice.v1.CommitH\x00R\x06commit\x12,\n" +
-	"\adismiss\x18\x06 \x01(\v2\x10.nice.v1.DismissH\x00R\adismissB\x06\n" +
-	"\x04kind\"c\n" +
+	"\adismiss\x18\x06 \x01(\v2\x10.nice.v1.DismissH\x00R\adismiss\x122\n" +
+	"\theartbeat\x18\a \x01(\v2\x12.nice.v1.HeartbeatH\x00R\theartbeatB\x06\n" +
+	"\x04kind\"\v\n" +
+	"\tHeartbeat\"c\n" +
 	"\aWelcome\x12\x1f\n" +
 	"\vconfig_json\x18\x01 \x01(\fR\n" +
 	"configJson\x127\n" +
@@ -1799,7 +1874,7 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 	return file_coordinator_proto_rawDescData
 }
 
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_coordinator_proto_goTypes = []any{
 	(*Position)(nil),           // 0: nice.v1.Position
 	(*WorkerMessage)(nil),      // 1: nice.v1.WorkerMessage
@@ -1810,20 +1885,21 @@ var file_coordinator_proto_goTypes = []any{
 	(*Leave)(nil),              // 6: nice.v1.Leave
 	(*RingFailure)(nil),        // 7: nice.v1.RingFailure
 	(*CoordinatorMessage)(nil), // 8: nice.v1.CoordinatorMessage
-	(*Welcome)(nil),            // 9: nice.v1.Welcome
-	(*RingMember)(nil),         // 10: nice.v1.RingMember
-	(*Plan)(nil),               // 11: nice.v1.Plan
-	(*Fetch)(nil),              // 12: nice.v1.Fetch
-	(*Start)(nil),              // 13: nice.v1.Start
-	(*Dismiss)(nil),            // 14: nice.v1.Dismiss
-	(*Commit)(nil),             // 15: nice.v1.Commit
-	(*EpochScore)(nil),         // 16: nice.v1.EpochScore
-	(*FetchStateRequest)(nil),  // 17: nice.v1.FetchStateRequest
-	(*StateChunk)(nil),         // 18: nice.v1.StateChunk
-	(*StatusRequest)(nil),      // 19: nice.v1.StatusRequest
-	(*StatusReply)(nil),        // 20: nice.v1.StatusReply
-	(*CheckpointsRequest)(nil), // 21: nice.v1.CheckpointsRequest
-	(*CheckpointsReply)(nil),   // 22: nice.v1.CheckpointsReply
+	(*Heartbeat)(nil),          // 9: nice.v1.Heartbeat
+	(*Welcome)(nil),            // 10: nice.v1.Welcome
+	(*RingMember)(nil),         // 11: nice.v1.RingMember
+	(*Plan)(nil),               // 12: nice.v1.Plan
+	(*Fetch)(nil),              // 13: nice.v1.Fetch
+	(*Start)(nil),              // 14: nice.v1.Start
+	(*Dismiss)(nil),            // 15: nice.v1.Dismiss
+	(*Commit)(nil),             // 16: nice.v1.Commit
+	(*EpochScore)(nil),         // 17: nice.v1.EpochScore
+	(*FetchStateRequest)(nil),  // 18: nice.v1.FetchStateRequest
+	(*StateChunk)(nil),         // 19: nice.v1.StateChunk
+	(*StatusRequest)(nil),      // 20: nice.v1.StatusRequest
+	(*StatusReply)(nil),        // 21: nice.v1.StatusReply
+	(*CheckpointsRequest)(nil), // 22: nice.v1.CheckpointsRequest
+	(*CheckpointsReply)(nil),   // 23: nice.v1.CheckpointsReply
 }
 var file_coordinator_proto_depIdxs = []int32{
 	2,  // 0: nice.v1.WorkerMessage.hello:type_name -> nice.v1.Hello
@@ -1832,32 +1908,34 @@ var file_coordinator_proto_depIdxs = []int32{
 	5,  // 3: nice.v1.WorkerMessage.eval:type_name -> nice.v1.EvalReport
 	7,  // 4: nice.v1.WorkerMessage.ring_failure:type_name -> nice.v1.RingFailure
 	6,  // 5: nice.v1.WorkerMessage.leave:type_name -> nice.v1.Leave
-	0,  // 6: nice.v1.Ready.position:type_name -> nice.v1.Position
-	0,  // 7: nice.v1.Leave.position:type_name -> nice.v1.Position
-	9,  // 8: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
-	11, // 9: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
-	12, // 10: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
-	13, // 11: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
-	15, // 12: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
-	14, // 13: nice.v1.CoordinatorMessage.dismiss:type_name -> nice.v1.Dismiss
-	10, // 14: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
-	0,  // 15: nice.v1.Plan.position:type_name -> nice.v1.Position
-	0,  // 16: nice.v1.Fetch.position:type_name -> nice.v1.Position
-	0,  // 17: nice.v1.Start.position:type_name -> nice.v1.Position
-	0,  // 18: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
-	1,  // 19: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
-	19, // 20: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
-	21, // 21: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
-	17, // 22: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
-	8,  // 23: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
-	20, // 24: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
-	22, // 25: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
-	18, // 26: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	9,  // 6: nice.v1.WorkerMessage.heartbeat:type_name -> nice.v1.Heartbeat
+	0,  // 7: nice.v1.Ready.position:type_name -> nice.v1.Position
+	0,  // 8: nice.v1.Leave.position:type_name -> nice.v1.Position
+	10, // 9: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
+	12, // 10: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
+	13, // 11: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
+	14, // 12: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
+	16, // 13: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
+	15, // 14: nice.v1.CoordinatorMessage.dismiss:type_name -> nice.v1.Dismiss
+	9,  // 15: nice.v1.CoordinatorMessage.heartbeat:type_name -> nice.v1.Heartbeat
+	11, // 16: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
+	0,  // 17: nice.v1.Plan.position:type_name -> nice.v1.Position
+	0,  // 18: nice.v1.Fetch.position:type_name -> nice.v1.Position
+	0,  // 19: nice.v1.Start.position:type_name -> nice.v1.Position
+	0,  // 20: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
+	1,  // 21: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
+	20, // 22: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
+	22, // 23: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
+	18, // 24: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
+	8,  // 25: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
+	21, // 26: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
+	23, // 27: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
+	19, // 28: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -1872,6 +1950,7 @@ func file_coordinator_proto_init() {
 		(*WorkerMessage_Eval)(nil),
 		(*WorkerMessage_RingFailure)(nil),
 		(*WorkerMessage_Leave)(nil),
+		(*WorkerMessage_Heartbeat)(nil),
 	}
 	file_coordinator_proto_msgTypes[8].OneofWrappers = []any{
 		(*CoordinatorMessage_Welcome)(nil),
@@ -1880,6 +1959,7 @@ func file_coordinator_proto_init() {
 		(*CoordinatorMessage_Start)(nil),
 		(*CoordinatorMessage_Commit)(nil),
 		(*CoordinatorMessage_Dismiss)(nil),
+		(*CoordinatorMessage_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1887,7 +1967,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
 	"github.com/nice-flow/nice/ring"
 )
@@ -37,6 +38,9 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Ring tunes the all-reduce.
 	Ring ring.Config
+	// SessionTimeout ends the session when the coordinator has sent nothing
+	// (not even a heartbeat) for this long; the worker then reconnects.
+	SessionTimeout time.Duration
 	// LeaveTimeout bounds how long a worker told to stop waits for the
 	// coordinator to dismiss it (once its state is checkpointed). Keep it
 	// below the container's stop grace period.
@@ -50,14 +54,15 @@ type Config struct {
 // DefaultConfig returns a worker configuration for a loopback cluster.
 func DefaultConfig() Config {
 	return Config{
-		Listen:        "127.0.0.1:0",
-		AdvertiseHost: "127.0.0.1",
-		Coordinator:   "127.0.0.1:7000",
-		DigestEvery:   10,
-		RetryMin:      100 * time.Millisecond,
-		RetryMax:      2 * time.Second,
-		LeaveTimeout:  20 * time.Second,
-		Ring:          ring.DefaultConfig(),
+		Listen:         "127.0.0.1:0",
+		AdvertiseHost:  "127.0.0.1",
+		Coordinator:    "127.0.0.1:7000",
+		DigestEvery:    10,
+		RetryMin:       100 * time.Millisecond,
+		RetryMax:       2 * time.Second,
+		LeaveTimeout:   20 * time.Second,
+		SessionTimeout: rpcopt.DefaultSessionTimeout,
+		Ring:           ring.DefaultConfig(),
 	}
 }
 
@@ -69,6 +74,9 @@ func (c Config) Validate() error {
 	}
 	if c.Coordinator == "" && c.Sessions == nil {
 		errs = append(errs, errors.New("coordinator address is empty"))
+	}
+	if c.SessionTimeout < 2*rpcopt.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("session timeout %v: must be at least %v (two heartbeats)", c.SessionTimeout, 2*rpcopt.HeartbeatInterval))
 	}
 	if c.LeaveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("leave timeout %v: must be positive", c.LeaveTimeout))

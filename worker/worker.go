@@ -410,6 +410,8 @@ func (w *Worker) session(life context.Context, client session.Dialer, sess chan<
 	defer post(sessionEvent{detached: true})
 
 	recvErr := make(chan error, 1)
+	var heard atomic.Int64 // unix nanoseconds of the last message received
+	heard.Store(time.Now().UnixNano())
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -417,11 +419,18 @@ func (w *Worker) session(life context.Context, client session.Dialer, sess chan<
 				recvErr <- err
 				return
 			}
+			heard.Store(time.Now().UnixNano())
+			if m.GetHeartbeat() != nil {
+				continue
+			}
 			if !post(sessionEvent{msg: m}) {
 				return
 			}
 		}
 	}()
+	beat := time.NewTicker(rpcopt.HeartbeatInterval)
+	defer beat.Stop()
+	heartbeat := &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
 	for {
 		select {
 		case err := <-recvErr:
@@ -430,6 +439,13 @@ func (w *Worker) session(life context.Context, client session.Dialer, sess chan<
 			return sctx.Err()
 		case m := <-out:
 			if err := stream.Send(m); err != nil {
+				return fmt.Errorf("sending to the coordinator: %w", err)
+			}
+		case now := <-beat.C:
+			if silent := now.Sub(time.Unix(0, heard.Load())); silent > w.cfg.SessionTimeout {
+				return fmt.Errorf("the coordinator has been silent for %v (session timeout %v)", silent.Round(time.Millisecond), w.cfg.SessionTimeout)
+			}
+			if err := stream.Send(heartbeat); err != nil {
 				return fmt.Errorf("sending to the coordinator: %w", err)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
+	"github.com/nice-flow/nice/internal/rpcopt"
 )
 
 func init() {
@@ -34,6 +35,7 @@ type serveFlags struct {
 	keep      int
 	settle    time.Duration
 	stepTO    time.Duration
+	sessionTO time.Duration
 	samples   int
 	maxSteps  int64
 	verbose   bool
@@ -51,6 +53,7 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.IntVar(&sf.keep, "keep", 3, "checkpoints to keep")
 	fs.DurationVar(&sf.settle, "settle", 500*time.Millisecond, "quiet time after a worker joins before a new generation takes it in")
 	fs.DurationVar(&sf.stepTO, "step-timeout", 3*time.Minute, "redo a step that takes longer than this")
+	fs.DurationVar(&sf.sessionTO, "session-timeout", rpcopt.DefaultSessionTimeout, "drop a worker that has sent nothing, not even a heartbeat, for this long (it must exceed the longest pause of a live worker)")
 	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
 	fs.Int64Var(&sf.maxSteps, "max-steps", 0, "hold training once this many steps are committed in all, with a checkpoint (0: train every epoch)")
 	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
@@ -86,7 +89,7 @@ func (sf *serveFlags) config() (coordinator.Config, error) {
 	}
 	c := coordinator.Config{
 		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
-		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples,
+		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO,
 	}
 	if sf.gossip != "" {
 		gh, gp, err := net.SplitHostPort(sf.gossip)

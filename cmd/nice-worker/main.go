@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string) error {
 	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
 	digestEvery := fs.Int("digest-every", d.DigestEvery, "send a parameter digest every this many steps (0: never)")
 	leaveTimeout := fs.Duration("leave-timeout", d.LeaveTimeout, "on SIGTERM, wait at most this long for the coordinator to checkpoint this worker's state and let it go (keep below the container's stop grace period)")
+	sessionTimeout := fs.Duration("session-timeout", d.SessionTimeout, "reconnect when the coordinator has sent nothing, not even a heartbeat, for this long")
 	verbose := fs.Bool("v", false, "log debug details")
 	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring or report (e.g. ring@5:500ms)")
 	if err := fs.Parse(args); err != nil {
@@ -105,6 +106,7 @@ func run(ctx context.Context, args []string) error {
 	cfg.ID, cfg.Coordinator, cfg.Listen, cfg.AdvertiseHost, cfg.DataDir = *id, *coord, *listen, advHost, *data
 	cfg.DigestEvery = *digestEvery
 	cfg.LeaveTimeout = *leaveTimeout
+	cfg.SessionTimeout = *sessionTimeout
 	if *fault != "" {
 		if cfg.Fault, err = worker.ParseFault(*fault); err != nil {
 			return err

@@ -180,6 +180,13 @@ func (p *Proc) Kill() {
 	<-p.done
 }
 
+// Freeze stops the process (SIGSTOP), as docker pause does: its sockets stay
+// open and silent. Thaw lets it go on (SIGCONT).
+func (p *Proc) Freeze() { p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen process.
+func (p *Proc) Thaw() { p.cmd.Process.Signal(syscall.SIGCONT) }
+
 // Stop sends SIGTERM and waits (up to timeout) for a clean exit.
 func (p *Proc) Stop(timeout time.Duration) error {
 	p.cmd.Process.Signal(syscall.SIGTERM)

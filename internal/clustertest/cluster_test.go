@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,6 +182,40 @@ func TestWorkerKilledMidStep(t *testing.T) {
 			checkLedger(t, c, stop)
 		})
 	}
+}
+
+// A worker frozen (SIGSTOP: its connections stay open and silent, as with
+// docker pause) is dropped once its heartbeats stop, within the session
+// timeout; the others go on; thawed, it comes back with the replicas' state.
+func TestFrozenWorkerDroppedAndBack(t *testing.T) {
+	needMNIST(t)
+	const stop = 100
+	c := startCluster(t, 3, "--max-steps", fmt.Sprint(stop), "--checkpoint-every", "50")
+	c.WaitStatus("3 workers training", time.Minute, func(s *coordinator.Status) bool {
+		return s.Phase == "running" && len(s.Ring) == 3 && s.Step >= 3
+	})
+	victim := c.Workers["w2"]
+	frozen := time.Now()
+	victim.Freeze()
+	st := c.WaitStatus("w2 dropped and training going on with 2", 30*time.Second, func(s *coordinator.Status) bool {
+		return len(s.Ring) == 2 && !slices.Contains(s.Ring, "w2") && s.Phase == "running"
+	})
+	t.Logf("frozen w2 dropped, training with %v at step %d, %.2fs after the freeze", st.Ring, st.Step, time.Since(frozen).Seconds())
+	after := st.Step
+	c.WaitStatus("steps going on without w2", 30*time.Second, func(s *coordinator.Status) bool { return s.Step >= after+3 })
+	victim.Thaw()
+	held := c.HeldWith(stop, 3, 3*time.Minute)
+	final, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := &nicepb.Position{Step: held.Position.Step, Epoch: int32(held.Position.Epoch), StepInEpoch: int32(held.Position.StepInEpoch)}
+	for _, w := range final.Workers {
+		if err := sameBits(c.FetchState(w.Addr, pos), held); err != nil {
+			t.Fatalf("worker %s holds another state than the checkpoint: %v", w.ID, err)
+		}
+	}
+	checkLedger(t, c, stop)
 }
 
 // The coordinator SIGKILLed mid-run and started again resumes from its newest

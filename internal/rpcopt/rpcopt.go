@@ -35,3 +35,14 @@ func ServerKeepalive() []grpc.ServerOption {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 	}
 }
+
+// Session heartbeats: both ends of a worker's session send a Heartbeat
+// every HeartbeatInterval, and end the session when they hear nothing for
+// their session timeout (DefaultSessionTimeout unless configured). This is
+// the fast failure signal for a dead or frozen peer whose connection
+// vanished without a reset; it must exceed the longest pause of a live
+// process on a busy host.
+const (
+	HeartbeatInterval     = 250 * time.Millisecond
+	DefaultSessionTimeout = 1500 * time.Millisecond
+)
