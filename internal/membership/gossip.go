@@ -103,6 +103,9 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	}
 	g.ml, err = memberlist.Create(mc)
 	if err != nil {
+		if mc.Transport != nil {
+			_ = mc.Transport.Shutdown()
+		}
 		g.queue.close()
 		return nil, fmt.Errorf("starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}

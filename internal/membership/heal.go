@@ -48,9 +48,6 @@ func (g *Gossip) heal(ctx context.Context, seeds []string, every, lookupTimeout 
 	defer g.healDone.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
-	// Seeds that did not answer, so that an outage is logged once at Info
-	// rather than at every attempt.
-	lost := map[string]bool{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -61,40 +58,34 @@ func (g *Gossip) heal(ctx context.Context, seeds []string, every, lookupTimeout 
 			if ctx.Err() != nil {
 				return
 			}
-			g.healSeed(ctx, seed, lookupTimeout, lost)
+			g.healSeed(ctx, seed, lookupTimeout)
 		}
 	}
 }
 
-func (g *Gossip) healSeed(ctx context.Context, seed string, lookupTimeout time.Duration, lost map[string]bool) {
+// healSeed joins through seed if nobody answers at its address. Failures
+// are Debug: a seed that is merely slow fails a ping now and then on a busy
+// machine, and one that is gone is reported by failure detection. What is
+// news is a new member found at a seed's address.
+func (g *Gossip) healSeed(ctx context.Context, seed string, lookupTimeout time.Duration) {
 	addrs, err := resolveSeed(ctx, g.resolver, seed, lookupTimeout)
 	if err != nil {
 		g.log.Debug("seed not resolved; will try again", "seed", seed, "err", err)
 		return
 	}
 	if g.answersAt(addrs) {
-		delete(lost, seed)
 		return
 	}
 	known := g.membersAt(addrs)
 	n, err := g.ml.Join(addrs)
 	if err != nil {
-		if !lost[seed] {
-			lost[seed] = true
-			g.log.Info("seed does not answer; joining through it every interval until it does", "seed", seed, "err", oneLine(err))
-		} else {
-			g.log.Debug("joining through seed failed", "seed", seed, "err", oneLine(err))
-		}
+		g.log.Debug("joining through seed failed; will try again", "seed", seed, "err", oneLine(err))
 		return
 	}
 	for _, name := range g.membersAt(addrs) {
 		if !slices.Contains(known, name) {
 			g.log.Info("joined through seed again: a new member answers at its address", "seed", seed, "member", name, "contacted", n)
 		}
-	}
-	if lost[seed] {
-		g.log.Info("seed answers again", "seed", seed)
-		delete(lost, seed)
 	}
 }
 
