@@ -133,7 +133,7 @@ type Config struct {
 // them and watches what nothing else does. A seed that restarts is found
 // again by the heal loop within about RejoinInterval + ProbeTimeout (2 s),
 // however slow failure detection is. On machines with idle cores,
-// ProbeInterval 1 s halves every figure.
+// ProbeInterval 1 s with ProbeTimeout 0.5 s halves every figure.
 func DefaultConfig() Config {
 	return Config{
 		BindAddr:         "0.0.0.0",
