@@ -50,9 +50,9 @@ func (t *Trainer) CopyInto(dst *State) {
 			*b = make([]float32, n)
 		}
 	}
-	copy(dst.Params, t.Model.Params)
-	copy(dst.M, t.Opt.M)
-	copy(dst.V, t.Opt.V)
+	copyFloats(dst.Params, t.Model.Params)
+	copyFloats(dst.M, t.Opt.M)
+	copyFloats(dst.V, t.Opt.V)
 	dst.Config, dst.Position, dst.AdamStep = t.Config, t.Position, t.Opt.Step
 	dst.LossSum, dst.LossN = t.lossSum, t.lossN
 	dst.History = History{

@@ -92,8 +92,14 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	var lenBuf [8]byte
 	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(js)))
 	for _, part := range [][]byte{[]byte(stateMagic), lenBuf[:], js, floatBytes(s.Params), floatBytes(s.M), floatBytes(s.V)} {
-		if _, err := cw.Write(part); err != nil {
-			return cw.n, fmt.Errorf("writing state: %w", err)
+		// In pieces: one write of 77 MB (a copy and a hash that cannot be
+		// preempted) stalls the process's other goroutines (see copyFloats).
+		for len(part) > 0 {
+			k := min(len(part), pieceBytes)
+			if _, err := cw.Write(part[:k]); err != nil {
+				return cw.n, fmt.Errorf("writing state: %w", err)
+			}
+			part = part[k:]
 		}
 	}
 	k, err := w.Write(sum.Sum(nil))
@@ -143,8 +149,12 @@ func ReadState(r io.Reader) (*State, error) {
 	s := &State{Config: h.Config, Position: h.Position, AdamStep: h.AdamStep, History: h.History, LossSum: h.LossSum, LossN: h.LossN}
 	for _, p := range []*[]float32{&s.Params, &s.M, &s.V} {
 		*p = make([]float32, h.Floats)
-		if _, err := io.ReadFull(tr, floatBytes(*p)); err != nil {
-			return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
+		for b := floatBytes(*p); len(b) > 0; {
+			k := min(len(b), pieceBytes) // in pieces, as WriteTo writes
+			if _, err := io.ReadFull(tr, b[:k]); err != nil {
+				return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
+			}
+			b = b[k:]
 		}
 	}
 	return s, checkSum(r, sum)

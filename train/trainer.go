@@ -98,9 +98,9 @@ func (t *Trainer) SetState(s *State) error {
 	if len(s.Params) != n || len(s.M) != n || len(s.V) != n {
 		return fmt.Errorf("state holds %d/%d/%d floats, the model needs %d", len(s.Params), len(s.M), len(s.V), n)
 	}
-	copy(t.Model.Params, s.Params)
-	copy(t.Opt.M, s.M)
-	copy(t.Opt.V, s.V)
+	copyFloats(t.Model.Params, s.Params)
+	copyFloats(t.Opt.M, s.M)
+	copyFloats(t.Opt.V, s.V)
 	t.Opt.Step = s.AdamStep
 	t.Position = s.Position
 	t.History = History{
@@ -124,10 +124,16 @@ func (t *Trainer) State() *State {
 		},
 		LossSum: t.lossSum,
 		LossN:   t.lossN,
-		Params:  append([]float32(nil), t.Model.Params...),
-		M:       append([]float32(nil), t.Opt.M...),
-		V:       append([]float32(nil), t.Opt.V...),
+		Params:  cloneFloats(t.Model.Params),
+		M:       cloneFloats(t.Opt.M),
+		V:       cloneFloats(t.Opt.V),
 	}
+}
+
+func cloneFloats(f []float32) []float32 {
+	c := make([]float32, len(f))
+	copyFloats(c, f)
+	return c
 }
 
 // StepsPerEpoch is the number of global batches in an epoch.
