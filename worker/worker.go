@@ -398,55 +398,73 @@ func (w *Worker) session(life context.Context, client session.Dialer, sess chan<
 	if welcome == nil {
 		return fmt.Errorf("coordinator sent %T before its welcome", first.Kind)
 	}
-	epochs, err := w.configure(welcome.ConfigJson)
-	if err != nil {
-		return err
-	}
-	w.log.Info("attached to the coordinator", "coordinator_incarnation", welcome.CoordinatorIncarnation)
-	out := make(chan *nicepb.WorkerMessage, 256)
-	if !post(sessionEvent{attached: true, out: out, epochs: epochs}) {
-		return life.Err()
-	}
-	defer post(sessionEvent{detached: true})
-
-	recvErr := make(chan error, 1)
+	// From here both directions run on their own goroutines, so that the
+	// heartbeats flow while the configuration loads (MNIST: seconds on a
+	// busy host) and the coordinator never sees a silent session.
 	var heard atomic.Int64 // unix nanoseconds of the last message received
 	heard.Store(time.Now().UnixNano())
+	failed := make(chan error, 2)
+	msgs := make(chan *nicepb.CoordinatorMessage, 1024)
 	go func() {
 		for {
 			m, err := stream.Recv()
 			if err != nil {
-				recvErr <- err
+				failed <- fmt.Errorf("session ended: %w", err)
 				return
 			}
 			heard.Store(time.Now().UnixNano())
 			if m.GetHeartbeat() != nil {
 				continue
 			}
-			if !post(sessionEvent{msg: m}) {
+			select {
+			case msgs <- m:
+			case <-sctx.Done():
 				return
 			}
 		}
 	}()
-	beat := time.NewTicker(rpcopt.HeartbeatInterval)
-	defer beat.Stop()
-	heartbeat := &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
+	out := make(chan *nicepb.WorkerMessage, 256)
+	go func() {
+		beat := time.NewTicker(rpcopt.HeartbeatInterval)
+		defer beat.Stop()
+		heartbeat := &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
+		for {
+			var m *nicepb.WorkerMessage
+			select {
+			case <-sctx.Done():
+				return
+			case m = <-out:
+			case now := <-beat.C:
+				if silent := now.Sub(time.Unix(0, heard.Load())); silent > w.cfg.SessionTimeout {
+					failed <- fmt.Errorf("the coordinator has been silent for %v (session timeout %v)", silent.Round(time.Millisecond), w.cfg.SessionTimeout)
+					return
+				}
+				m = heartbeat
+			}
+			if err := stream.Send(m); err != nil {
+				failed <- fmt.Errorf("sending to the coordinator: %w", err)
+				return
+			}
+		}
+	}()
+	epochs, err := w.configure(welcome.ConfigJson)
+	if err != nil {
+		return err
+	}
+	w.log.Info("attached to the coordinator", "coordinator_incarnation", welcome.CoordinatorIncarnation)
+	if !post(sessionEvent{attached: true, out: out, epochs: epochs}) {
+		return life.Err()
+	}
+	defer post(sessionEvent{detached: true})
 	for {
 		select {
-		case err := <-recvErr:
-			return fmt.Errorf("session ended: %w", err)
+		case err := <-failed:
+			return err
 		case <-sctx.Done():
 			return sctx.Err()
-		case m := <-out:
-			if err := stream.Send(m); err != nil {
-				return fmt.Errorf("sending to the coordinator: %w", err)
-			}
-		case now := <-beat.C:
-			if silent := now.Sub(time.Unix(0, heard.Load())); silent > w.cfg.SessionTimeout {
-				return fmt.Errorf("the coordinator has been silent for %v (session timeout %v)", silent.Round(time.Millisecond), w.cfg.SessionTimeout)
-			}
-			if err := stream.Send(heartbeat); err != nil {
-				return fmt.Errorf("sending to the coordinator: %w", err)
+		case m := <-msgs:
+			if !post(sessionEvent{msg: m}) {
+				return life.Err()
 			}
 		}
 	}
