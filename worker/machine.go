@@ -315,12 +315,11 @@ func (m *Machine) onStart(s *nicepb.Start, a *Actions) {
 	want := statexfer.FromPB(s.Position)
 	if !m.digestKnown || m.pos != want || m.digest != s.StateDigest {
 		// The coordinator believes this worker holds the generation's state
-		// and it does not: say what it holds and do not train.
+		// and it does not: do not train, and have the generation redone.
 		a.Logs = append(a.Logs, fmt.Sprintf("generation %d starts from step %d digest %016x, this worker holds step %d digest %016x (known %v): not training",
 			s.Generation, want.Step, s.StateDigest, m.pos.Step, m.digest, m.digestKnown))
-		if m.digestKnown {
-			a.Send = append(a.Send, m.readyMsg())
-		}
+		a.Send = append(a.Send, m.failureMsg(s.Generation, "this worker does not hold the state the generation starts from"))
+		m.broken = true
 		return
 	}
 	m.started = true
@@ -407,9 +406,8 @@ func (m *Machine) Computed(now time.Time, r ComputeResult) Actions {
 	}
 	if r.Err != nil {
 		m.broken = true
-		a.Send = append(a.Send, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_RingFailure{RingFailure: &nicepb.RingFailure{
-			Generation: r.Generation, PeerId: r.Peer, Error: r.Err.Error(),
-		}}})
+		a.Send = append(a.Send, m.failureMsg(r.Generation, r.Err.Error()))
+		a.Send[len(a.Send)-1].GetRingFailure().PeerId = r.Peer
 		a.Logs = append(a.Logs, fmt.Sprintf("all-reduce of step %d failed: %v", r.Step, r.Err))
 		return a
 	}
@@ -434,6 +432,7 @@ func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, err err
 		// coordinator times the step out and re-plans, and this worker's
 		// Ready then shows its state.
 		m.broken = true
+		a.Send = append(a.Send, m.failureMsg(gen, "committed step not applied: "+err.Error()))
 		a.Logs = append(a.Logs, fmt.Sprintf("committed step not applied: %v", err))
 		m.next(&a)
 		return a
@@ -526,6 +525,12 @@ func (m *Machine) next(a *Actions) {
 		a.Compute = &ComputeOrder{Generation: gen, Position: m.pos, Rank: int(m.plan.Rank), Size: len(m.plan.Ring),
 			ParamsDigest: m.cfg.DigestEvery > 0 && m.pos.Step%int64(m.cfg.DigestEvery) == 0}
 	}
+}
+
+// failureMsg tells the coordinator that this worker cannot go on in
+// generation gen (it re-plans after its ring grace).
+func (m *Machine) failureMsg(gen uint64, why string) *nicepb.WorkerMessage {
+	return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_RingFailure{RingFailure: &nicepb.RingFailure{Generation: gen, Error: why}}}
 }
 
 func (m *Machine) readyMsg() *nicepb.WorkerMessage {
