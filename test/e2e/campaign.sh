@@ -4,7 +4,7 @@
 # uninterrupted run of the same configuration learns.
 #
 #   1. an uninterrupted run: coordinator and 4 workers, a tiny model (hidden 32 x 1
-#      per coupling, batch 64, learning rate 1e-4, 4 epochs), to the end; its
+#      per coupling, batch 64, learning rate 1e-4, 6 epochs), to the end; its
 #      per-epoch test log-likelihoods (status "scores") are the reference
 #   2. the same configuration again from an empty volume, while E2E_FAULTS faults
 #      drawn in seeded random order hit it, each after a seeded random wait:
@@ -53,7 +53,9 @@
 #   E2E_GAP_MAX     most seconds to wait before each fault (default 6)
 #   E2E_DOWN_MAX    most seconds a worker stays killed, frozen or cut off (default 10)
 #   E2E_EPOCHS, E2E_HIDDEN, E2E_LAYERS, E2E_BATCH, E2E_LR, E2E_CHECKPOINT_EVERY
-#                   the training run (defaults 4, 32, 1, 64, 1e-4, 50)
+#                   the training run (defaults 6, 32, 1, 64, 1e-4, 50; 6 epochs
+#                   take about 2.5 minutes on two cores, so most faults land
+#                   while it trains and the last ones once it has finished)
 #   E2E_VALIDATION=1  train with --validation (score on held-out training images)
 #   E2E_TOL         relative tolerance on each epoch's test log-likelihood (default 1e-5)
 #   E2E_BASELINE    a file for the reference scores: read if it exists (and made
@@ -81,7 +83,7 @@ E2E_FAULTS=${E2E_FAULTS:-12}
 E2E_KINDS=${E2E_KINDS:-$ALL_KINDS}
 E2E_GAP_MAX=${E2E_GAP_MAX:-6}
 E2E_DOWN_MAX=${E2E_DOWN_MAX:-10}
-E2E_EPOCHS=${E2E_EPOCHS:-4}
+E2E_EPOCHS=${E2E_EPOCHS:-6}
 E2E_HIDDEN=${E2E_HIDDEN:-32}
 E2E_LAYERS=${E2E_LAYERS:-1}
 E2E_BATCH=${E2E_BATCH:-64}
