@@ -189,7 +189,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.own = ownState{pos: st.Position, blob: st.Encode(), digest: st.Digest()}
 	s.params = len(st.Params)
-	s.scores = append(s.scores, st.History.Epochs...)
+	kept, err := loadScores(cfg.StateDir, st.Config.Hash())
+	if err != nil {
+		return fail(err)
+	}
+	s.scores = mergeScores(append(s.scores, st.History.Epochs...), kept)
 
 	trainN, evalN := mnist.TrainSize, mnist.TestSize
 	if st.Config.Validation {
@@ -208,7 +212,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.advertise = adv
 	s.m = NewMachine(mc, st.Position, s.own.digest, adv)
-	if e := st.Position.Epoch; e > 0 && st.Position.StepInEpoch == 0 && !slices.ContainsFunc(st.History.Epochs, func(r train.EpochResult) bool { return r.Epoch == e }) {
+	if e := st.Position.Epoch; e > 0 && st.Position.StepInEpoch == 0 && !slices.ContainsFunc(s.scores, func(r train.EpochResult) bool { return r.Epoch == e }) {
 		s.m.NeedScore(e)
 	}
 	if s.ledgerF, err = os.OpenFile(filepath.Join(cfg.StateDir, "ledger.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
@@ -593,7 +597,11 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 	// An epoch scored again (its checkpoint was resumed before its score
 	// was kept) replaces its entry.
 	s.scores = slices.DeleteFunc(s.scores, func(e train.EpochResult) bool { return e.Epoch == r.Epoch })
-	s.scores = append(s.scores, r)
+	s.scores = mergeScores(s.scores, []train.EpochResult{r})
+	kept := slices.Clone(s.scores)
 	s.mu.Unlock()
+	if err := saveScores(s.cfg.StateDir, s.cfg.Train.Hash(), kept); err != nil {
+		s.log.Warn("epoch scores not kept on disk; the checkpoints still carry them", "err", err)
+	}
 	s.log.Info("epoch scored", "epoch", r.Epoch, "test_ll", fmt.Sprintf("%.2f", r.TestLL), "bits_per_dim", fmt.Sprintf("%.4f", r.BitsPerDim))
 }
