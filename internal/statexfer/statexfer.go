@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -96,7 +97,18 @@ func (c *chunkWriter) flush() error {
 // Fetch downloads the state at pos (or the source's snapshot at pos) from the
 // StateService at conn and returns the encoded bytes. It fails with an error
 // wrapping ErrUnavailable when the source does not hold that state.
+//
+// A transfer that stalls fails: the first chunk must come within
+// FirstChunkWait (a snapshot is taken when the commit asking for it is
+// applied), each later one within ChunkWait. A source that vanished without
+// closing its connection thus holds nobody for long.
 func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Position, snapshot bool) ([]byte, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(FirstChunkWait, func() {
+		cancel(fmt.Errorf("no state from the source within %v", FirstChunkWait))
+	})
+	defer idle.Stop()
 	stream, err := nicepb.NewStateServiceClient(conn).FetchState(ctx, &nicepb.FetchStateRequest{Position: pos, Snapshot: snapshot},
 		grpc.MaxCallRecvMsgSize(2*ChunkBytes))
 	if err != nil {
@@ -113,8 +125,12 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 			if status.Code(err) == codes.FailedPrecondition {
 				return nil, fmt.Errorf("fetching state at step %d: %w", pos.GetStep(), unavailableError(status.Convert(err).Message()))
 			}
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+				err = cause
+			}
 			return nil, fmt.Errorf("fetching state at step %d: %w", pos.GetStep(), err)
 		}
+		idle.Reset(ChunkWait)
 		if total < 0 {
 			total = c.Total
 			if total < 0 || total > MaxStateBytes {
@@ -135,6 +151,12 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, pos *nicepb.Posit
 	}
 	return buf.Bytes(), nil
 }
+
+// How long Fetch waits for the first chunk of a state and for each later one.
+var (
+	FirstChunkWait = 40 * time.Second
+	ChunkWait      = 10 * time.Second
+)
 
 // ToPB converts a training position to its message.
 func ToPB(p train.Position) *nicepb.Position {

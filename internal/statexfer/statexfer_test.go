@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -101,5 +103,38 @@ func TestPositionRoundTrip(t *testing.T) {
 	}
 	if got := FromPB(nil); got != (train.Position{}) {
 		t.Fatalf("nil became %+v", got)
+	}
+}
+
+// stallingSource sends one chunk's worth, then stops sending until its
+// request ends (a source that froze).
+type stallingSource struct{}
+
+func (stallingSource) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), w io.Writer) error {
+	size(3 * ChunkBytes)
+	if _, err := w.Write(make([]byte, ChunkBytes)); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A transfer that stops making progress fails after ChunkWait, naming why,
+// instead of holding its caller until the caller's own deadline.
+func TestFetchStalledSource(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // after the server stops
+	first, each := FirstChunkWait, ChunkWait
+	FirstChunkWait, ChunkWait = 5*time.Second, 300*time.Millisecond
+	t.Cleanup(func() { FirstChunkWait, ChunkWait = first, each })
+	conn := serve(t, stallingSource{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	_, err := Fetch(ctx, conn, &nicepb.Position{Step: 7}, false)
+	if err == nil || !strings.Contains(err.Error(), "no state from the source") {
+		t.Fatalf("a stalled transfer gave %v", err)
+	}
+	if d := time.Since(t0); d > 30*time.Second {
+		t.Fatalf("a stalled transfer took %v to fail", d)
 	}
 }
