@@ -456,7 +456,7 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
 	m.refDigest = 0
-	m.settleLeavers(out)
+	m.settleLeavers(now, out)
 	for _, w := range m.workers {
 		w.member, w.ready, w.fetched, w.synced = false, nil, false, false
 	}
@@ -747,7 +747,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	out.Committed = c
 	m.next = after
 	if snapshot {
-		out.Snapshot = &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen}
+		m.ask(now, out, &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen})
 		m.snapshotWanted = false
 	}
 	m.phaseSince = now
@@ -807,7 +807,7 @@ func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 	if m.phase == Finished {
 		// No commit follows to carry the score into a checkpoint: take the
 		// final state, live, from a member.
-		out.Snapshot = &SnapshotRequest{Position: m.next, Addr: m.workers[m.ring[0]].addr, Generation: m.gen, Live: true}
+		m.ask(now, &out, &SnapshotRequest{Position: m.next, Addr: m.workers[m.ring[0]].addr, Generation: m.gen, Live: true})
 	}
 	return out
 }
@@ -919,7 +919,7 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 		// committed): save it first; it may be the only copy.
 		w.leaveAt = pos.Step
 		if out.Snapshot == nil {
-			out.Snapshot = &SnapshotRequest{Position: pos, Addr: w.addr, Generation: m.gen, Live: true}
+			m.ask(now, &out, &SnapshotRequest{Position: pos, Addr: w.addr, Generation: m.gen, Live: true})
 		}
 	}
 	if w.member && m.phase == Preparing {
@@ -932,7 +932,7 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 // settleLeavers runs before a new generation forms other than by a commit
 // that held for them (a member died, say): members still waiting for that
 // commit are let go once the state they hold now, at next, is stored.
-func (m *Machine) settleLeavers(out *Output) {
+func (m *Machine) settleLeavers(now time.Time, out *Output) {
 	var src *workerState
 	for _, id := range m.Workers() {
 		w := m.workers[id]
@@ -945,17 +945,23 @@ func (m *Machine) settleLeavers(out *Output) {
 	}
 	m.leaveWanted = false
 	if src != nil {
-		m.saveLive(src, out)
+		m.saveLive(now, src, out)
 	}
 }
 
 // saveLive asks for a checkpoint of the live state at next from w, which
 // holds it and is not training, unless one is stored already.
-func (m *Machine) saveLive(w *workerState, out *Output) {
+func (m *Machine) saveLive(now time.Time, w *workerState, out *Output) {
 	if m.stored >= m.next.Step || out.Snapshot != nil {
 		return
 	}
-	out.Snapshot = &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true}
+	m.ask(now, out, &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true})
+}
+
+// ask puts a snapshot request into out and notes when (see retrySave).
+func (m *Machine) ask(now time.Time, out *Output, r *SnapshotRequest) {
+	out.Snapshot = r
+	m.saveAsked = now
 }
 
 // Stored records that the checkpoint of the state at pos is on disk, and
@@ -995,9 +1001,8 @@ func (m *Machine) retrySave(now time.Time, out *Output) {
 	if w == nil || !w.synced {
 		return
 	}
-	m.saveAsked = now
 	out.Logs = append(out.Logs, fmt.Sprintf("the state at step %d is not stored yet: asking for its checkpoint again", m.next.Step))
-	out.Snapshot = &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true}
+	m.ask(now, out, &SnapshotRequest{Position: m.next, Addr: w.addr, Generation: m.gen, Live: true})
 }
 
 // RequestSnapshot asks for a snapshot at the next commit.
