@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -47,7 +46,7 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	defer r.post(context.Background(), event{detach: ss})
 
 	recvErr := make(chan error, 1)
-	var heard atomic.Int64 // unix nanoseconds of the last message received
+	heard := &ss.heard // unix nanoseconds of the last message received
 	heard.Store(time.Now().UnixNano())
 	go func() {
 		for {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -126,6 +127,7 @@ type ownState struct {
 }
 
 type workerSession struct {
+	heard       atomic.Int64 // unix nanoseconds of the last message received
 	id          string
 	addr        string
 	incarnation uint64
@@ -443,6 +445,14 @@ func (s *Server) handle(now time.Time, ev event) Output {
 		id := ev.gone.Meta.WorkerID
 		ss := s.sessions[id]
 		if ss == nil || ss.incarnation != ev.gone.Meta.Incarnation {
+			return Output{}
+		}
+		if quiet := now.Sub(time.Unix(0, ss.heard.Load())); quiet < time.Second {
+			// Its session heartbeats right now: gossip is wrong (a node that
+			// was cut off declared it dead and it never heard so to refute
+			// it). The session is the better witness; if it fails, its end
+			// detaches the worker.
+			s.log.Warn("gossip says a worker is gone, but its session is alive: keeping it", "worker", id, "node", ev.gone.Name, "heard_ago", quiet.Round(time.Millisecond))
 			return Output{}
 		}
 		ss.cancel()

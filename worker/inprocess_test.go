@@ -85,7 +85,8 @@ func TestInProcessClusterStopsCleanly(t *testing.T) {
 
 // The parts injected: the coordinator keeps its checkpoints in memory and
 // watches a static membership, the workers reach it through in-memory
-// sessions. A worker the membership declares dead is detached.
+// sessions. A worker the membership declares dead while its session
+// heartbeats is kept (gossip was wrong: seen after network cuts).
 func TestInProcessClusterWithInjectedParts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains a small model on MNIST")
@@ -152,10 +153,14 @@ func TestInProcessClusterWithInjectedParts(t *testing.T) {
 		Role: membership.RoleWorker, WorkerID: "a", GRPCAddr: ws[0].Addr(), Incarnation: ws[0].Incarnation()}}
 	members.Add(a)
 	members.Remove(a.Name, membership.CauseFailed)
-	// (It re-attaches at once, as its session is fine: the log says it left.)
-	wait("worker a detached once the membership declares it dead", func(coordinator.Status) bool {
-		return strings.Contains(logs.String(), "worker a left: gossip: worker-a is gone")
+	// Its session heartbeats, so the coordinator believes the session over
+	// gossip and keeps it.
+	wait("the coordinator to weigh the membership's verdict", func(coordinator.Status) bool {
+		return strings.Contains(logs.String(), "gossip says a worker is gone, but its session is alive")
 	})
+	if st := srv.Status(); len(st.Workers) != 2 || strings.Contains(logs.String(), "worker a left") {
+		t.Fatalf("a worker with a live session was detached on gossip's word: %+v", st.Workers)
+	}
 	cancel()
 	wg.Wait()
 }
