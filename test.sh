@@ -49,6 +49,12 @@ if [ -x test/e2e/compose.sh ]; then
   if docker info >/dev/null 2>&1; then
     step "end-to-end: docker compose"
     test/e2e/compose.sh
+    if [ -x test/e2e/campaign.sh ]; then
+      # The image compose.sh built; a seeded campaign of random faults
+      # compared with an uninterrupted run (E2E_SEED replays one).
+      step "end-to-end: seeded fault campaign"
+      E2E_BUILD=none test/e2e/campaign.sh
+    fi
   else
     echo "no Docker engine answers: the compose end-to-end test was skipped"
   fi
