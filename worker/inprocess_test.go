@@ -59,17 +59,9 @@ func TestInProcessClusterStopsCleanly(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.Run(ctx) }()
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st := srv.Status()
-		if st.Phase == "holding" && st.Step == 5 && st.LastCheckpointStep == 5 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no hold at step 5 within a minute: %+v", st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStatus(t, srv, "hold at step 5", func(st coordinator.Status) bool {
+		return st.Phase == "holding" && st.Step == 5 && st.LastCheckpointStep == 5
+	})
 	for _, w := range ws {
 		if s := w.Stats(); s.Applied != 5 || s.Position.Step != 5 {
 			t.Errorf("worker %s applied %d steps, at step %d; want 5", w.ID(), s.Applied, s.Position.Step)
@@ -127,21 +119,7 @@ func TestInProcessClusterWithInjectedParts(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.Run(ctx) }()
 	}
-	wait := func(what string, cond func(coordinator.Status) bool) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for {
-			st := srv.Status()
-			if cond(st) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within a minute: %+v", what, st)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	wait("hold at step 4 with two training workers", func(st coordinator.Status) bool {
+	waitStatus(t, srv, "hold at step 4 with two training workers", func(st coordinator.Status) bool {
 		return st.Phase == "holding" && st.Step == 4 && st.LastCheckpointStep == 4 && len(st.Workers) == 2 &&
 			st.Workers[0].State == "training" && st.Workers[1].State == "training"
 	})
@@ -155,7 +133,7 @@ func TestInProcessClusterWithInjectedParts(t *testing.T) {
 	members.Remove(a.Name, membership.CauseFailed)
 	// Its session heartbeats, so the coordinator believes the session over
 	// gossip and keeps it.
-	wait("the coordinator to weigh the membership's verdict", func(coordinator.Status) bool {
+	waitStatus(t, srv, "the coordinator to weigh the membership's verdict", func(coordinator.Status) bool {
 		return strings.Contains(logs.String(), "gossip says a worker is gone, but its session is alive")
 	})
 	if st := srv.Status(); len(st.Workers) != 2 || strings.Contains(logs.String(), "worker a left") {
@@ -181,4 +159,21 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitStatus polls the coordinator's status until cond holds (a minute at
+// most; the poll interval is not a synchronisation, the condition is).
+func waitStatus(t *testing.T, srv *coordinator.Server, what string, cond func(coordinator.Status) bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := srv.Status()
+		if cond(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within a minute: %+v", what, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

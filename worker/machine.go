@@ -343,7 +343,7 @@ func (m *Machine) onCommit(c *nicepb.Commit, a *Actions) {
 		m.held = true
 	}
 	// Nothing else is in flight while a commit is awaited.
-	m.order(a, applying)
+	m.order(applying)
 	a.Apply = &ApplyOrder{Generation: c.Generation, Commit: c}
 }
 
@@ -481,7 +481,7 @@ func (m *Machine) done(k work, a *Actions) bool {
 }
 
 // order records that work k is now in flight.
-func (m *Machine) order(a *Actions, k work) {
+func (m *Machine) order(k work) {
 	m.busy = k
 	m.busyGen = m.Generation()
 }
@@ -505,11 +505,11 @@ func (m *Machine) next(a *Actions) {
 		for i, p := range m.plan.Ring {
 			peers[i] = ring.Peer{ID: p.Id, Addr: p.Addr}
 		}
-		m.order(a, preparing)
+		m.order(preparing)
 		a.Prepare = &PrepareOrder{Generation: gen, Rank: int(m.plan.Rank), Peers: peers}
 	case m.pendingFetch != nil && m.retryFetchAt.IsZero():
 		m.inFlight, m.pendingFetch = m.pendingFetch, nil
-		m.order(a, fetching)
+		m.order(fetching)
 		a.Fetch = m.inFlight
 	case m.pendingFetch != nil:
 		// waiting for the retry; Tick re-orders the fetch
@@ -517,11 +517,11 @@ func (m *Machine) next(a *Actions) {
 	case m.evalEpoch > 0:
 		e := m.evalEpoch
 		m.evalEpoch = 0
-		m.order(a, evaluating)
+		m.order(evaluating)
 		a.Evaluate = &EvalOrder{Generation: gen, Epoch: e, Rank: int(m.plan.Rank), Size: len(m.plan.Ring)}
 	case m.held || m.awaiting || m.pos.Epoch >= m.epochs:
 	default:
-		m.order(a, computing)
+		m.order(computing)
 		a.Compute = &ComputeOrder{Generation: gen, Position: m.pos, Rank: int(m.plan.Rank), Size: len(m.plan.Ring),
 			ParamsDigest: m.cfg.DigestEvery > 0 && m.pos.Step%int64(m.cfg.DigestEvery) == 0}
 	}
