@@ -4,8 +4,11 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // memberlistLog turns memberlist's *log.Logger output, lines such as
@@ -29,6 +32,43 @@ type memberlistLog struct {
 	// quiet is set once this node leaves or shuts down: from then on
 	// nothing memberlist says about the network concerns anyone.
 	quiet *atomic.Bool
+	// refused, if set, limits the lines about packets and streams refused
+	// for a wrong key or label (see refusalErrors).
+	refused *refusalLimit
+}
+
+// refusalErrors are what memberlist says when it refuses a packet or a
+// stream for its key or label: a node of another cluster, or one without
+// the key. Anyone who reaches the port can cause them, so they are
+// rate-limited.
+var refusalErrors = []string{
+	"no installed keys could decrypt",
+	"encryption is configured but remote state is not encrypted",
+	"remote state is encrypted and encryption is not configured",
+	"unacceptable label",
+}
+
+// refusalLimit lets one refusal line through per interval and counts the
+// others.
+type refusalLimit struct {
+	every   time.Duration
+	mu      sync.Mutex
+	last    time.Time
+	dropped int
+}
+
+// allow reports whether a refusal line may be logged now, and how many were
+// dropped since the last one that was.
+func (r *refusalLimit) allow(now time.Time) (bool, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.last) < r.every {
+		r.dropped++
+		return false, 0
+	}
+	d := r.dropped
+	r.last, r.dropped = now, 0
+	return true, d
 }
 
 func (w memberlistLog) logger() *log.Logger { return log.New(w, "", 0) }
@@ -38,6 +78,15 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 	level = w.classify(level, msg)
 	if w.quiet != nil && w.quiet.Load() {
 		level = min(level, slog.LevelDebug)
+	}
+	if w.refused != nil && slices.ContainsFunc(refusalErrors, func(e string) bool { return strings.Contains(msg, e) }) {
+		ok, dropped := w.refused.allow(time.Now())
+		if !ok {
+			return len(p), nil
+		}
+		w.log.Log(context.Background(), slog.LevelWarn, "refused gossip: the peer lacks this cluster's gossip key: "+msg,
+			"more_refused_since_last_line", dropped)
+		return len(p), nil
 	}
 	w.log.Log(context.Background(), level, msg)
 	return len(p), nil

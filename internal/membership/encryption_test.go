@@ -1,0 +1,137 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nice-flow/nice/internal/creds"
+)
+
+// Gossip with the cluster's key: a node with the same key joins; a node
+// with another key, or with none, is refused by the seed (which says why)
+// and never becomes a member. Two real memberlist nodes on loopback.
+func TestGossipKeyKeepsOthersOut(t *testing.T) {
+	ours, err := creds.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := creds.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedLog := &lockedBuffer{}
+	cfg := loopbackConfig(t, "", nil)
+	cfg.Creds = ours
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(seedLog, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	seed := startNode(t, cfg)
+	seedAddr := seed.Local().Addr
+
+	for _, c := range []struct {
+		name     string
+		creds    *creds.Bundle
+		seedSays string
+	}{
+		{"another cluster's key", theirs, "no installed keys could decrypt the message"},
+		{"no key", nil, "encryption is configured but remote state is not encrypted"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := seedLog.Len()
+			jc := loopbackConfig(t, "x", []string{seedAddr})
+			jc.Creds = c.creds
+			joinerLog := &lockedBuffer{}
+			jc.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(joinerLog, t.Output()), nil))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			joined := make(chan error, 1)
+			go func() {
+				g, err := Join(ctx, jc)
+				if err == nil {
+					g.Shutdown()
+				}
+				joined <- err
+			}()
+			waitFor(t, 20*time.Second, "the seed to refuse the joiner", func() bool {
+				return strings.Contains(seedLog.From(before), c.seedSays)
+			})
+			waitFor(t, 20*time.Second, "the joiner to see its attempt fail", func() bool {
+				return strings.Contains(joinerLog.From(0), "joining cluster failed")
+			})
+			cancel()
+			if err := <-joined; err == nil {
+				t.Fatal("the joiner joined")
+			}
+			if n := len(seed.Members()); n != 1 {
+				t.Fatalf("the seed lists %d members, want only itself: %v", n, seed.Members())
+			}
+			t.Logf("seed: %s", lineWith(seedLog.From(before), c.seedSays))
+			t.Logf("joiner: %s", lineWith(joinerLog.From(0), "joining cluster failed"))
+		})
+	}
+
+	t.Run("the cluster's key", func(t *testing.T) {
+		jc := loopbackConfig(t, "y", []string{seedAddr})
+		jc.Creds = ours
+		startNode(t, jc)
+		seed.waitMembers(t, 2)
+	})
+}
+
+// lineWith returns the first line of text containing substr.
+func lineWith(text, substr string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	return ""
+}
+
+// lockedBuffer is a bytes.Buffer that a logger writes while a test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
+
+// From returns what was written from offset on.
+func (l *lockedBuffer) From(offset int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()[offset:]
+}
+
+// Refusals for a wrong key can be caused by anyone who reaches the port:
+// one line per interval, counting the others.
+func TestGossipRefusalsAreRateLimited(t *testing.T) {
+	buf := &lockedBuffer{}
+	limit := &refusalLimit{every: time.Hour}
+	l := memberlistLog{log: slog.New(slog.NewTextHandler(buf, nil)), refused: limit}.logger()
+	for range 5 {
+		l.Printf("[ERR] memberlist: failed to receive: no installed keys could decrypt the message from=10.0.0.9:1234")
+	}
+	if n := strings.Count(buf.From(0), "refused gossip"); n != 1 {
+		t.Fatalf("5 refusals within the interval logged %d lines, want 1:\n%s", n, buf.From(0))
+	}
+	limit.last = time.Time{} // the interval has passed
+	l.Printf("[ERR] memberlist: discarding packet with unacceptable label \"other\": from=10.0.0.9:1234")
+	if !strings.Contains(buf.From(0), "more_refused_since_last_line=4") || !strings.Contains(buf.From(0), "level=WARN") {
+		t.Fatalf("the next refusal does not count the 4 dropped, as a warning:\n%s", buf.From(0))
+	}
+}
