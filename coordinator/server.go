@@ -22,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -39,6 +40,11 @@ type Config struct {
 	// Listen is the gRPC address; Advertise how workers reach it (default:
 	// the listener's address).
 	Listen, Advertise string
+	// Creds, if non-nil, makes the gRPC server require the cluster's
+	// certificates (mutual TLS), the snapshot fetches present them, and
+	// gossip encrypt with its key (it fills in Gossip.Creds when that is
+	// nil). Nil means plaintext everywhere.
+	Creds *creds.Bundle
 	// HTTP, if set, serves GET /healthz and GET /status.
 	HTTP string
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
@@ -223,7 +229,7 @@ func New(cfg Config) (*Server, error) {
 	s.ledger = bufio.NewWriter(s.ledgerF)
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
-	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
+	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes), cfg.Creds.ServerOption(log))...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
 	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
 	healthpb.RegisterHealthServer(s.srv, health.NewServer())
@@ -240,7 +246,8 @@ func New(cfg Config) (*Server, error) {
 		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 	s.updateStatus()
-	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
+	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash(),
+		"cluster_ca", cfg.Creds.Fingerprint())
 	return s, nil
 }
 
@@ -308,6 +315,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	case s.cfg.Gossip != nil:
 		gc := *s.cfg.Gossip
 		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.advertise, Incarnation: s.incarnation}
+		if gc.Creds == nil {
+			gc.Creds = s.cfg.Creds
+		}
 		if gc.Logger == nil {
 			gc.Logger = s.log
 		}

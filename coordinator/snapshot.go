@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
@@ -68,7 +67,7 @@ func (s *Server) stopRequested() bool {
 
 func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(r.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(r.Addr, s.cfg.Creds.DialOption(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
 		return err

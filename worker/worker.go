@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -98,7 +97,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	rc := cfg.Ring
 	rc.Logger = log
-	tp := ring.NewGRPCTransport()
+	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
 	var rt ring.RingTransport = tp
 	w := &Worker{}
 	if cfg.Fault.Phase == "ring" {
@@ -122,7 +121,7 @@ func New(cfg Config) (*Worker, error) {
 		results:     make(chan func(time.Time) Actions, 1),
 		quit:        make(chan struct{}),
 	}
-	w.srv = grpc.NewServer(append(ring.ServerOptions(), rpcopt.ServerKeepalive()...)...)
+	w.srv = grpc.NewServer(append(append(ring.ServerOptions(), rpcopt.ServerKeepalive()...), cfg.Creds.ServerOption(log))...)
 	tp.RegisterServer(w.srv)
 	nicepb.RegisterStateServiceServer(w.srv, &statexfer.Server{Src: w})
 	hs := health.NewServer()
@@ -187,8 +186,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	dialer := w.cfg.Sessions
 	if dialer == nil {
-		conn, err := grpc.NewClient(w.cfg.Coordinator,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(w.cfg.Coordinator, w.cfg.Creds.DialOption(),
 			grpc.WithKeepaliveParams(rpcopt.ClientKeepalive))
 		if err != nil {
 			return fmt.Errorf("worker %s: coordinator address %q: %w", w.cfg.ID, w.cfg.Coordinator, err)
@@ -196,7 +194,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer conn.Close()
 		dialer = session.GRPC(conn)
 	}
-	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator)
+	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
 
 	life, endLife := context.WithCancel(context.Background())
 	sess := make(chan sessionEvent, 64)
@@ -507,7 +505,7 @@ func (w *Worker) configure(js []byte) (int, error) {
 // fetch loads the state named by f from its source.
 func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, uint64, error) {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(f.SourceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(f.SourceAddr, w.cfg.Creds.DialOption(),
 		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {

@@ -24,7 +24,8 @@ func runUp(ctx context.Context, args []string) error {
 		"Starts a coordinator in this process and N nice-worker processes on loopback, and trains.\n"+
 			"A worker that dies is started again; Ctrl-C takes a final checkpoint and stops everything.\n"+
 			"Run it again in the same folder and it resumes from --state-dir. `nice-coord status` run in\n"+
-			"this folder finds it.")
+			"this folder finds it. Everything is on loopback, so it may run without credentials; with\n"+
+			"--tls-dir the coordinator and the workers use them (mutual TLS, encrypted gossip).")
 	var sf serveFlags
 	addServeFlags(fs, &sf, "127.0.0.1:7000", "127.0.0.1:7080", "127.0.0.1:7946")
 	n := fs.Int("workers", 2, "number of worker processes")
@@ -65,6 +66,9 @@ func runUp(ctx context.Context, args []string) error {
 		if sf.tf.dataDir != "" {
 			wargs = append(wargs, "--data", sf.tf.dataDir)
 		}
+		if cfg.Creds != nil {
+			wargs = append(wargs, "--tls-dir", cfg.Creds.Dir)
+		}
 		logPath := filepath.Join(sf.stateDir, fmt.Sprintf("worker-w%d.log", i))
 		wg.Add(1)
 		go func() {
@@ -72,7 +76,12 @@ func runUp(ctx context.Context, args []string) error {
 			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, logPath, *restart)
 		}()
 	}
-	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; logs in %s\n", srv.Addr(), *n, threads, sf.stateDir)
+	security := "no credentials: plaintext on loopback"
+	if cfg.Creds != nil {
+		security = "mutual TLS and encrypted gossip, cluster CA " + cfg.Creds.Fingerprint()
+	}
+	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; %s; logs in %s\n",
+		srv.Addr(), *n, threads, security, sf.stateDir)
 	serveDone := make(chan error, 1)
 	sctx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
