@@ -1,7 +1,6 @@
 package clustertest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/logbuf"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/mnist"
@@ -84,9 +84,9 @@ func TestSurfaceCredentials(t *testing.T) {
 	if st := e.srv.Status(); len(st.Workers) != len(e.workers) {
 		t.Errorf("the coordinator lists %d workers after the probes, want its %d: %+v", len(st.Workers), len(e.workers), st.Workers)
 	}
-	e.coordLog.waitFor(t, "refused a connection at the TLS handshake")
-	e.coordLog.waitFor(t, "refused gossip: the peer lacks this cluster's gossip key")
-	e.workerLog.waitFor(t, "refused a connection at the TLS handshake")
+	e.coordLog.WaitFor(t, 0, "refused a connection at the TLS handshake", 30*time.Second)
+	e.coordLog.WaitFor(t, 0, "refused gossip: the peer lacks this cluster's gossip key", 30*time.Second)
+	e.workerLog.WaitFor(t, 0, "refused a connection at the TLS handshake", 30*time.Second)
 }
 
 // outcome is what one probe saw.
@@ -323,7 +323,7 @@ func probeGossip(ctx context.Context, e *secureCluster, c column) outcome {
 	cfg.Seeds = []string{e.gossipAddr}
 	cfg.Meta = membership.Meta{Role: membership.RoleWorker, WorkerID: "gossip-prober", GRPCAddr: "127.0.0.1:1"}
 	cfg.Creds = c.gossip
-	logs := &logBuffer{}
+	logs := &logbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -345,7 +345,7 @@ func probeGossip(ctx context.Context, e *secureCluster, c column) outcome {
 		g.Leave(lctx)
 		g.Shutdown()
 		return outcome{true, fmt.Sprintf("joined: %d members", n)}
-	case <-logs.seen(jctx, "joining cluster failed"):
+	case <-logs.Seen(jctx, 0, "joining cluster failed"):
 		cancel()
 		err := <-joined
 		if err == nil {
@@ -397,8 +397,8 @@ type secureCluster struct {
 	workers      []*worker.Worker
 	gossipAddr   string
 	held         *nicepb.Position // the position training holds at
-	coordLog     *logBuffer
-	workerLog    *logBuffer
+	coordLog     *logbuf.Buffer
+	workerLog    *logbuf.Buffer
 }
 
 // startSecureCluster starts a coordinator (gRPC, HTTP and gossip on
@@ -427,7 +427,7 @@ func startSecureCluster(t *testing.T) *secureCluster {
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
-	e := &secureCluster{t: t, coordLog: &logBuffer{}, workerLog: &logBuffer{}}
+	e := &secureCluster{t: t, coordLog: &logbuf.Buffer{}, workerLog: &logbuf.Buffer{}}
 	var err error
 	if e.ours, err = creds.Generate(time.Now()); err != nil {
 		t.Fatal(err)
@@ -507,67 +507,5 @@ func (e *secureCluster) waitHeld(t *testing.T, n int) coordinator.Status {
 			t.Fatalf("no hold at step 3 with %d workers training within 2 minutes: %+v", n, st)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// logBuffer collects a logger's output; a test can wait for a line.
-type logBuffer struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	written chan struct{} // closed and replaced at each write
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.written != nil {
-		close(l.written)
-		l.written = nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// seen returns a channel closed once the log contains substr; it stays
-// open if ctx ends first.
-func (l *logBuffer) seen(ctx context.Context, substr string) <-chan struct{} {
-	out := make(chan struct{})
-	go func() {
-		for {
-			l.mu.Lock()
-			if strings.Contains(l.b.String(), substr) {
-				l.mu.Unlock()
-				close(out)
-				return
-			}
-			if l.written == nil {
-				l.written = make(chan struct{})
-			}
-			w := l.written
-			l.mu.Unlock()
-			select {
-			case <-w:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out
-}
-
-// waitFor fails the test unless the log contains substr within 30 s.
-func (l *logBuffer) waitFor(t *testing.T, substr string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	select {
-	case <-l.seen(ctx, substr):
-	case <-ctx.Done():
-		t.Errorf("not logged within 30 s: %q", substr)
 	}
 }

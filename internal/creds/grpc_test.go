@@ -1,13 +1,11 @@
 package creds
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,13 +16,15 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/nice-flow/nice/internal/logbuf"
 )
 
 // serve starts a gRPC health server with b's ServerOption on loopback and
 // returns its address and its log.
-func serve(t *testing.T, b *Bundle) (string, *syncBuffer) {
+func serve(t *testing.T, b *Bundle) (string, *logbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before := len(logs.String())
+			before := logs.Len()
 			err := check(t, addr, c.dial)
 			if c.clientHas == "" {
 				if err != nil {
@@ -96,9 +96,9 @@ func TestMutualTLS(t *testing.T) {
 				return
 			}
 			// The server's log line may follow the client's error.
-			logs.waitFor(t, before, c.serverHas)
-			if !strings.Contains(logs.String()[before:], "refused a connection at the TLS handshake") {
-				t.Errorf("the server's refusal is not logged as one: %s", logs.String()[before:])
+			logs.WaitFor(t, before, c.serverHas, 10*time.Second)
+			if !strings.Contains(logs.From(before), "refused a connection at the TLS handshake") {
+				t.Errorf("the server's refusal is not logged as one: %s", logs.From(before))
 			}
 		})
 	}
@@ -116,7 +116,7 @@ func TestPlaintextServerRefusesTLSClients(t *testing.T) {
 }
 
 func TestRefusalsAreRateLimited(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	r := &refusals{log: slog.New(slog.NewTextHandler(logs, nil)), every: time.Hour}
 	for range 5 {
 		r.note(&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, context.DeadlineExceeded)
@@ -129,52 +129,4 @@ func TestRefusalsAreRateLimited(t *testing.T) {
 	if !strings.Contains(logs.String(), "more_refused_since_last_line=4") {
 		t.Fatalf("the next line does not count the 4 not logged: %q", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader, which can
-// wait for what is written.
-type syncBuffer struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	written chan struct{} // closed and replaced at each write
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.written != nil {
-		close(s.written)
-		s.written = nil
-	}
-	return s.b.Write(p)
-}
-
-// waitFor waits (10 s at most) until the text from offset on contains
-// substr.
-func (s *syncBuffer) waitFor(t *testing.T, offset int, substr string) {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		s.mu.Lock()
-		if strings.Contains(s.b.String()[offset:], substr) {
-			s.mu.Unlock()
-			return
-		}
-		if s.written == nil {
-			s.written = make(chan struct{})
-		}
-		written := s.written
-		s.mu.Unlock()
-		select {
-		case <-written:
-		case <-deadline:
-			t.Fatalf("not logged within 10 s: %q; the log:\n%s", substr, s.String())
-		}
-	}
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

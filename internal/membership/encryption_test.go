@@ -1,16 +1,15 @@
 package membership
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/logbuf"
 )
 
 // Gossip with the cluster's key: a node with the same key joins; a node
@@ -25,7 +24,7 @@ func TestGossipKeyKeepsOthersOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seedLog := &lockedBuffer{}
+	seedLog := &logbuf.Buffer{}
 	cfg := loopbackConfig(t, "", nil)
 	cfg.Creds = ours
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(seedLog, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -44,7 +43,7 @@ func TestGossipKeyKeepsOthersOut(t *testing.T) {
 			before := seedLog.Len()
 			jc := loopbackConfig(t, "x", []string{seedAddr})
 			jc.Creds = c.creds
-			joinerLog := &lockedBuffer{}
+			joinerLog := &logbuf.Buffer{}
 			jc.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(joinerLog, t.Output()), nil))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -92,35 +91,10 @@ func lineWith(text, substr string) string {
 	return ""
 }
 
-// lockedBuffer is a bytes.Buffer that a logger writes while a test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Len()
-}
-
-// From returns what was written from offset on.
-func (l *lockedBuffer) From(offset int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()[offset:]
-}
-
 // Refusals for a wrong key can be caused by anyone who reaches the port:
 // one line per interval, counting the others.
 func TestGossipRefusalsAreRateLimited(t *testing.T) {
-	buf := &lockedBuffer{}
+	buf := &logbuf.Buffer{}
 	limit := &refusalLimit{every: time.Hour}
 	l := memberlistLog{log: slog.New(slog.NewTextHandler(buf, nil)), refused: limit}.logger()
 	for range 5 {
