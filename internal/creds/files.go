@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -125,6 +126,10 @@ func Load(dir string) (*Bundle, error) {
 		case errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("reading %s: the file does not exist; create the cluster's credentials with "+
 				"`nice-coord init --dir %s` (or point --tls-dir at the folder init wrote)", p, dir)
+		case errors.Is(err, syscall.EISDIR):
+			return nil, fmt.Errorf("reading %s: it is a folder, not a file: the credentials were not there when it was "+
+				"mounted (compose makes empty folders in place of missing secret files): remove those folders, "+
+				"create the credentials with `nice-coord init` and start again", p)
 		case errors.Is(err, fs.ErrPermission):
 			return nil, fmt.Errorf("reading %s: permission denied to this process's user (uid %d): make the file "+
 				"readable by it (in containers: see the README's security model)", p, os.Getuid())

@@ -102,6 +102,10 @@ func TestLoadNamesTheProblem(t *testing.T) {
 		{"a short gossip key", func(dir string) {
 			os.WriteFile(filepath.Join(dir, GossipKeyFile), []byte("c2hvcnQ=\n"), 0o600)
 		}, []string{GossipKeyFile, "5-byte key, want 32"}},
+		{"a folder in place of a file", func(dir string) {
+			os.Remove(filepath.Join(dir, CertFile))
+			os.Mkdir(filepath.Join(dir, CertFile), 0o755)
+		}, []string{CertFile, "a folder, not a file", "nice-coord init"}},
 		{"not PEM", func(dir string) { os.WriteFile(filepath.Join(dir, CAFile), []byte("hello"), 0o644) }, []string{CAFile, "no PEM certificate"}},
 	}
 	for _, c := range cases {
