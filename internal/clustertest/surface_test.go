@@ -85,7 +85,7 @@ func TestSurfaceCredentials(t *testing.T) {
 		t.Errorf("the coordinator lists %d workers after the probes, want its %d: %+v", len(st.Workers), len(e.workers), st.Workers)
 	}
 	e.coordLog.WaitFor(t, 0, "refused a connection at the TLS handshake", 30*time.Second)
-	e.coordLog.WaitFor(t, 0, "refused gossip: the peer lacks this cluster's gossip key", 30*time.Second)
+	e.coordLog.WaitFor(t, 0, "refused gossip: the two ends do not share this cluster's gossip key", 30*time.Second)
 	e.workerLog.WaitFor(t, 0, "refused a connection at the TLS handshake", 30*time.Second)
 }
 

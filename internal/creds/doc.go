@@ -13,8 +13,9 @@
 //   - With a Bundle, a gRPC server accepts only clients that present a
 //     certificate signed by the cluster CA (TLS 1.3, mutual authentication),
 //     and a client talks only to servers that do. A connection refused at the
-//     handshake is logged by the server (Bundle.ServerOption), at most about
-//     once a second, so a flood of refused connections cannot flood the log.
+//     handshake is logged by the server (Bundle.ServerOption), at most once
+//     a second per peer host (RefusalLimiter), so refused connections cannot
+//     flood the log, and every refused source still shows.
 //   - Every node certificate names ServerName, whatever the host: processes
 //     reach each other by IP (a worker advertises its address on the
 //     container network), by container name (the coordinator) or by

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -56,7 +55,8 @@ func (b *Bundle) DialOption() grpc.DialOption {
 
 // ServerOption is the transport security of a gRPC server: mutual TLS with
 // credentials (handshakes refused are logged to log, nil meaning
-// slog.Default(), at most about once a second), nothing without.
+// slog.Default(), at most once a second per peer host and ten lines a
+// second in all), nothing without.
 func (b *Bundle) ServerOption(log *slog.Logger) grpc.ServerOption {
 	return b.serverOption(log, time.Second)
 }
@@ -69,7 +69,7 @@ func (b *Bundle) serverOption(log *slog.Logger, every time.Duration) grpc.Server
 		log = slog.Default()
 	}
 	return grpc.Creds(&refusalLogging{TransportCredentials: credentials.NewTLS(b.ServerTLS()),
-		refusals: &refusals{log: log, every: every}})
+		refusals: &refusals{log: log, limiter: &RefusalLimiter{Every: every}}})
 }
 
 // refusalLogging logs the server handshakes that fail: they are the
@@ -94,32 +94,25 @@ func (c *refusalLogging) Clone() credentials.TransportCredentials {
 	return &refusalLogging{TransportCredentials: c.TransportCredentials.Clone(), refusals: c.refusals}
 }
 
-// refusals rate-limits the log of refused handshakes: one line per every,
-// saying how many were refused since the last line.
+// refusals logs refused handshakes through a RefusalLimiter.
 type refusals struct {
-	log   *slog.Logger
-	every time.Duration
-
-	mu      sync.Mutex
-	last    time.Time
-	skipped int
+	log     *slog.Logger
+	limiter *RefusalLimiter
 }
 
 func (r *refusals) note(from net.Addr, err error) {
-	r.mu.Lock()
-	now := time.Now()
-	if now.Sub(r.last) < r.every {
-		r.skipped++
-		r.mu.Unlock()
-		return
-	}
-	skipped := r.skipped
-	r.last, r.skipped = now, 0
-	r.mu.Unlock()
-	addr := "unknown"
+	addr, host := "unknown", ""
 	if from != nil {
 		addr = from.String()
+		host = addr
+		if h, _, splitErr := net.SplitHostPort(addr); splitErr == nil {
+			host = h
+		}
+	}
+	ok, dropped := r.limiter.Allow(host, time.Now())
+	if !ok {
+		return
 	}
 	r.log.Warn("refused a connection at the TLS handshake: the peer lacks this cluster's credentials",
-		"from", addr, "err", err, "more_refused_since_last_line", skipped)
+		"from", addr, "err", err, "more_refused_from_this_host_since_last_line", dropped)
 }

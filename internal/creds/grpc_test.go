@@ -117,16 +117,24 @@ func TestPlaintextServerRefusesTLSClients(t *testing.T) {
 
 func TestRefusalsAreRateLimited(t *testing.T) {
 	logs := &logbuf.Buffer{}
-	r := &refusals{log: slog.New(slog.NewTextHandler(logs, nil)), every: time.Hour}
+	r := &refusals{log: slog.New(slog.NewTextHandler(logs, nil)), limiter: &RefusalLimiter{Every: time.Hour, PerEvery: 3}}
+	a, b := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 2}
 	for range 5 {
-		r.note(&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, context.DeadlineExceeded)
+		r.note(a, context.DeadlineExceeded)
 	}
-	if n := strings.Count(logs.String(), "refused a connection"); n != 1 {
-		t.Fatalf("5 refusals within the interval logged %d lines, want 1", n)
+	r.note(b, context.DeadlineExceeded)
+	if n := strings.Count(logs.String(), "refused a connection"); n != 2 || !strings.Contains(logs.String(), "from=10.0.0.2:2") {
+		t.Fatalf("5 refusals from one host and 1 from another logged %d lines, want one per host:\n%s", n, logs)
 	}
-	r.last = time.Time{} // the interval has passed
-	r.note(nil, context.DeadlineExceeded)
-	if !strings.Contains(logs.String(), "more_refused_since_last_line=4") {
-		t.Fatalf("the next line does not count the 4 not logged: %q", logs.String())
+	r.note(&net.TCPAddr{IP: net.IPv4(10, 0, 0, 3), Port: 3}, context.DeadlineExceeded)
+	r.note(&net.TCPAddr{IP: net.IPv4(10, 0, 0, 4), Port: 4}, context.DeadlineExceeded)
+	if n := strings.Count(logs.String(), "refused a connection"); n != 3 {
+		t.Fatalf("with PerEvery 3, %d lines were logged, want 3:\n%s", n, logs)
+	}
+	r.limiter.windowStart = time.Time{} // the interval has passed
+	r.limiter.hosts["10.0.0.1"].last = time.Time{}
+	r.note(a, context.DeadlineExceeded)
+	if !strings.Contains(logs.String(), "more_refused_from_this_host_since_last_line=4") {
+		t.Fatalf("the next line of the first host does not count its 4 not logged:\n%s", logs)
 	}
 }

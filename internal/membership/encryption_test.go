@@ -92,20 +92,29 @@ func lineWith(text, substr string) string {
 }
 
 // Refusals for a wrong key can be caused by anyone who reaches the port:
-// one line per interval, counting the others.
+// one line per peer host per interval, counting the others.
 func TestGossipRefusalsAreRateLimited(t *testing.T) {
 	buf := &logbuf.Buffer{}
-	limit := &refusalLimit{every: time.Hour}
+	limit := &creds.RefusalLimiter{Every: time.Hour}
 	l := memberlistLog{log: slog.New(slog.NewTextHandler(buf, nil)), refused: limit}.logger()
 	for range 5 {
 		l.Printf("[ERR] memberlist: failed to receive: no installed keys could decrypt the message from=10.0.0.9:1234")
 	}
-	if n := strings.Count(buf.From(0), "refused gossip"); n != 1 {
-		t.Fatalf("5 refusals within the interval logged %d lines, want 1:\n%s", n, buf.From(0))
+	l.Printf("[WARN] memberlist: failed to join 10.0.0.7:7946: remote state is encrypted and encryption is not configured")
+	if n := strings.Count(buf.String(), "refused gossip"); n != 2 || !strings.Contains(buf.String(), "10.0.0.7") {
+		t.Fatalf("5 refusals of one host and 1 of another logged %d lines, want one per host:\n%s", n, buf)
 	}
-	limit.last = time.Time{} // the interval has passed
-	l.Printf("[ERR] memberlist: discarding packet with unacceptable label \"other\": from=10.0.0.9:1234")
-	if !strings.Contains(buf.From(0), "more_refused_since_last_line=4") || !strings.Contains(buf.From(0), "level=WARN") {
-		t.Fatalf("the next refusal does not count the 4 dropped, as a warning:\n%s", buf.From(0))
+	if !strings.Contains(buf.String(), "level=WARN") {
+		t.Fatalf("refusals are not warnings:\n%s", buf)
+	}
+	for host, msg := range map[string]string{
+		"10.0.0.9":   "failed to receive: no installed keys could decrypt the message from=10.0.0.9:1234",
+		"172.19.0.2": "failed to join 172.19.0.2:7946: remote state is encrypted and encryption is not configured",
+		"[::1]":      "discarding packet with unacceptable label \"x\": from=[::1]:99",
+		"":           "something without an address",
+	} {
+		if got := peerHost(msg); got != host {
+			t.Errorf("peerHost(%q) = %q, want %q", msg, got, host)
+		}
 	}
 }

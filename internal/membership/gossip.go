@@ -92,7 +92,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		log:       mlLog,
 		onSuspect: func(name string) { g.table.suspect(mlLog, name) },
 		quiet:     &g.quiet,
-		refused:   &refusalLimit{every: time.Second},
+		refused:   &creds.RefusalLimiter{Every: time.Second},
 	}.logger()
 
 	if cfg.wrapTransport != nil {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nice-flow/nice/internal/creds"
 )
 
 // memberlistLog turns memberlist's *log.Logger output, lines such as
@@ -33,8 +35,8 @@ type memberlistLog struct {
 	// nothing memberlist says about the network concerns anyone.
 	quiet *atomic.Bool
 	// refused, if set, limits the lines about packets and streams refused
-	// for a wrong key or label (see refusalErrors).
-	refused *refusalLimit
+	// for a wrong key or label (see refusalErrors), per peer host.
+	refused *creds.RefusalLimiter
 }
 
 // refusalErrors are what memberlist says when it refuses a packet or a
@@ -48,27 +50,16 @@ var refusalErrors = []string{
 	"unacceptable label",
 }
 
-// refusalLimit lets one refusal line through per interval and counts the
-// others.
-type refusalLimit struct {
-	every   time.Duration
-	mu      sync.Mutex
-	last    time.Time
-	dropped int
-}
+// refusalPeer finds the peer's address in a refusal message ("... from=IP:port"
+// on the refusing side, "failed to join IP:port: ..." on the refused one).
+var refusalPeer = regexp.MustCompile(`(?:from=|join )(\S+):\d+`)
 
-// allow reports whether a refusal line may be logged now, and how many were
-// dropped since the last one that was.
-func (r *refusalLimit) allow(now time.Time) (bool, int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if now.Sub(r.last) < r.every {
-		r.dropped++
-		return false, 0
+// peerHost is the host refusalPeer finds in msg, or "".
+func peerHost(msg string) string {
+	if m := refusalPeer.FindStringSubmatch(msg); m != nil {
+		return m[1]
 	}
-	d := r.dropped
-	r.last, r.dropped = now, 0
-	return true, d
+	return ""
 }
 
 func (w memberlistLog) logger() *log.Logger { return log.New(w, "", 0) }
@@ -80,12 +71,12 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 		level = min(level, slog.LevelDebug)
 	}
 	if w.refused != nil && slices.ContainsFunc(refusalErrors, func(e string) bool { return strings.Contains(msg, e) }) {
-		ok, dropped := w.refused.allow(time.Now())
+		ok, dropped := w.refused.Allow(peerHost(msg), time.Now())
 		if !ok {
 			return len(p), nil
 		}
-		w.log.Log(context.Background(), slog.LevelWarn, "refused gossip: the peer lacks this cluster's gossip key: "+msg,
-			"more_refused_since_last_line", dropped)
+		w.log.Log(context.Background(), slog.LevelWarn, "refused gossip: the two ends do not share this cluster's gossip key: "+msg,
+			"more_refused_from_this_host_since_last_line", dropped)
 		return len(p), nil
 	}
 	w.log.Log(context.Background(), level, msg)

@@ -123,8 +123,8 @@ hostname_of() { docker inspect -f '{{.Config.Hostname}}' "$1"; }
 
 cleanup() {
 	local rc=$?
-	if [ "${#INTRUDERS[@]}" -gt 0 ]; then
-		docker rm -f "${INTRUDERS[@]}" >/dev/null 2>&1 || true
+	if [ "${#INTRUDERS[@]}" -gt 0 ] || [ -n "$REFUSED_TO_START" ]; then
+		docker rm -f ${INTRUDERS[@]+"${INTRUDERS[@]}"} $REFUSED_TO_START >/dev/null 2>&1 || true
 	fi
 	if [ "$E2E_KEEP" = 1 ]; then
 		log "E2E_KEEP=1: leaving project $PROJECT up (remove it with: ${COMPOSE[*]} -p $PROJECT -f docker-compose.yml -f $OVERRIDE down -v)"
@@ -290,6 +290,7 @@ checkpointed() { (($(field '.last_checkpoint_step') >= CKPT_MIN)); }
 
 # Containers started outside compose (step 2b), removed at the end.
 INTRUDERS=()
+REFUSED_TO_START=""
 # intruders_refused: the coordinator logged a TLS and a gossip refusal from
 # every intruder address, and each intruder logged its failure to attach.
 INTRUDER_IPS=()
@@ -386,31 +387,37 @@ log "status from inside the coordinator container: ok"
 # 2b. Containers without the secrets. ------------------------------------------
 log "step 2b: containers on the compose network without the cluster's secrets"
 phase_begin
+fresh_status "before the intruders knocked"
+P0=$(cur_step) WANT=$WORKERS
+t0=$(now_ms)
 coord=$(containers coordinator --filter status=running | head -n 1)
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\n"}}{{end}}' "$coord" | grep -m 1 "^$PROJECT") ||
 	fail "the coordinator is on no network of project $PROJECT"
 intruder_cmd=(/nice-worker --coordinator=coordinator:7000 --join=coordinator:7946 --listen=:7100 --gossip=:7947)
-# Without credentials and without --insecure a worker does not start at all.
-if out=$(timeout 60 docker run --rm --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-none 2>&1); then
-	fail "a worker without credentials started on a non-loopback address: $out"
-fi
-grep -q "listens beyond this host and no credentials were given" <<<"$out" ||
-	fail "a worker without credentials failed for another reason: $out"
-log "without credentials or --insecure, a worker refuses to start: $(tail -n 1 <<<"$out" | cut -c1-160)"
-# With --insecure (plaintext), and with another cluster's credentials.
 "$STATUS_BIN" init --dir "$WORKDIR/other-secrets" --group-readable >/dev/null || fail "nice-coord init of another cluster failed"
 other_mounts=()
 for f in ca.crt node.crt node.key gossip.key; do other_mounts+=(-v "$WORKDIR/other-secrets/$f:/run/secrets/$f:ro"); done
+# Three at once: without credentials and without --insecure (it must not
+# start at all), with --insecure (plaintext), and with another cluster's
+# credentials.
+none=$(docker run -d --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-none) ||
+	fail "could not start a worker without credentials"
+REFUSED_TO_START=$none
 INTRUDERS+=("$(docker run -d --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-plain --insecure)") ||
 	fail "could not start the intruder without credentials"
 INTRUDERS+=("$(docker run -d --network "$net" --group-add "$NICE_SECRETS_GID" "${other_mounts[@]}" -e NICE_TLS_DIR=/run/secrets \
 	"$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-foreign)") || fail "could not start the intruder with another cluster's credentials"
+rc=$(timeout "$E2E_WAIT" docker wait "$none") || fail "a worker without credentials on a non-loopback address did not exit"
+out=$(docker logs "$none" 2>&1)
+docker rm -f "$none" >/dev/null 2>&1 || true
+REFUSED_TO_START=""
+[ "$rc" != 0 ] || fail "a worker without credentials on a non-loopback address exited 0: $out"
+grep -q "listens beyond this host and no credentials were given" <<<"$out" ||
+	fail "a worker without credentials failed for another reason: $out"
+log "without credentials or --insecure, a worker refuses to start (exit $rc): $(tail -n 1 <<<"$out" | cut -c1-160)"
 for c in "${INTRUDERS[@]}"; do
 	INTRUDER_IPS+=("$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$c")")
 done
-fresh_status "before the intruders knocked"
-P0=$(cur_step) WANT=$WORKERS
-t0=$(now_ms)
 wait_until "both intruders refused (TLS and gossip) and never listed, $E2E_PROGRESS more steps with $WORKERS workers" refused_and_going
 record "intruders refused, training unaffected" "$(secs_since "$t0")"
 coord_log=$(docker logs "$coord" 2>&1)
