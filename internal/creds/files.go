@@ -131,8 +131,11 @@ func Load(dir string) (*Bundle, error) {
 				"mounted (compose makes empty folders in place of missing secret files): remove those folders, "+
 				"create the credentials with `nice-coord init` and start again", p)
 		case errors.Is(err, fs.ErrPermission):
-			return nil, fmt.Errorf("reading %s: permission denied to this process's user (uid %d): make the file "+
-				"readable by it (in containers: see the README's security model)", p, os.Getuid())
+			groups, _ := os.Getgroups()
+			return nil, fmt.Errorf("reading %s: permission denied to this process (uid %d, gid %d, groups %v): make the "+
+				"file readable by one of them; with compose, write the credentials with `nice-coord init --group-readable` "+
+				"and start it with NICE_SECRETS_GID=$(id -g) (the secrets keep the host's owner and mode)",
+				p, os.Getuid(), os.Getgid(), groups)
 		case err != nil:
 			return nil, fmt.Errorf("reading %s: %w", p, err)
 		}

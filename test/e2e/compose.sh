@@ -291,19 +291,24 @@ checkpointed() { (($(field '.last_checkpoint_step') >= CKPT_MIN)); }
 # Containers started outside compose (step 2b), removed at the end.
 INTRUDERS=()
 REFUSED_TO_START=""
+INTRUDERS_SINCE=""
 # intruders_refused: the coordinator logged a TLS and a gossip refusal from
 # every intruder address, and each intruder logged its failure to attach.
+# The logs read are kept in COORD_LOG and INTRUDER_LOGS for the report.
 INTRUDER_IPS=()
+COORD_LOG=""
+declare -A INTRUDER_LOGS=()
 intruders_refused() {
-	local coord_log ip c
-	coord_log=$(docker logs "$(containers coordinator | head -n 1)" 2>&1)
+	local ip c
+	COORD_LOG=$(docker logs --since "$INTRUDERS_SINCE" "$(containers coordinator | head -n 1)" 2>&1)
 	for ip in "${INTRUDER_IPS[@]}"; do
-		grep "refused a connection at the TLS handshake" <<<"$coord_log" | grep -q "from=$ip:" || return 1
-		grep "refused gossip" <<<"$coord_log" | grep -q "from=$ip:" || return 1
+		grep "refused a connection at the TLS handshake" <<<"$COORD_LOG" | grep -q "from=$ip:" || return 1
+		grep "refused gossip" <<<"$COORD_LOG" | grep -q "from=$ip:" || return 1
 	done
 	for c in "${INTRUDERS[@]}"; do
-		docker logs "$c" 2>&1 | grep -q "no session with the coordinator" || return 1
-		docker logs "$c" 2>&1 | grep -q "joining cluster failed" || return 1
+		INTRUDER_LOGS[$c]=$(docker logs "$c" 2>&1)
+		grep -q "no session with the coordinator" <<<"${INTRUDER_LOGS[$c]}" || return 1
+		grep -q "joining cluster failed" <<<"${INTRUDER_LOGS[$c]}" || return 1
 	done
 }
 no_intruder_listed() { ! jq -e '[.workers[]?.id | select(startswith("intruder"))] | length > 0' >/dev/null <<<"$S"; }
@@ -400,16 +405,23 @@ for f in ca.crt node.crt node.key gossip.key; do other_mounts+=(-v "$WORKDIR/oth
 # Three at once: without credentials and without --insecure (it must not
 # start at all), with --insecure (plaintext), and with another cluster's
 # credentials.
-none=$(docker run -d --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-none) ||
-	fail "could not start a worker without credentials"
-REFUSED_TO_START=$none
-INTRUDERS+=("$(docker run -d --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-plain --insecure)") ||
-	fail "could not start the intruder without credentials"
-INTRUDERS+=("$(docker run -d --network "$net" --group-add "$NICE_SECRETS_GID" "${other_mounts[@]}" -e NICE_TLS_DIR=/run/secrets \
-	"$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-foreign)") || fail "could not start the intruder with another cluster's credentials"
-rc=$(timeout "$E2E_WAIT" docker wait "$none") || fail "a worker without credentials on a non-loopback address did not exit"
-out=$(docker logs "$none" 2>&1)
-docker rm -f "$none" >/dev/null 2>&1 || true
+INTRUDERS_SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+REFUSED_TO_START=${PROJECT}_intruder_none
+INTRUDERS=("${PROJECT}_intruder_plain" "${PROJECT}_intruder_foreign")
+pids=()
+docker run -d --name "$REFUSED_TO_START" --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-none >/dev/null &
+pids+=($!)
+docker run -d --name "${INTRUDERS[0]}" --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-plain --insecure >/dev/null &
+pids+=($!)
+docker run -d --name "${INTRUDERS[1]}" --network "$net" --group-add "$NICE_SECRETS_GID" "${other_mounts[@]}" -e NICE_TLS_DIR=/run/secrets \
+	"$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-foreign >/dev/null &
+pids+=($!)
+for p in "${pids[@]}"; do
+	wait "$p" || fail "could not start the containers without the secrets"
+done
+rc=$(timeout "$E2E_WAIT" docker wait "$REFUSED_TO_START") || fail "a worker without credentials on a non-loopback address did not exit"
+out=$(docker logs "$REFUSED_TO_START" 2>&1)
+docker rm -f "$REFUSED_TO_START" >/dev/null 2>&1 || true
 REFUSED_TO_START=""
 [ "$rc" != 0 ] || fail "a worker without credentials on a non-loopback address exited 0: $out"
 grep -q "listens beyond this host and no credentials were given" <<<"$out" ||
@@ -420,14 +432,13 @@ for c in "${INTRUDERS[@]}"; do
 done
 wait_until "both intruders refused (TLS and gossip) and never listed, $E2E_PROGRESS more steps with $WORKERS workers" refused_and_going
 record "intruders refused, training unaffected" "$(secs_since "$t0")"
-coord_log=$(docker logs "$coord" 2>&1)
 for ip in "${INTRUDER_IPS[@]}"; do
-	log "coordinator: $(grep "refused a connection at the TLS handshake" <<<"$coord_log" | grep -m 1 "from=$ip:" | cut -c1-260)"
-	log "coordinator: $(grep "refused gossip" <<<"$coord_log" | grep -m 1 "from=$ip:" | cut -c1-260)"
+	log "coordinator: $(grep "refused a connection at the TLS handshake" <<<"$COORD_LOG" | grep -m 1 "from=$ip:" | cut -c1-260)"
+	log "coordinator: $(grep "refused gossip" <<<"$COORD_LOG" | grep -m 1 "from=$ip:" | cut -c1-260)"
 done
 for c in "${INTRUDERS[@]}"; do
-	log "intruder: $(docker logs "$c" 2>&1 | grep -m 1 "no session with the coordinator" | cut -c1-300)"
-	log "intruder: $(docker logs "$c" 2>&1 | grep -m 1 "joining cluster failed" | cut -c1-300)"
+	log "intruder: $(grep -m 1 "no session with the coordinator" <<<"${INTRUDER_LOGS[$c]}" | cut -c1-300)"
+	log "intruder: $(grep -m 1 "joining cluster failed" <<<"${INTRUDER_LOGS[$c]}" | cut -c1-300)"
 done
 docker rm -f "${INTRUDERS[@]}" >/dev/null 2>&1 || true
 INTRUDERS=()
