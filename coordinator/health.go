@@ -65,10 +65,21 @@ func (s *Server) noteCheckpointFailure(step uint64, err error) {
 // retryFailedCheckpoint asks the machine for a checkpoint at the next commit
 // when a write failed since it last looked (loop goroutine). A held or
 // finished run has no next commit: the machine asks again on its own.
-func (s *Server) retryFailedCheckpoint() {
+//
+// Retries after the first are spaced by MachineConfig.SaveRetry, as the
+// machine spaces its own: every snapshot makes each member copy its state on
+// the training path, and a disk that stays full would otherwise have every
+// other commit pay for one.
+func (s *Server) retryFailedCheckpoint(now time.Time) {
+	every := s.cfg.Machine.SaveRetry
+	if every <= 0 {
+		every = 5 * time.Second // the machine's default
+	}
 	s.mu.Lock()
-	retry := s.retryCheckpoint
-	s.retryCheckpoint = false
+	retry := s.retryCheckpoint && now.Sub(s.lastRetry) >= every
+	if retry {
+		s.retryCheckpoint = false
+	}
 	s.mu.Unlock()
 	if !retry {
 		return
@@ -76,6 +87,7 @@ func (s *Server) retryFailedCheckpoint() {
 	if p := s.m.Phase(); p == Holding || p == Finished {
 		return
 	}
+	s.lastRetry = now
 	s.log.Info("a checkpoint write failed: the next commit takes a new checkpoint")
 	s.m.RequestSnapshot()
 }

@@ -179,3 +179,42 @@ func TestFinalCheckpointError(t *testing.T) {
 		})
 	}
 }
+
+// A failed write has the machine take a checkpoint at its next commit; while
+// writes keep failing, the retries are spaced by SaveRetry; a held run is
+// left to the machine's own retries.
+func TestFailedCheckpointIsRetriedByTheNextCommit(t *testing.T) {
+	c := newSimCluster(t, simConfig(), "a", "b")
+	c.start()
+	c.runUntilNext(2)
+	s := &Server{m: c.m, log: slog.New(slog.NewTextHandler(io.Discard, nil)), cfg: Config{Machine: MachineConfig{SaveRetry: time.Second}}}
+	t0 := c.now
+	steps := []struct {
+		name   string
+		after  time.Duration // since t0
+		failed bool          // a write failed before the loop looks
+		retry  bool          // the next commit takes a checkpoint
+	}{
+		{"first failure: at once", 0, true, true},
+		{"nothing failed", 100 * time.Millisecond, false, false},
+		{"another failure, too soon", 500 * time.Millisecond, true, false},
+		{"still pending, SaveRetry later", time.Second, false, true},
+	}
+	for _, step := range steps {
+		if step.failed {
+			s.retryCheckpoint = true
+		}
+		s.retryFailedCheckpoint(t0.Add(step.after))
+		next := c.m.Next().Step
+		c.runUntilNext(next + 1)
+		if got := c.ledger[len(c.ledger)-1]; got.Position.Step != next || got.Snapshot != step.retry {
+			t.Fatalf("%s: the commit of step %d carries a snapshot: %v, want %v", step.name, next, got.Snapshot, step.retry)
+		}
+	}
+	c.m.phase = Holding
+	s.retryCheckpoint = true
+	s.retryFailedCheckpoint(t0.Add(time.Hour))
+	if c.m.snapshotWanted {
+		t.Error("a held run was asked for a snapshot at a commit that will not come")
+	}
+}

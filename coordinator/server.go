@@ -114,8 +114,9 @@ type Server struct {
 	wg     sync.WaitGroup
 
 	// Owned by the loop goroutine.
-	m        *Machine
-	sessions map[string]*workerSession
+	m         *Machine
+	sessions  map[string]*workerSession
+	lastRetry time.Time // when a failed checkpoint was last retried
 
 	// mu guards what other goroutines read.
 	mu       sync.Mutex
@@ -468,7 +469,7 @@ func (s *Server) loop(ctx context.Context) {
 		}
 		s.apply(out)
 		s.updateStatus()
-		s.retryFailedCheckpoint()
+		s.retryFailedCheckpoint(now)
 	}
 }
 
