@@ -212,7 +212,11 @@ func (c *simCluster) attachWith(id string, st simState) *simWorker {
 	c.nextInc++
 	w := &simWorker{id: id, addr: id + ":7100", incarnation: c.nextInc, state: st}
 	c.workers[id] = w
-	c.apply(c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen))
+	out, err := c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen)
+	if err != nil {
+		c.t.Fatalf("attach %s: %v", id, err)
+	}
+	c.apply(out)
 	return w
 }
 

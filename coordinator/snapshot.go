@@ -104,7 +104,9 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	}
 	s.mu.Unlock()
 	if added {
-		blob = st.Encode()
+		if blob, err = st.Encode(); err != nil {
+			return fmt.Errorf("state from %s with the epoch scores: %w", r.Addr, err)
+		}
 	}
 	digest := st.Digest()
 	meta := checkpoint.Meta{Step: uint64(st.Position.Step), Epoch: uint64(st.Position.Epoch), StepInEpoch: uint64(st.Position.StepInEpoch),

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -358,7 +360,13 @@ func (w *Worker) keepSession(life context.Context, client session.Dialer, sess c
 		if time.Since(began) > 10*w.cfg.RetryMax {
 			backoff = w.cfg.RetryMin
 		}
-		w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		switch status.Code(err) {
+		case codes.AlreadyExists, codes.InvalidArgument, codes.PermissionDenied:
+			// Retrying will not help until someone acts: say so loudly.
+			w.log.Error("the coordinator refuses this worker; retrying", "err", err, "in", backoff)
+		default:
+			w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		}
 		select {
 		case <-life.Done():
 			return
@@ -574,7 +582,7 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
 	// and the update after the commit reuses it.
 	w.norm = tr.Opt.GradNorm(tr.Grad)
-	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0)
+	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0) || math.IsNaN(r.SumLL) || math.IsInf(r.SumLL, 0)
 	r.GradDigest = train.Digest(tr.Grad)
 	w.faultAt(ctx, "report", o.Position.Step)
 	return r
@@ -628,8 +636,12 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 		return fmt.Errorf("%w: live state is at step %s, not %d", statexfer.ErrUnavailable, have, want.Step)
 	}
 	v := w.tr.View()
-	size(v.EncodedLen())
-	_, err := v.WriteTo(out)
+	n, err := v.EncodedLen()
+	if err != nil {
+		return err
+	}
+	size(n)
+	_, err = v.WriteTo(out)
 	return err
 }
 
@@ -644,8 +656,12 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 		w.snapMu.RLock()
 		if w.snapValid && w.snap.Position == want {
 			defer w.snapMu.RUnlock()
-			size(w.snap.EncodedLen())
-			_, err := w.snap.WriteTo(out)
+			n, err := w.snap.EncodedLen()
+			if err != nil {
+				return err
+			}
+			size(n)
+			_, err = w.snap.WriteTo(out)
 			return err
 		}
 		have, taken := w.snap.Position.Step, w.snapTaken

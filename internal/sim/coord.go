@@ -80,12 +80,18 @@ func (c *coordProc) tick() {
 
 // attach is a Hello arriving on session ss.
 func (c *coordProc) attach(ss *session, lastGen uint64) {
+	out, err := c.m.Attach(c.s.now, ss.w.id, ss.w.addr, ss.w.inc, lastGen)
+	if err != nil {
+		c.apply(out)
+		ss.cut("refused: " + err.Error())
+		return
+	}
 	if old := c.sessions[ss.w.id]; old != nil && old != ss {
 		old.cut("replaced by a new session")
 	}
 	c.sessions[ss.w.id] = ss
 	ss.coordInc = c.inc
-	c.apply(c.m.Attach(c.s.now, ss.w.id, ss.w.addr, ss.w.inc, lastGen))
+	c.apply(out)
 	ss.toWorker(nil) // the Welcome
 }
 
