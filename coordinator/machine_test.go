@@ -958,21 +958,6 @@ func TestMachineJoinWhileRunning(t *testing.T) {
 // TestMachineIgnoresStaleMessages sends messages of other generations and
 // steps to a generation waiting for its last report, then lets it go on.
 func TestMachineIgnoresStaleMessages(t *testing.T) {
-	// Generation 2 (w1, w2, w3) has committed the step that ends epoch 0;
-	// w2's evaluation and its report of step 7 wait.
-	setup := func(t *testing.T) *simCluster {
-		c := newSimCluster(t, simConfig(), "w1", "w2", "w3", "w4")
-		c.start()
-		c.runUntilNext(5)
-		c.detach("w4")
-		c.runUntilNext(7)
-		c.pause("w2")
-		c.quiesce()
-		wantEq(t, "generation", c.m.Generation(), 2)
-		wantEq(t, "evaluations in", len(c.m.evals), 2)
-		wantEq(t, "reports in", len(c.m.reports), 2)
-		return c
-	}
 	ready := func(gen uint64, step int64) *nicepb.Ready {
 		return &nicepb.Ready{Generation: gen, HasState: true, Position: &nicepb.Position{Step: step}, StateDigest: 1}
 	}
@@ -1003,7 +988,7 @@ func TestMachineIgnoresStaleMessages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := setup(t)
+			c := w2Late(t)
 			if out := tc.send(c); !isEmpty(out) {
 				t.Errorf("output %+v, want none", out)
 			}

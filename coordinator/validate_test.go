@@ -10,6 +10,24 @@ import (
 	"github.com/nice-flow/nice/train"
 )
 
+// w2Late sets up generation 2 (w1, w2, w3; w4 has left) right after the
+// commit of the step that ends epoch 0: w2 is paused, and its evaluation
+// and its report of step 7 wait.
+func w2Late(t *testing.T) *simCluster {
+	t.Helper()
+	c := newSimCluster(t, simConfig(), "w1", "w2", "w3", "w4")
+	c.start()
+	c.runUntilNext(5)
+	c.detach("w4")
+	c.runUntilNext(7)
+	c.pause("w2")
+	c.quiesce()
+	wantEq(t, "generation", c.m.Generation(), 2)
+	wantEq(t, "evaluations in", len(c.m.evals), 2)
+	wantEq(t, "reports in", len(c.m.reports), 2)
+	return c
+}
+
 // Each case is a finding of the review that the edge checks fix: before
 // them, a NaN sum_ll was kept (and later crashed the checkpoint encoder), a
 // NaN all-reduce time poisoned the status, a NaN committed sum_ll stalled
@@ -17,19 +35,6 @@ import (
 // taken on the worker's word.
 func TestMachineRefusesInvalidMessages(t *testing.T) {
 	nan, inf := math.NaN(), math.Inf(1)
-	// Generation 2 (w1, w2, w3) has committed the step that ends epoch 0;
-	// w2's evaluation and its report of step 7 wait (w2 is paused).
-	setup := func(t *testing.T) *simCluster {
-		c := newSimCluster(t, simConfig(), "w1", "w2", "w3", "w4")
-		c.start()
-		c.runUntilNext(5)
-		c.detach("w4")
-		c.runUntilNext(7)
-		c.pause("w2")
-		c.quiesce()
-		wantEq(t, "reports in", len(c.m.reports), 2)
-		return c
-	}
 	report := func(mod func(r *nicepb.Report)) func(c *simCluster) Output {
 		return func(c *simCluster) Output {
 			r := &nicepb.Report{Generation: 2, Step: 7, Lo: 3, Hi: 6, GradDigest: 7, SumLl: -10, ComputeSeconds: 0.1, AllreduceSeconds: 0.1}
@@ -62,7 +67,7 @@ func TestMachineRefusesInvalidMessages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := setup(t)
+			c := w2Late(t)
 			out := tc.send(c)
 			c.apply(out)
 			st := c.m.Stats()
@@ -91,16 +96,6 @@ func TestMachineRefusesInvalidMessages(t *testing.T) {
 // stranger, stopped training. Now only the current generation's verdict on
 // the step in flight holds the run, and only once every member reported.
 func TestMachineNonFiniteStopsOnlyFromTheGeneration(t *testing.T) {
-	setup := func(t *testing.T) *simCluster {
-		c := newSimCluster(t, simConfig(), "w1", "w2", "w3", "w4")
-		c.start()
-		c.runUntilNext(5)
-		c.detach("w4")
-		c.runUntilNext(7)
-		c.pause("w2")
-		c.quiesce()
-		return c
-	}
 	nonFinite := func(gen uint64, step int64) *nicepb.Report {
 		return &nicepb.Report{Generation: gen, Step: step, NonFinite: true, Lo: 3, Hi: 6, SumLl: math.NaN()}
 	}
@@ -115,7 +110,7 @@ func TestMachineNonFiniteStopsOnlyFromTheGeneration(t *testing.T) {
 		{"an earlier step", "w2", 2, 6},
 	} {
 		t.Run("ignored from "+tc.name, func(t *testing.T) {
-			c := setup(t)
+			c := w2Late(t)
 			c.apply(c.m.Report(c.now, tc.from, nonFinite(tc.gen, tc.step)))
 			wantEq(t, "phase", c.m.Phase(), Running)
 			wantEq(t, "non-finite steps", c.m.Stats().NonFinite, 0)
@@ -125,7 +120,7 @@ func TestMachineNonFiniteStopsOnlyFromTheGeneration(t *testing.T) {
 		})
 	}
 	t.Run("holds when a member reports it for the step in flight", func(t *testing.T) {
-		c := setup(t)
+		c := w2Late(t)
 		c.workers["w2"].outbox = nil // its honest report is replaced
 		c.apply(c.m.Report(c.now, "w2", nonFinite(2, 7)))
 		wantEq(t, "phase", c.m.Phase(), Holding)
