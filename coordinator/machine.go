@@ -95,6 +95,15 @@ type Machine struct {
 	stored    int64
 	saveAsked time.Time
 
+	// Checkpoints are stored only of a state the replicas agreed on: agreed
+	// lists the newest such states (one is added when a generation is
+	// admitted, and when every member reported the same digest for a
+	// snapshot); snapDigests collect the members' digests of the snapshot
+	// at snapPos.
+	agreed      []Agreement
+	snapPos     train.Position
+	snapDigests map[string]uint64
+
 	stats Stats
 }
 
@@ -187,6 +196,17 @@ type SnapshotRequest struct {
 	Live bool
 }
 
+// Agreement is a state every member of a generation showed the same digest
+// for: the only states the server stores as checkpoints (see
+// View.Agreed).
+type Agreement struct {
+	Position train.Position
+	Digest   uint64
+}
+
+// keepAgreements is how many of the newest agreements the machine lists.
+const keepAgreements = 16
+
 // Commit is one committed step with the shards that computed it.
 type Commit struct {
 	Generation uint64
@@ -225,6 +245,9 @@ func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr 
 		blamed:      map[string]int{},
 		reports:     map[string]*nicepb.Report{},
 		evals:       map[string]*nicepb.EvalReport{},
+		snapDigests: map[string]uint64{},
+		// Its own state is stored and verified.
+		agreed: []Agreement{{Position: pos, Digest: digest}},
 		// The state a machine starts from is stored: a checkpoint, or the
 		// initial state, which the configuration reproduces.
 		stored: pos.Step,
@@ -243,6 +266,9 @@ type View struct {
 	// Stopped: a requested stop is complete as far as the machine goes:
 	// training holds at a step boundary, or no worker is left.
 	Stopped bool
+	// Agreed lists the newest states the replicas agreed on, oldest
+	// first: a checkpoint is stored only if its state is one of them.
+	Agreed []Agreement
 }
 
 // View returns the machine's state for the server.
@@ -251,6 +277,7 @@ func (m *Machine) View() View {
 		Phase: m.phase, Generation: m.gen, Next: m.next, StepsPerEpoch: m.spe,
 		Ring: m.Ring(), Members: m.Members(), Stats: m.stats,
 		Stopped: m.stopWanted && (m.phase == Holding || m.phase == Idle),
+		Agreed:  slices.Clone(m.agreed),
 	}
 }
 
@@ -482,6 +509,7 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	w := m.workers[id]
 	delete(m.workers, id)
 	delete(m.blamed, id)
+	delete(m.snapDigests, id)
 	if w == nil || !w.member {
 		return
 	}
@@ -513,6 +541,7 @@ func (m *Machine) abandonStep() {
 // idle if there are too few.
 func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	clear(m.reports)
+	clear(m.snapDigests)
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
 	m.refDigest = 0
@@ -661,6 +690,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		return
 	}
 	m.admit()
+	m.agree(m.next, ref)
 	m.refDigest = 0
 	m.phase = Running
 	m.phaseSince = now
@@ -831,6 +861,8 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	out.Committed = c
 	m.next = after
 	if snapshot {
+		m.snapPos = after
+		clear(m.snapDigests)
 		m.ask(now, out, &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen})
 		m.snapshotWanted = false
 	}
@@ -1076,6 +1108,53 @@ func (m *Machine) saveLive(now time.Time, w *workerState, out *Output) {
 func (m *Machine) ask(now time.Time, out *Output, r *SnapshotRequest) {
 	out.Snapshot = r
 	m.saveAsked = now
+}
+
+// agree records that every member holds the state at pos with digest d.
+func (m *Machine) agree(pos train.Position, d uint64) {
+	if i := slices.IndexFunc(m.agreed, func(a Agreement) bool { return a.Position == pos }); i >= 0 {
+		m.agreed = slices.Delete(m.agreed, i, i+1)
+	}
+	m.agreed = append(m.agreed, Agreement{Position: pos, Digest: d})
+	if n := len(m.agreed); n > keepAgreements {
+		m.agreed = slices.Delete(m.agreed, 0, n-keepAgreements)
+	}
+}
+
+// Snapshotted handles a member's digest of the snapshot it kept when it
+// applied a commit that asked for one. Once every member named the same
+// digest, the snapshot may be checkpointed; members that disagree have
+// diverged, and a new generation settles on the majority's state.
+func (m *Machine) Snapshotted(now time.Time, id string, sn *nicepb.Snapshotted) Output {
+	var out Output
+	if m.from(&out, id, "snapshot digest", sn.Generation) == nil {
+		return out
+	}
+	if pos := statexfer.FromPB(sn.Position); pos != m.snapPos || m.snapPos.Step == 0 {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("snapshot digest", id, "of step %d; the newest snapshot is at step %d", pos.Step, m.snapPos.Step))
+		return out
+	}
+	m.snapDigests[id] = sn.StateDigest
+	if len(m.snapDigests) < len(m.ring) {
+		return out
+	}
+	first := m.snapDigests[m.ring[0]]
+	for _, rid := range m.ring {
+		if d, ok := m.snapDigests[rid]; !ok || d != first {
+			m.stats.DigestMismatch++
+			out.Logs = append(out.Logs, fmt.Sprintf("snapshot at step %d: worker %s's digest %016x differs from rank 0's %016x; no checkpoint of it, and the replicas settle on the majority's state",
+				m.snapPos.Step, rid, d, first))
+			clear(m.snapDigests)
+			if m.phase == Running || m.phase == Preparing {
+				m.abandonStep()
+				m.startGeneration(now, &out, "snapshot digests differ")
+			}
+			return out
+		}
+	}
+	clear(m.snapDigests)
+	m.agree(m.snapPos, first)
+	return out
 }
 
 // Stored records that the checkpoint of the state at pos is on disk, and

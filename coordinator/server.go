@@ -117,6 +117,10 @@ type Server struct {
 	stopped  chan struct{}    // closed when a requested stop completed
 	stopping bool             // a stop was requested
 	params   int              // floats in the all-reduced gradient
+	// agreed is the machine's list of states the replicas agreed on;
+	// agreedChanged is closed (and replaced) when it changes.
+	agreed        []Agreement
+	agreedChanged chan struct{}
 
 	loopDone chan struct{} // closed when the loop goroutine ends
 }
@@ -184,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
-		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
+		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{}), agreedChanged: make(chan struct{})}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -494,6 +498,8 @@ func (s *Server) handle(now time.Time, ev event) Output {
 			return s.m.Eval(now, id, k.Eval)
 		case *nicepb.WorkerMessage_RingFailure:
 			return s.m.RingFailure(now, id, k.RingFailure)
+		case *nicepb.WorkerMessage_Snapshotted:
+			return s.m.Snapshotted(now, id, k.Snapshotted)
 		case *nicepb.WorkerMessage_Leave:
 			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
 		}

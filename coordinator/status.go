@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"slices"
 	"time"
 
 	"github.com/nice-flow/nice/train"
@@ -39,6 +40,9 @@ type Status struct {
 	DigestsAgree     bool  `json:"digests_agree"`
 	DigestMismatches int64 `json:"digest_mismatches"`
 	NonFiniteSteps   int64 `json:"non_finite_steps"`
+	// CheckpointsRefused counts fetched states whose digest was not the
+	// one the replicas agreed on: they were not stored.
+	CheckpointsRefused int64 `json:"checkpoints_refused"`
 
 	// Refused counts the workers' messages refused at the edge, by reason;
 	// LastRefused is the newest refusal's error (stale messages, routine
@@ -105,6 +109,11 @@ func (s *Server) updateStatus() {
 	next := v.Next
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !slices.Equal(s.agreed, v.Agreed) {
+		s.agreed = v.Agreed
+		close(s.agreedChanged)
+		s.agreedChanged = make(chan struct{})
+	}
 	st := &s.status
 	st.Phase = string(v.Phase)
 	st.Generation = v.Generation

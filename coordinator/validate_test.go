@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -121,11 +122,15 @@ func TestMachineNonFiniteStopsOnlyFromTheGeneration(t *testing.T) {
 	}
 	t.Run("holds when a member reports it for the step in flight", func(t *testing.T) {
 		c := w2Late(t)
-		c.workers["w2"].outbox = nil // its honest report is replaced
+		w2 := c.workers["w2"]
+		w2.outbox = slices.DeleteFunc(w2.outbox, func(m *nicepb.WorkerMessage) bool { return m.GetReport() != nil }) // replaced:
 		c.apply(c.m.Report(c.now, "w2", nonFinite(2, 7)))
 		wantEq(t, "phase", c.m.Phase(), Holding)
 		wantEq(t, "next (the step is not applied)", c.m.Next().Step, 7)
 		wantEq(t, "non-finite steps", c.m.Stats().NonFinite, 1)
+		c.resume("w2")
+		c.quiesce()
+		wantEq(t, "next after the rest of w2's messages", c.m.Next().Step, 7)
 		if !c.m.View().Stopped {
 			t.Errorf("the run is not stopped")
 		}
@@ -185,5 +190,92 @@ func TestCheckHello(t *testing.T) {
 	}
 	if err := CheckHello(nil); err == nil {
 		t.Errorf("no hello: accepted")
+	}
+}
+
+// Before: a checkpoint was stored on rank 0's word (only its position was
+// checked). Now the members' digests of each snapshot must agree, and the
+// server stores a fetched state only if it is the agreed one.
+func TestMachineAgreesOnSnapshotDigests(t *testing.T) {
+	t.Run("every member names the same digest", func(t *testing.T) {
+		c := newSimCluster(t, simConfig(), "w1", "w2", "w3")
+		c.start()
+		c.runUntilNext(int64(c.spe)) // the epoch end takes a snapshot
+		c.quiesce()
+		want := referenceState(c.cfg, int64(c.spe))
+		if !slices.Contains(c.m.View().Agreed, Agreement{Position: want.pos, Digest: want.digest}) {
+			t.Errorf("agreements %v lack the snapshot at step %d with digest %016x", c.m.View().Agreed, want.pos.Step, want.digest)
+		}
+	})
+	t.Run("a member names another digest", func(t *testing.T) {
+		c := newSimCluster(t, simConfig(), "w1", "w2", "w3")
+		c.start()
+		c.runUntilNext(int64(c.spe))
+		pos := c.m.snapPos
+		c.pause("w1", "w2", "w3")
+		gen := c.m.Generation()
+		for _, id := range []string{"w1", "w2"} {
+			c.apply(c.m.Snapshotted(c.now, id, &nicepb.Snapshotted{Generation: gen, Position: statexferPB(pos), StateDigest: 42}))
+		}
+		c.apply(c.m.Snapshotted(c.now, "w3", &nicepb.Snapshotted{Generation: gen, Position: statexferPB(pos), StateDigest: 43}))
+		wantEq(t, "digest mismatches", c.m.Stats().DigestMismatch, 1)
+		wantEq(t, "generation (the replicas settle again)", c.m.Generation(), gen+1)
+		for _, a := range c.m.View().Agreed {
+			if a.Position == pos && (a.Digest == 42 || a.Digest == 43) {
+				t.Errorf("a disputed digest was agreed: %+v", a)
+			}
+		}
+	})
+	t.Run("from a stranger or of another step", func(t *testing.T) {
+		c := newSimCluster(t, simConfig(), "w1", "w2")
+		c.start()
+		c.runUntilNext(int64(c.spe))
+		gen := c.m.Generation()
+		c.apply(c.m.Snapshotted(c.now, "x", &nicepb.Snapshotted{Generation: gen, Position: statexferPB(c.m.snapPos), StateDigest: 1}))
+		c.apply(c.m.Snapshotted(c.now, "w1", &nicepb.Snapshotted{Generation: gen, Position: &nicepb.Position{Step: 2, StepInEpoch: 2}, StateDigest: 1}))
+		st := c.m.Stats()
+		wantEq(t, "refused (non-member)", st.Refused.NonMember, 1)
+		wantEq(t, "refused (stale)", st.Refused.Stale, 1)
+		c.quiesce()
+		c.checkFinished()
+	})
+}
+
+func statexferPB(p train.Position) *nicepb.Position {
+	return &nicepb.Position{Step: p.Step, Epoch: int32(p.Epoch), StepInEpoch: int32(p.StepInEpoch)}
+}
+
+func TestServerStoresOnlyAgreedStates(t *testing.T) {
+	pos := train.Position{Step: 7, Epoch: 1}
+	newServer := func(agreed ...Agreement) *Server {
+		return &Server{agreed: agreed, agreedChanged: make(chan struct{}), loopDone: make(chan struct{})}
+	}
+	if err := newServer(Agreement{pos, 5}).awaitAgreement(pos, 5); err != nil {
+		t.Errorf("the agreed state: %v", err)
+	}
+	if err := newServer(Agreement{pos, 5}).awaitAgreement(pos, 6); err == nil || !strings.Contains(err.Error(), "agreed on") {
+		t.Errorf("a state with another digest: err %v, want a refusal", err)
+	}
+	if err := newServer(Agreement{train.Position{Step: 9, Epoch: 1, StepInEpoch: 2}, 5}).awaitAgreement(pos, 5); err == nil {
+		t.Errorf("a state older than every agreement: accepted")
+	}
+	// The agreement comes after the fetch: the state waits for it.
+	s := newServer(Agreement{train.Position{Step: 3, StepInEpoch: 3}, 1})
+	done := make(chan error, 1)
+	go func() { done <- s.awaitAgreement(pos, 5) }()
+	s.mu.Lock()
+	s.agreed = append(s.agreed, Agreement{pos, 5})
+	close(s.agreedChanged)
+	s.agreedChanged = make(chan struct{})
+	s.mu.Unlock()
+	if err := <-done; err != nil {
+		t.Errorf("an agreement that came later: %v", err)
+	}
+	// The coordinator stops first: refused, not stuck.
+	s = newServer()
+	go func() { done <- s.awaitAgreement(pos, 5) }()
+	close(s.loopDone)
+	if err := <-done; err == nil {
+		t.Errorf("no agreement before the stop: accepted")
 	}
 }

@@ -306,8 +306,8 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 	case a.Apply != nil:
 		o := *a.Apply
 		w.startWork(func(context.Context) func(time.Time) Actions {
-			pos, err := w.apply(o.Commit)
-			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, err) }
+			pos, snapDigest, err := w.apply(o.Commit)
+			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, snapDigest, err) }
 		})
 	case a.Evaluate != nil:
 		o := *a.Evaluate
@@ -589,26 +589,28 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 }
 
 // apply applies a committed step with the norm of its reduced gradient,
-// and keeps a snapshot if the commit asks for one.
-func (w *Worker) apply(c *nicepb.Commit) (train.Position, error) {
+// and keeps a snapshot if the commit asks for one, returning its digest.
+func (w *Worker) apply(c *nicepb.Commit) (train.Position, uint64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	tr := w.tr
 	if tr.Position.Step != c.Step {
-		return tr.Position, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
+		return tr.Position, 0, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
 	}
 	if err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, w.norm); err != nil {
-		return tr.Position, err
+		return tr.Position, 0, err
 	}
+	var digest uint64
 	if c.Snapshot {
 		w.snapMu.Lock()
 		tr.CopyInto(&w.snap)
+		digest = w.snap.Digest()
 		w.snapValid = true
 		close(w.snapTaken)
 		w.snapTaken = make(chan struct{})
 		w.snapMu.Unlock()
 	}
-	return tr.Position, nil
+	return tr.Position, digest, nil
 }
 
 // evaluate scores this rank's shard of the scored set.
