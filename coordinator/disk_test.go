@@ -166,10 +166,19 @@ func start(t *testing.T, cfg coordinator.Config) *run {
 	}
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); r.w.Run(ctx) }()
+	t.Cleanup(func() { r.stop() }) // if the test ends early; before the leak check
 	return r
 }
 
-// stop ends the run and returns what Serve returned.
+// checkLeaks checks, once the test and its clean-ups are done, that every
+// goroutine it started has ended (flow's loop pool lives for the process).
+func checkLeaks(t *testing.T) {
+	t.Cleanup(func() {
+		goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+	})
+}
+
+// stop ends the run and returns what Serve returned; it may be called again.
 func (r *run) stop() error {
 	r.cancel()
 	r.wg.Wait()
@@ -255,7 +264,7 @@ func checkHealthy(t *testing.T, srv *coordinator.Server) {
 func TestCheckpointWriteFailuresShowAndClear(t *testing.T) {
 	dir := t.TempDir()
 	cfg := tinyRun(t, dir, 50)
-	defer goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+	checkLeaks(t)
 	disk := &fullDisk{}
 	disk.full.Store(true)
 	store, err := checkpoint.OpenBolt(filepath.Join(dir, "nice.db"), checkpoint.BoltOptions{
@@ -352,7 +361,7 @@ func TestCheckpointWriteFailuresShowAndClear(t *testing.T) {
 func TestLedgerWriteFailuresShowAndClear(t *testing.T) {
 	dir := t.TempDir()
 	cfg := tinyRun(t, dir, 30)
-	defer goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+	checkLeaks(t)
 	disk := &fullDisk{}
 	disk.full.Store(true)
 	tr := &transcript{}
@@ -404,7 +413,7 @@ func TestLedgerWriteFailuresShowAndClear(t *testing.T) {
 
 // A coordinator whose ledger cannot be synced at its stop says so.
 func TestServeFailsWhenTheLedgerIsNotSyncedAtTheStop(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+	checkLeaks(t)
 	dir := t.TempDir()
 	disk := &fullDisk{}
 	disk.full.Store(true)
