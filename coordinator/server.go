@@ -386,6 +386,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	return errors.Join(err, s.finalCheckpointError(timedOut, wait), closeErr)
 }
 
+// finalWait is how long a stop waits for its final checkpoint.
 func (s *Server) finalWait() time.Duration {
 	if s.cfg.FinalCheckpointTimeout > 0 {
 		return s.cfg.FinalCheckpointTimeout
