@@ -90,9 +90,10 @@ func runStatus(ctx context.Context, args []string) error {
 	fs := newFlagSet("status", "[--addr host:port] [--tls-dir DIR] [--json] [--watch]",
 		"Shows the coordinator's workers (id, address, state, rank, gossip state), the generation and\n"+
 			"ring order, epoch and step with progress, samples/s, the last training NLL, the last test\n"+
-			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint.\n"+
-			"A cluster with credentials answers only a client that presents them: --tls-dir (or\n"+
-			"NICE_TLS_DIR), else the folder serve or up noted in --state-dir.")
+			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint. Failing\n"+
+			"checkpoint writes or ledger writes come first, as DEGRADED lines. A cluster with credentials\n"+
+			"answers only a client that presents them: --tls-dir (or NICE_TLS_DIR), else the folder serve\n"+
+			"or up noted in --state-dir.")
 	addr := fs.String("addr", "", "coordinator gRPC address (default: the one noted in --state-dir by serve or up, else 127.0.0.1:7000)")
 	stateDir := fs.String("state-dir", "nice-state", "folder where serve or up noted their address")
 	asJSON := fs.Bool("json", false, "print one JSON object")
@@ -144,6 +145,7 @@ func runStatus(ctx context.Context, args []string) error {
 
 func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	fmt.Fprintf(w, "coordinator %s  phase %s  generation %d  config %s\n", addr, st.Phase, st.Generation, st.ConfigHash)
+	printProblems(w, st)
 	pct := 0.0
 	if st.StepsPerEpoch > 0 {
 		pct = 100 * float64(st.StepInEpoch) / float64(st.StepsPerEpoch)
@@ -173,6 +175,16 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 		digests = fmt.Sprintf("DIGEST MISMATCHES %d", st.DigestMismatches)
 	}
 	fmt.Fprintf(w, "steps committed %d (redone %d), generations %d, %s, %s\n", st.CommittedSteps, st.RedoneSteps, st.Generations, ledger, digests)
+	if st.NonFiniteSteps > 0 {
+		fmt.Fprintf(w, "HELD: step %d is not finite (not applied); restart with a lower --lr or with --clip 1\n", st.Step)
+	}
+	if r := st.Refused; r.Total() > 0 || st.CheckpointsRefused > 0 {
+		fmt.Fprintf(w, "refused messages: %d invalid, %d from non-members, %d identity, %d bad hellos, %d stale; checkpoints refused %d\n",
+			r.Invalid, r.NonMember, r.Identity, r.Hello, r.Stale, st.CheckpointsRefused)
+		if st.LastRefused != "" {
+			fmt.Fprintf(w, "  newest: %s\n", st.LastRefused)
+		}
+	}
 	if len(st.Ring) > 0 {
 		fmt.Fprintf(w, "ring: %s\n", strings.Join(st.Ring, " -> "))
 	}
@@ -188,6 +200,16 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	tw.Flush()
 	if len(st.Workers) == 0 {
 		fmt.Fprintln(w, "(no workers attached)")
+	}
+}
+
+// printProblems shows what makes the coordinator degraded, first thing.
+func printProblems(w io.Writer, st *coordinator.Status) {
+	for _, p := range st.Problems() {
+		fmt.Fprintf(w, "DEGRADED: %s\n", p)
+	}
+	if st.LedgerLinesLost > 0 {
+		fmt.Fprintf(w, "LEDGER INCOMPLETE: %d lines were lost while the ledger file took none\n", st.LedgerLinesLost)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator"
@@ -182,6 +183,12 @@ func surfaces() []surface {
 			return probeFetch(ctx, e.workers[0].Addr(), e.held, c)
 		}},
 		{"RingService.Exchange (worker)", probeRing},
+		{"Health.Check (coordinator)", func(ctx context.Context, e *secureCluster, c column) outcome {
+			return probeHealth(ctx, e.srv.Addr(), c)
+		}},
+		{"Health.Check (worker)", func(ctx context.Context, e *secureCluster, c column) outcome {
+			return probeHealth(ctx, e.workers[0].Addr(), c)
+		}},
 		{"gossip (memberlist)", probeGossip},
 		{"HTTP status port", probeHTTP},
 	}
@@ -207,6 +214,8 @@ func surfaceWant() map[string]map[string]expect {
 		"StateService.FetchState (worker)":      grpcRow("bytes of state at step"),
 		// A stream without its hello, refused by the ring itself.
 		"RingService.Exchange (worker)": grpcRow("InvalidArgument: bad frame"),
+		"Health.Check (coordinator)":    grpcRow("SERVING"),
+		"Health.Check (worker)":         grpcRow("SERVING"),
 		"gossip (memberlist)": {
 			"cluster credentials": {true, "joined"},
 			"no credentials":      {false, "remote state is encrypted and encryption is not configured"},
@@ -312,6 +321,19 @@ func probeRing(ctx context.Context, e *secureCluster, c column) outcome {
 		return outcome{true, "the worker accepted a stream without a hello"}
 	}
 	return grpcOutcome(err, "")
+}
+
+func probeHealth(ctx context.Context, addr string, c column) outcome {
+	conn, err := grpc.NewClient(addr, c.dial)
+	if err != nil {
+		return outcome{false, err.Error()}
+	}
+	defer conn.Close()
+	r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return grpcOutcome(err, "")
+	}
+	return outcome{true, r.Status.String()}
 }
 
 // probeGossip starts a memberlist node with the column's key and joins the
