@@ -28,16 +28,17 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 		return err
 	}
 	hello := first.GetHello()
-	if hello == nil || hello.WorkerId == "" || hello.Addr == "" {
-		return status.Errorf(codes.InvalidArgument, "a session starts with a Hello naming the worker and its address, got %T", first.Kind)
+	if err := CheckHello(hello); err != nil {
+		s.refusedHello(err)
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := stream.Send(&nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Welcome{Welcome: &nicepb.Welcome{
 		ConfigJson: s.configJSON, CoordinatorIncarnation: s.incarnation,
 	}}}); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
 	ss := &workerSession{id: hello.WorkerId, addr: hello.Addr, incarnation: hello.Incarnation, lastGen: hello.LastGeneration,
 		out: make(chan *nicepb.CoordinatorMessage, 256), cancel: cancel}
 	if !r.post(ctx, event{attach: ss}) {
@@ -74,6 +75,9 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if cause := context.Cause(ctx); status.Code(cause) != codes.Unknown {
+				return cause
+			}
 			return status.Error(codes.Aborted, "session closed by the coordinator")
 		case err := <-recvErr:
 			return err

@@ -13,13 +13,16 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/membership"
@@ -114,6 +117,10 @@ type Server struct {
 	stopped  chan struct{}    // closed when a requested stop completed
 	stopping bool             // a stop was requested
 	params   int              // floats in the all-reduced gradient
+	// agreed is the machine's list of states the replicas agreed on;
+	// agreedChanged is closed (and replaced) when it changes.
+	agreed        []Agreement
+	agreedChanged chan struct{}
 
 	loopDone chan struct{} // closed when the loop goroutine ends
 }
@@ -133,8 +140,18 @@ type workerSession struct {
 	incarnation uint64
 	lastGen     uint64
 	out         chan *nicepb.CoordinatorMessage
-	cancel      context.CancelFunc
+	// cancel ends the session; the cause is what the worker is told.
+	cancel context.CancelCauseFunc
 }
+
+// Why the coordinator ends a session, as the worker is told.
+var (
+	errReplaced   = status.Error(codes.Aborted, "session replaced by a newer session of the same worker")
+	errGossipGone = status.Error(codes.Unavailable, "gossip declared this worker dead")
+	errStopping   = status.Error(codes.Unavailable, "the coordinator is stopping")
+	errSlow       = status.Error(codes.ResourceExhausted, "the worker did not keep up with its messages")
+	errDisconnect = status.Error(codes.Aborted, "the coordinator dropped this worker from the generation (its log says why)")
+)
 
 type event struct {
 	attach *workerSession
@@ -171,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
-		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
+		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{}), agreedChanged: make(chan struct{})}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -189,7 +206,11 @@ func New(cfg Config) (*Server, error) {
 	if s.configJSON, err = json.Marshal(st.Config); err != nil {
 		return fail(err)
 	}
-	s.own = ownState{pos: st.Position, blob: st.Encode(), digest: st.Digest()}
+	blob, err := st.Encode()
+	if err != nil {
+		return fail(fmt.Errorf("the state to start from: %w", err))
+	}
+	s.own = ownState{pos: st.Position, blob: blob, digest: st.Digest()}
 	s.params = len(st.Params)
 	kept, err := loadScores(cfg.StateDir, st.Config.Hash())
 	if err != nil {
@@ -414,7 +435,7 @@ func (s *Server) loop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			for _, ss := range s.sessions {
-				ss.cancel()
+				ss.cancel(errStopping)
 			}
 			return
 		case <-tick.C:
@@ -430,11 +451,16 @@ func (s *Server) loop(ctx context.Context) {
 func (s *Server) handle(now time.Time, ev event) Output {
 	switch {
 	case ev.attach != nil:
+		out, err := s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation, ev.attach.lastGen)
+		if err != nil {
+			ev.attach.cancel(status.Error(codes.AlreadyExists, err.Error()))
+			return out
+		}
 		if old := s.sessions[ev.attach.id]; old != nil {
-			old.cancel()
+			old.cancel(errReplaced)
 		}
 		s.sessions[ev.attach.id] = ev.attach
-		return s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation, ev.attach.lastGen)
+		return out
 	case ev.detach != nil:
 		if s.sessions[ev.detach.id] != ev.detach {
 			return Output{} // an older session of a re-attached worker
@@ -455,7 +481,7 @@ func (s *Server) handle(now time.Time, ev event) Output {
 			s.log.Warn("gossip says a worker is gone, but its session is alive: keeping it", "worker", id, "node", ev.gone.Name, "heard_ago", quiet.Round(time.Millisecond))
 			return Output{}
 		}
-		ss.cancel()
+		ss.cancel(errGossipGone)
 		delete(s.sessions, id)
 		return s.m.Detach(now, id, ss.incarnation, "gossip: "+ev.gone.Name+" is gone")
 	case ev.msg != nil:
@@ -467,16 +493,13 @@ func (s *Server) handle(now time.Time, ev event) Output {
 		case *nicepb.WorkerMessage_Ready:
 			return s.m.Ready(now, id, k.Ready)
 		case *nicepb.WorkerMessage_Report:
-			if k.Report.NonFinite {
-				s.log.Error("the reduced gradient is not finite; training stops here (the step was not applied). Restart with a lower --lr or --clip 1.", "step", k.Report.Step)
-				s.m.RequestStop()
-				return Output{}
-			}
 			return s.m.Report(now, id, k.Report)
 		case *nicepb.WorkerMessage_Eval:
 			return s.m.Eval(now, id, k.Eval)
 		case *nicepb.WorkerMessage_RingFailure:
 			return s.m.RingFailure(now, id, k.RingFailure)
+		case *nicepb.WorkerMessage_Snapshotted:
+			return s.m.Snapshotted(now, id, k.Snapshotted)
 		case *nicepb.WorkerMessage_Leave:
 			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
 		}
@@ -512,6 +535,10 @@ func (s *Server) closeStopped() {
 // apply carries out a machine output.
 func (s *Server) apply(out Output) {
 	for _, l := range out.Logs {
+		if strings.HasPrefix(l, "refused ") {
+			s.log.Warn(l)
+			continue
+		}
 		s.log.Info(l)
 	}
 	for _, snd := range out.Sends {
@@ -523,12 +550,12 @@ func (s *Server) apply(out Output) {
 		case ss.out <- snd.Msg:
 		default:
 			s.log.Warn("worker does not keep up with its messages; closing its session", "worker", snd.To)
-			ss.cancel()
+			ss.cancel(errSlow)
 		}
 	}
 	for _, id := range out.Disconnect {
 		if ss := s.sessions[id]; ss != nil {
-			ss.cancel()
+			ss.cancel(errDisconnect)
 			delete(s.sessions, id)
 		}
 	}

@@ -88,6 +88,13 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	if st.Position != r.Position {
 		return fmt.Errorf("state from %s is at step %d, asked for %d", r.Addr, st.Position.Step, r.Position.Step)
 	}
+	digest := st.Digest()
+	if err := s.awaitAgreement(st.Position, digest); err != nil {
+		s.mu.Lock()
+		s.status.CheckpointsRefused++
+		s.mu.Unlock()
+		return fmt.Errorf("checkpoint of the state from %s refused: %w", r.Addr, err)
+	}
 	// Scores of finished epochs are known here first: put them in the
 	// history the checkpoint keeps.
 	s.mu.Lock()
@@ -104,9 +111,10 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	}
 	s.mu.Unlock()
 	if added {
-		blob = st.Encode()
+		if blob, err = st.Encode(); err != nil {
+			return fmt.Errorf("state from %s with the epoch scores: %w", r.Addr, err)
+		}
 	}
-	digest := st.Digest()
 	meta := checkpoint.Meta{Step: uint64(st.Position.Step), Epoch: uint64(st.Position.Epoch), StepInEpoch: uint64(st.Position.StepInEpoch),
 		Generation: r.Generation, Time: time.Now(), ConfigHash: st.Config.Hash()}
 	if err := s.writer.Submit(meta, blob); err != nil {
@@ -125,6 +133,44 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 		}
 	}
 	return nil
+}
+
+// agreeWait bounds how long a fetched state waits for the replicas to agree
+// on its step: the members' digests of a snapshot come right after they
+// apply its commit, and a live state's agreement when its generation is
+// admitted.
+var agreeWait = time.Minute
+
+// awaitAgreement returns nil once the replicas agreed on the state at pos
+// having digest d, and an error if they agreed on another digest or not at
+// all within agreeWait: a checkpoint is never stored on one worker's word.
+func (s *Server) awaitAgreement(pos train.Position, d uint64) error {
+	timeout := time.NewTimer(agreeWait)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		agreed, changed := s.agreed, s.agreedChanged
+		s.mu.Unlock()
+		for _, a := range agreed {
+			if a.Position != pos {
+				continue
+			}
+			if a.Digest != d {
+				return fmt.Errorf("the state at step %d has digest %016x, the replicas agreed on %016x", pos.Step, d, a.Digest)
+			}
+			return nil
+		}
+		if len(agreed) > 0 && agreed[0].Position.Step > pos.Step {
+			return fmt.Errorf("the replicas' agreement on step %d is no longer known (the newest agreements are from step %d on)", pos.Step, agreed[0].Position.Step)
+		}
+		select {
+		case <-changed:
+		case <-s.loopDone:
+			return fmt.Errorf("the coordinator stopped before the replicas agreed on step %d", pos.Step)
+		case <-timeout.C:
+			return fmt.Errorf("the replicas did not agree on a state at step %d within %v", pos.Step, agreeWait)
+		}
+	}
 }
 
 func (s *Server) writeImages(st *train.State) error {

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"slices"
 	"time"
 
 	"github.com/nice-flow/nice/train"
@@ -38,6 +39,18 @@ type Status struct {
 	LedgerErrors     int64 `json:"ledger_errors"`
 	DigestsAgree     bool  `json:"digests_agree"`
 	DigestMismatches int64 `json:"digest_mismatches"`
+	NonFiniteSteps   int64 `json:"non_finite_steps"`
+	// CheckpointsRefused counts fetched states whose digest was not the
+	// one the replicas agreed on: they were not stored.
+	CheckpointsRefused int64 `json:"checkpoints_refused"`
+
+	// Refused counts the workers' messages refused at the edge, by reason;
+	// LastRefused is the newest refusal's error (stale messages, routine
+	// after a failure, are counted but not shown there).
+	Refused     Refusals `json:"refused_messages"`
+	LastRefused string   `json:"last_refused,omitempty"`
+	hellos      int64    // sessions refused at their Hello (server side)
+	seenRefusal string   // the machine's LastRefused when last copied
 
 	Scores      []train.EpochResult `json:"scores"`
 	ConfigHash  string              `json:"config_hash"`
@@ -96,6 +109,11 @@ func (s *Server) updateStatus() {
 	next := v.Next
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !slices.Equal(s.agreed, v.Agreed) {
+		s.agreed = v.Agreed
+		close(s.agreedChanged)
+		s.agreedChanged = make(chan struct{})
+	}
 	st := &s.status
 	st.Phase = string(v.Phase)
 	st.Generation = v.Generation
@@ -113,6 +131,22 @@ func (s *Server) updateStatus() {
 	st.LedgerOK = v.Stats.LedgerErrors == 0
 	st.DigestMismatches = v.Stats.DigestMismatch
 	st.DigestsAgree = v.Stats.DigestMismatch == 0
+	st.NonFiniteSteps = v.Stats.NonFinite
+	st.Refused = v.Stats.Refused
+	st.Refused.Hello = st.hellos
+	if v.Stats.LastRefused != st.seenRefusal {
+		st.LastRefused, st.seenRefusal = v.Stats.LastRefused, v.Stats.LastRefused
+	}
 	st.ConfigHash = s.cfg.Train.Hash()
 	st.Incarnation = s.incarnation
+}
+
+// refusedHello counts a session refused at its first message.
+func (s *Server) refusedHello(err error) {
+	s.log.Warn("refused a session", "err", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.hellos++
+	s.status.Refused.Hello = s.status.hellos
+	s.status.LastRefused = "session: " + err.Error()
 }

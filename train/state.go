@@ -106,14 +106,16 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	return cw.n + int64(k), err
 }
 
-// Encode returns s encoded as WriteTo writes it.
-func (s *State) Encode() []byte {
+// Encode returns s encoded as WriteTo writes it. It fails on a malformed
+// state: buffers of different sizes, or a non-finite number in the header
+// (JSON has no NaN).
+func (s *State) Encode() ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(len(s.Params)*12 + 1<<16)
 	if _, err := s.WriteTo(&b); err != nil {
-		panic(err) // writing to memory fails only on a malformed state
+		return nil, err
 	}
-	return b.Bytes()
+	return b.Bytes(), nil
 }
 
 // ReadState decodes a State written by WriteTo, verifying its checksum.

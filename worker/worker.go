@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -304,8 +306,8 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 	case a.Apply != nil:
 		o := *a.Apply
 		w.startWork(func(context.Context) func(time.Time) Actions {
-			pos, err := w.apply(o.Commit)
-			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, err) }
+			pos, snapDigest, err := w.apply(o.Commit)
+			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, snapDigest, err) }
 		})
 	case a.Evaluate != nil:
 		o := *a.Evaluate
@@ -358,7 +360,13 @@ func (w *Worker) keepSession(life context.Context, client session.Dialer, sess c
 		if time.Since(began) > 10*w.cfg.RetryMax {
 			backoff = w.cfg.RetryMin
 		}
-		w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		switch status.Code(err) {
+		case codes.AlreadyExists, codes.InvalidArgument, codes.PermissionDenied:
+			// Retrying will not help until someone acts: say so loudly.
+			w.log.Error("the coordinator refuses this worker; retrying", "err", err, "in", backoff)
+		default:
+			w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		}
 		select {
 		case <-life.Done():
 			return
@@ -574,33 +582,35 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
 	// and the update after the commit reuses it.
 	w.norm = tr.Opt.GradNorm(tr.Grad)
-	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0)
+	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0) || math.IsNaN(r.SumLL) || math.IsInf(r.SumLL, 0)
 	r.GradDigest = train.Digest(tr.Grad)
 	w.faultAt(ctx, "report", o.Position.Step)
 	return r
 }
 
 // apply applies a committed step with the norm of its reduced gradient,
-// and keeps a snapshot if the commit asks for one.
-func (w *Worker) apply(c *nicepb.Commit) (train.Position, error) {
+// and keeps a snapshot if the commit asks for one, returning its digest.
+func (w *Worker) apply(c *nicepb.Commit) (train.Position, uint64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	tr := w.tr
 	if tr.Position.Step != c.Step {
-		return tr.Position, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
+		return tr.Position, 0, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
 	}
 	if err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, w.norm); err != nil {
-		return tr.Position, err
+		return tr.Position, 0, err
 	}
+	var digest uint64
 	if c.Snapshot {
 		w.snapMu.Lock()
 		tr.CopyInto(&w.snap)
+		digest = w.snap.Digest()
 		w.snapValid = true
 		close(w.snapTaken)
 		w.snapTaken = make(chan struct{})
 		w.snapMu.Unlock()
 	}
-	return tr.Position, nil
+	return tr.Position, digest, nil
 }
 
 // evaluate scores this rank's shard of the scored set.
@@ -628,8 +638,12 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 		return fmt.Errorf("%w: live state is at step %s, not %d", statexfer.ErrUnavailable, have, want.Step)
 	}
 	v := w.tr.View()
-	size(v.EncodedLen())
-	_, err := v.WriteTo(out)
+	n, err := v.EncodedLen()
+	if err != nil {
+		return err
+	}
+	size(n)
+	_, err = v.WriteTo(out)
 	return err
 }
 
@@ -644,8 +658,12 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 		w.snapMu.RLock()
 		if w.snapValid && w.snap.Position == want {
 			defer w.snapMu.RUnlock()
-			size(w.snap.EncodedLen())
-			_, err := w.snap.WriteTo(out)
+			n, err := w.snap.EncodedLen()
+			if err != nil {
+				return err
+			}
+			size(n)
+			_, err = w.snap.WriteTo(out)
 			return err
 		}
 		have, taken := w.snap.Position.Step, w.snapTaken

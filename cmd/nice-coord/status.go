@@ -141,6 +141,16 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 		digests = fmt.Sprintf("DIGEST MISMATCHES %d", st.DigestMismatches)
 	}
 	fmt.Fprintf(w, "steps committed %d (redone %d), generations %d, %s, %s\n", st.CommittedSteps, st.RedoneSteps, st.Generations, ledger, digests)
+	if st.NonFiniteSteps > 0 {
+		fmt.Fprintf(w, "HELD: step %d is not finite (not applied); restart with a lower --lr or with --clip 1\n", st.Step)
+	}
+	if r := st.Refused; r.Total() > 0 || st.CheckpointsRefused > 0 {
+		fmt.Fprintf(w, "refused messages: %d invalid, %d from non-members, %d identity, %d bad hellos, %d stale; checkpoints refused %d\n",
+			r.Invalid, r.NonMember, r.Identity, r.Hello, r.Stale, st.CheckpointsRefused)
+		if st.LastRefused != "" {
+			fmt.Fprintf(w, "  newest: %s\n", st.LastRefused)
+		}
+	}
 	if len(st.Ring) > 0 {
 		fmt.Fprintf(w, "ring: %s\n", strings.Join(st.Ring, " -> "))
 	}
