@@ -59,6 +59,8 @@ type machineFuzz struct {
 	now time.Time
 	r   *fuzzBytes
 	inc map[string]uint64 // newest incarnation attached under each id
+	// snapSent is the snapshot position each worker last sent its digest of.
+	snapSent map[string]train.Position
 }
 
 func newMachineFuzz(t testing.TB, data []byte) *machineFuzz {
@@ -82,7 +84,7 @@ func newMachineFuzz(t testing.TB, data []byte) *machineFuzz {
 	if r.byte()%2 == 1 {
 		m.NeedScore(start.Epoch)
 	}
-	return &machineFuzz{t: t, w: newMachineWatch(t, m), m: m, cfg: cfg, now: time.Unix(1_700_000_000, 0), r: r, inc: map[string]uint64{}}
+	return &machineFuzz{t: t, w: newMachineWatch(t, m), m: m, cfg: cfg, now: time.Unix(1_700_000_000, 0), r: r, inc: map[string]uint64{}, snapSent: map[string]train.Position{}}
 }
 
 func (f *machineFuzz) clock() time.Time { return f.now }
@@ -264,7 +266,8 @@ func (f *machineFuzz) eval(id string, honest bool) *nicepb.EvalReport {
 }
 
 // honest sends what an honest member would: a Ready at next (kind 0), its
-// report of the step in flight (1), or its part of the epoch's score (2).
+// report of the step in flight (1), its part of the epoch's score (2), or
+// the digest of the snapshot the last commit asked for (3).
 func (f *machineFuzz) honest(kind byte, id string) {
 	var msg nicepb.WorkerMessage
 	switch kind {
@@ -274,27 +277,38 @@ func (f *machineFuzz) honest(kind byte, id string) {
 			Position: statexfer.ToPB(next), StateDigest: digestAt(next)}}
 	case 1:
 		msg.Kind = &nicepb.WorkerMessage_Report{Report: f.report(id, true)}
-	default:
+	case 2:
 		msg.Kind = &nicepb.WorkerMessage_Eval{Eval: f.eval(id, true)}
+	default:
+		pos := f.m.snapPos
+		f.snapSent[id] = pos
+		msg.Kind = &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{Generation: f.m.Generation(),
+			Position: statexfer.ToPB(pos), StateDigest: digestAt(pos)}}
 	}
 	f.send(id, &msg)
 }
 
-// every sends, honestly, what each member owes and has not sent yet: its
-// part of an awaited score, then its Ready or its report.
+// every sends, honestly, what each member owes and has not sent yet: the
+// digest of the newest snapshot, its part of an awaited score, then its
+// Ready or its report.
 func (f *machineFuzz) every() {
 	m := f.m
+	member := func(id string) bool { return m.workers[id] != nil && slices.Contains(m.ring, id) }
 	for _, id := range m.Ring() {
-		if m.evalEpoch > 0 && m.evals[id] == nil && slices.Contains(m.ring, id) {
+		if m.snapPos.Step > 0 && f.snapSent[id] != m.snapPos && member(id) {
+			f.honest(3, id)
+		}
+	}
+	for _, id := range m.Ring() {
+		if m.evalEpoch > 0 && m.evals[id] == nil && member(id) {
 			f.honest(2, id)
 		}
 	}
 	for _, id := range m.Ring() {
-		ws := m.workers[id]
 		switch {
-		case ws == nil || !slices.Contains(m.ring, id):
+		case !member(id):
 			// Dropped by an earlier message of this round.
-		case m.phase == Preparing && ws.ready == nil:
+		case m.phase == Preparing && m.workers[id].ready == nil:
 			f.honest(0, id)
 		case m.phase == Running && m.reports[id] == nil:
 			f.honest(1, id)
@@ -308,7 +322,7 @@ var fuzzTicks = []time.Duration{0, 50 * time.Millisecond, 300 * time.Millisecond
 // event reads one event and hands it to the machine.
 func (f *machineFuzz) event() {
 	m := f.m
-	switch op := f.r.byte() % 16; op {
+	switch op := f.r.byte() % 18; op {
 	case 0:
 		f.attach()
 	case 1:
@@ -339,19 +353,7 @@ func (f *machineFuzz) event() {
 		id := f.id()
 		f.send(id, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Leave{Leave: &nicepb.Leave{Reason: "stopping", Position: f.position()}}})
 	case 7:
-		// A snapshot the machine asked for was fetched and, unless the
-		// write fails, stored: what the server reports.
-		if len(f.w.asked) == 0 {
-			return
-		}
-		pos := f.w.asked[int(f.r.byte())%len(f.w.asked)]
-		f.w.note("saved %+v", pos)
-		m.SetOwnState(pos, digestAt(pos))
-		f.w.after(Output{})
-		if f.r.byte()%4 != 1 {
-			f.w.note("stored %+v", pos)
-			f.w.after(m.Stored(f.now, pos))
-		}
+		f.stored()
 	case 8, 9:
 		f.now = f.now.Add(fuzzTicks[f.r.byte()%byte(len(fuzzTicks))])
 		f.w.note("tick %v", f.now.Format(time.StampMilli))
@@ -364,12 +366,40 @@ func (f *machineFuzz) event() {
 		f.w.note("request snapshot")
 		m.RequestSnapshot()
 		f.w.after(Output{})
-	case 12, 13, 14:
+	case 12:
+		id := f.id()
+		pos := f.position()
+		f.send(id, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{
+			Generation: f.gen(), Position: pos, StateDigest: f.digest(statexfer.FromPB(pos))}}})
+	case 13, 14, 15, 16:
 		if ring := m.Ring(); len(ring) > 0 {
-			f.honest(op-12, ring[int(f.r.byte())%len(ring)])
+			f.honest(op-13, ring[int(f.r.byte())%len(ring)])
 		}
 	default:
 		f.every()
+	}
+}
+
+// stored plays the server's checkpoint writer: a snapshot the machine asked
+// for, of a state the replicas agreed on (Server.awaitAgreement), was
+// fetched, and, unless the write fails, stored.
+func (f *machineFuzz) stored() {
+	var can []Agreement
+	for _, a := range f.m.View().Agreed {
+		if slices.Contains(f.w.asked, a.Position) {
+			can = append(can, a)
+		}
+	}
+	if len(can) == 0 {
+		return
+	}
+	a := can[int(f.r.byte())%len(can)]
+	f.w.note("saved %+v", a)
+	f.m.SetOwnState(a.Position, a.Digest)
+	f.w.after(Output{})
+	if f.r.byte()%4 != 1 {
+		f.w.note("stored %+v", a.Position)
+		f.w.after(f.m.Stored(f.now, a.Position))
 	}
 }
 
@@ -378,8 +408,8 @@ func (f *machineFuzz) event() {
 var (
 	seedAttach  = func(id byte) []byte { return []byte{0, id, 0, 0, 0} }
 	seedTick    = func(i byte) []byte { return []byte{8, i} }
-	seedEvery   = []byte{15} // every member sends what it owes: Ready, report, score
-	seedEval    = func(rank byte) []byte { return []byte{14, rank} }
+	seedEvery   = []byte{17} // every member sends what it owes: digest, score, Ready, report
+	seedEval    = func(rank byte) []byte { return []byte{15, rank} }
 	seedLeave   = func(id, pos byte) []byte { return []byte{6, id, pos} }
 	seedStored  = func(i byte) []byte { return []byte{7, i, 0} }
 	seedFailure = func(id, peer byte) []byte { return []byte{5, id, 0, peer} }
@@ -427,6 +457,7 @@ func FuzzMachine(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		mf := newMachineFuzz(t, data)
+		defer mf.w.catch()
 		for n := 0; mf.r.more() && n < 500; n++ {
 			mf.event()
 		}
@@ -488,6 +519,7 @@ func FuzzMachineMessages(f *testing.F) {
 			t.FailNow()
 		}
 		w := newMachineWatch(t, c.m)
+		defer w.catch()
 		for _, out := range c.outs {
 			if out.Snapshot != nil {
 				w.asked = append(w.asked, out.Snapshot.Position)

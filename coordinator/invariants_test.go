@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"math"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -22,12 +23,14 @@ type machineWatch struct {
 	m     *Machine
 	start train.Position   // the state the machine started from
 	asked []train.Position // positions of the snapshots it asked for
+	// snaps is each worker's newest Snapshotted: what it vouched for.
+	snaps map[string]Agreement
 	prev  View
 	trail []string // the latest events, for the failure message
 }
 
 func newMachineWatch(t testing.TB, m *Machine) *machineWatch {
-	return &machineWatch{t: t, m: m, start: m.Next(), prev: m.View()}
+	return &machineWatch{t: t, m: m, start: m.Next(), snaps: map[string]Agreement{}, prev: m.View()}
 }
 
 func (w *machineWatch) fail(format string, args ...any) {
@@ -66,8 +69,17 @@ func (w *machineWatch) after(out Output) {
 	w.checkNext(v, out)
 	w.checkFinite(v, out)
 	w.checkSnapshot(v, out)
+	w.checkAgreed(v)
 	w.checkSends(out)
 	w.prev = v
+}
+
+// catch turns a panic of the machine into a failure that shows the events
+// leading to it.
+func (w *machineWatch) catch() {
+	if p := recover(); p != nil {
+		w.fail("the machine panicked: %v\n%s", p, debug.Stack())
+	}
 }
 
 // checkRing: the ring lists attached members, sorted, each once; a worker
@@ -183,7 +195,9 @@ func (w *machineWatch) checkNext(v View, out Output) {
 		}
 	case v.Next == from:
 	case v.Next == m.coordPos && (v.Next == w.start || slices.Contains(w.asked, v.Next)):
-		// Back to the machine's own checkpoint: no member held the state.
+		// Back to the machine's own checkpoint (one it asked for, of a
+		// state the replicas agreed on: see checkAgreed): no member held
+		// the state.
 	case v.Stats.Committed == 0 && v.Next.Step > from.Step && w.everyMemberReady(v.Next):
 	default:
 		w.fail("next moved from %+v to %+v without a commit (own checkpoint %+v, asked %v)", from, v.Next, m.coordPos, w.asked)
@@ -272,6 +286,28 @@ func (w *machineWatch) checkSnapshot(v View, out Output) {
 	w.asked = append(w.asked, r.Position)
 }
 
+// checkAgreed: a state is listed as agreed (and may so be stored as a
+// checkpoint) only when every member of the generation vouched for its
+// digest, by its Ready or by its Snapshotted, at a position of the run.
+func (w *machineWatch) checkAgreed(v View) {
+	w.t.Helper()
+	for _, a := range v.Agreed {
+		if why := w.canonical(a.Position); why != "" {
+			w.fail("agreed on a state at %+v, which is %s", a.Position, why)
+		}
+		if slices.Contains(w.prev.Agreed, a) || a.Position == w.start && len(w.prev.Agreed) == 0 {
+			continue
+		}
+		for _, id := range v.Ring {
+			r := w.m.workers[id].ready
+			byReady := r != nil && r.HasState && statexfer.FromPB(r.Position) == a.Position && r.StateDigest == a.Digest
+			if !byReady && w.snaps[id] != a {
+				w.fail("agreed on %+v, which member %s did not vouch for (ready %v, snapshot %+v); ring %v", a, id, r, w.snaps[id], v.Ring)
+			}
+		}
+	}
+}
+
 // checkSends: messages go to attached workers; the workers dropped are gone.
 func (w *machineWatch) checkSends(out Output) {
 	w.t.Helper()
@@ -302,11 +338,11 @@ func (w *machineWatch) ignored(what string, before View, stop, snap bool, out Ou
 
 // deliver hands one message of worker id's session to the machine as the
 // server does, and checks the invariants after it. A Hello opens a new
-// session (the server attaches it, if it passes the server's checks).
+// session (the server attaches it, if it passes CheckHello).
 func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage) {
 	w.t.Helper()
 	m := w.m
-	gen := uint64(0)
+	var gen uint64
 	switch k := msg.Kind.(type) {
 	case *nicepb.WorkerMessage_Ready:
 		gen = k.Ready.Generation
@@ -316,6 +352,8 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 		gen = k.Eval.Generation
 	case *nicepb.WorkerMessage_RingFailure:
 		gen = k.RingFailure.Generation
+	case *nicepb.WorkerMessage_Snapshotted:
+		gen = k.Snapshotted.Generation
 	}
 	before, stop, snap := m.View(), m.stopWanted, m.snapshotWanted
 	foreign := m.workers[id] == nil || gen != m.gen
@@ -323,11 +361,14 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 	switch k := msg.Kind.(type) {
 	case *nicepb.WorkerMessage_Hello:
 		h := k.Hello
-		if h.WorkerId == "" || h.Addr == "" {
+		if CheckHello(h) != nil {
 			return // the server ends such a session before the machine hears of it
 		}
 		w.note("hello %s from %s, incarnation %d, last generation %d", h.WorkerId, h.Addr, h.Incarnation, h.LastGeneration)
-		out = m.Attach(now(), h.WorkerId, h.Addr, h.Incarnation, h.LastGeneration)
+		out, err := m.Attach(now(), h.WorkerId, h.Addr, h.Incarnation, h.LastGeneration)
+		if err != nil {
+			w.ignored("a refused hello", before, stop, snap, out)
+		}
 		w.after(out)
 		return
 	case *nicepb.WorkerMessage_Ready:
@@ -335,17 +376,19 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 		out = m.Ready(now(), id, k.Ready)
 	case *nicepb.WorkerMessage_Report:
 		w.note("%s: report %v", id, k.Report)
-		if k.Report.NonFinite {
-			m.RequestStop() // as the server does
-		} else {
-			out = m.Report(now(), id, k.Report)
-		}
+		out = m.Report(now(), id, k.Report)
 	case *nicepb.WorkerMessage_Eval:
 		w.note("%s: eval %v", id, k.Eval)
 		out = m.Eval(now(), id, k.Eval)
 	case *nicepb.WorkerMessage_RingFailure:
 		w.note("%s: ring failure %v", id, k.RingFailure)
 		out = m.RingFailure(now(), id, k.RingFailure)
+	case *nicepb.WorkerMessage_Snapshotted:
+		w.note("%s: snapshotted %v", id, k.Snapshotted)
+		if !foreign {
+			w.snaps[id] = Agreement{Position: statexfer.FromPB(k.Snapshotted.Position), Digest: k.Snapshotted.StateDigest}
+		}
+		out = m.Snapshotted(now(), id, k.Snapshotted)
 	case *nicepb.WorkerMessage_Leave:
 		w.note("%s: leave %v", id, k.Leave)
 		foreign = m.workers[id] == nil
