@@ -23,14 +23,14 @@ type machineWatch struct {
 	m     *Machine
 	start train.Position   // the state the machine started from
 	asked []train.Position // positions of the snapshots it asked for
-	// snaps is each worker's newest Snapshotted: what it vouched for.
-	snaps map[string]Agreement
+	// snaps are the states each worker vouched for by a Snapshotted.
+	snaps map[string][]Agreement
 	prev  View
 	trail []string // the latest events, for the failure message
 }
 
 func newMachineWatch(t testing.TB, m *Machine) *machineWatch {
-	return &machineWatch{t: t, m: m, start: m.Next(), snaps: map[string]Agreement{}, prev: m.View()}
+	return &machineWatch{t: t, m: m, start: m.Next(), snaps: map[string][]Agreement{}, prev: m.View()}
 }
 
 func (w *machineWatch) fail(format string, args ...any) {
@@ -301,7 +301,7 @@ func (w *machineWatch) checkAgreed(v View) {
 		for _, id := range v.Ring {
 			r := w.m.workers[id].ready
 			byReady := r != nil && r.HasState && statexfer.FromPB(r.Position) == a.Position && r.StateDigest == a.Digest
-			if !byReady && w.snaps[id] != a {
+			if !byReady && !slices.Contains(w.snaps[id], a) {
 				w.fail("agreed on %+v, which member %s did not vouch for (ready %v, snapshot %+v); ring %v", a, id, r, w.snaps[id], v.Ring)
 			}
 		}
@@ -386,7 +386,7 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 	case *nicepb.WorkerMessage_Snapshotted:
 		w.note("%s: snapshotted %v", id, k.Snapshotted)
 		if !foreign {
-			w.snaps[id] = Agreement{Position: statexfer.FromPB(k.Snapshotted.Position), Digest: k.Snapshotted.StateDigest}
+			w.snaps[id] = append(w.snaps[id], Agreement{Position: statexfer.FromPB(k.Snapshotted.Position), Digest: k.Snapshotted.StateDigest})
 		}
 		out = m.Snapshotted(now(), id, k.Snapshotted)
 	case *nicepb.WorkerMessage_Leave:
