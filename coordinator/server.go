@@ -1,12 +1,10 @@
 package coordinator
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -50,6 +48,15 @@ type Config struct {
 	// Store keeps the checkpoints. nil opens the bbolt file StateDir/nice.db;
 	// a store passed in is closed by the server when it stops.
 	Store checkpoint.Store
+	// Ledger receives the ledger of committed steps. nil opens (appending)
+	// StateDir/ledger.jsonl; a file passed in is closed by the server when
+	// it stops.
+	Ledger LedgerFile
+	// FinalCheckpointTimeout bounds how long Serve, once its context ends,
+	// waits for the workers to stop at a step boundary and the final
+	// checkpoint to be taken (0: DefaultFinalCheckpointTimeout). A write
+	// then in progress gets up to a minute more to finish.
+	FinalCheckpointTimeout time.Duration
 	// Membership, if non-nil, is the membership the server watches for
 	// workers declared dead (it is left and shut down when the server
 	// stops). Otherwise Gossip, if non-nil, makes the coordinator a gossip
@@ -68,6 +75,9 @@ type Config struct {
 	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
+
+// DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
+const DefaultFinalCheckpointTimeout = 30 * time.Second
 
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
@@ -97,15 +107,19 @@ type Server struct {
 	gossip  membership.Membership
 	store   checkpoint.Store
 	writer  *checkpoint.Writer
-	ledger  *bufio.Writer
-	ledgerF *os.File
+	ledger  *ledger
+	health  *health.Server
+	// healthMu orders health updates, so that an older verdict never
+	// overwrites a newer one.
+	healthMu sync.Mutex
 
 	events chan event
 	wg     sync.WaitGroup
 
 	// Owned by the loop goroutine.
-	m        *Machine
-	sessions map[string]*workerSession
+	m         *Machine
+	sessions  map[string]*workerSession
+	lastRetry time.Time // when a failed checkpoint was last retried
 
 	// mu guards what other goroutines read.
 	mu       sync.Mutex
@@ -117,6 +131,9 @@ type Server struct {
 	stopped  chan struct{}    // closed when a requested stop completed
 	stopping bool             // a stop was requested
 	params   int              // floats in the all-reduced gradient
+	// retryCheckpoint: a checkpoint write failed, so the next commit takes
+	// a new one (see retryFailedCheckpoint).
+	retryCheckpoint bool
 	// agreed is the machine's list of states the replicas agreed on;
 	// agreedChanged is closed (and replaced) when it changes.
 	agreed        []Agreement
@@ -189,6 +206,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
 		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{}), agreedChanged: make(chan struct{})}
+	if cfg.Ledger != nil {
+		s.ledger = &ledger{f: cfg.Ledger} // set at once: closeAll closes it if New fails
+	}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -238,22 +258,26 @@ func New(cfg Config) (*Server, error) {
 	if e := st.Position.Epoch; e > 0 && st.Position.StepInEpoch == 0 && !slices.ContainsFunc(s.scores, func(r train.EpochResult) bool { return r.Epoch == e }) {
 		s.m.NeedScore(e)
 	}
-	if s.ledgerF, err = os.OpenFile(filepath.Join(cfg.StateDir, "ledger.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
-		return fail(fmt.Errorf("ledger: %w", err))
+	if s.ledger == nil {
+		f, err := openLedgerFile(cfg.StateDir)
+		if err != nil {
+			return fail(err)
+		}
+		s.ledger = &ledger{f: f}
 	}
-	s.ledger = bufio.NewWriter(s.ledgerF)
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
 	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
 	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
-	healthpb.RegisterHealthServer(s.srv, health.NewServer())
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.srv, s.health)
 	if cfg.HTTP != "" {
 		if s.httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return fail(fmt.Errorf("listening on %s: %w", cfg.HTTP, err))
 		}
 		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("GET /healthz", s.serveHealthz)
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(s.Status())
@@ -261,6 +285,7 @@ func New(cfg Config) (*Server, error) {
 		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 	s.updateStatus()
+	s.refreshHealth()
 	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
 	return s, nil
 }
@@ -316,7 +341,10 @@ func (s *Server) HTTPAddr() string {
 
 // Serve runs the coordinator until ctx ends: then it asks the workers to stop
 // at the next step boundary, saves a final checkpoint (bounded wait), and
-// stops everything it started.
+// stops everything it started. It fails when the state training reached is
+// not stored because checkpoint writes failed or the wait ran out (the error
+// says which checkpoint stands and why), or when the ledger could not be
+// written and synced.
 func (s *Server) Serve(ctx context.Context) error {
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- s.srv.Serve(s.lis) }()
@@ -351,24 +379,39 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-serveErr:
 	}
-	s.shutdown()
+	wait := s.finalWait()
+	timedOut := s.shutdown(wait)
 	stopLoop()
-	s.closeAll()
-	return err
+	closeErr := s.closeAll()
+	return errors.Join(err, s.finalCheckpointError(timedOut, wait), closeErr)
 }
 
-// shutdown asks for a final snapshot at the next commit and waits for it a
-// bounded time.
-func (s *Server) shutdown() {
+// finalWait is how long a stop waits for its final checkpoint.
+func (s *Server) finalWait() time.Duration {
+	if s.cfg.FinalCheckpointTimeout > 0 {
+		return s.cfg.FinalCheckpointTimeout
+	}
+	return DefaultFinalCheckpointTimeout
+}
+
+// shutdown asks for a final snapshot at the next commit and waits for it at
+// most wait; it reports whether the wait ran out.
+func (s *Server) shutdown(wait time.Duration) (timedOut bool) {
 	s.post(event{stop: true})
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-s.stopped:
-	case <-time.After(30 * time.Second):
-		s.log.Warn("no final checkpoint within 30 s; the newest earlier one stands")
+		return false
+	case <-t.C:
+		s.log.Warn("no final checkpoint taken in time; the newest earlier one stands", "waited", wait)
+		return true
 	}
 }
 
-func (s *Server) closeAll() {
+// closeAll stops everything; its error is the ledger's (not all written,
+// synced and closed).
+func (s *Server) closeAll() error {
 	if s.srv != nil {
 		done := make(chan struct{})
 		go func() { s.srv.GracefulStop(); close(done) }()
@@ -395,13 +438,16 @@ func (s *Server) closeAll() {
 		s.writer.Close(ctx)
 		cancel()
 	}
+	var ledgerErr error
 	if s.ledger != nil {
-		s.ledger.Flush()
-		s.ledgerF.Close()
+		if ledgerErr = s.ledger.close(); ledgerErr != nil {
+			s.log.Error("the ledger is not all on disk", "err", ledgerErr)
+		}
 	}
 	if s.store != nil {
 		s.store.Close()
 	}
+	return ledgerErr
 }
 
 func (s *Server) watchGossip(g membership.Membership) {
@@ -445,6 +491,7 @@ func (s *Server) loop(ctx context.Context) {
 		}
 		s.apply(out)
 		s.updateStatus()
+		s.retryFailedCheckpoint(now)
 	}
 }
 
@@ -600,12 +647,19 @@ type ledgerLine struct {
 	Allreduce   float64 `json:"allreduce_seconds"`
 }
 
+// recordCommit appends the commit to the ledger (synced when it carries a
+// snapshot: the ledger is then durable up to each checkpoint) and updates
+// the throughput figures.
 func (s *Server) recordCommit(c *Commit) {
-	b, _ := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
+	b, err := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
 		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
-		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: c.Compute, Allreduce: c.Allreduce})
-	s.ledger.Write(append(b, '\n'))
-	s.ledger.Flush()
+		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: finiteOr0(c.Compute), Allreduce: finiteOr0(c.Allreduce)})
+	if err == nil {
+		err = s.ledger.append(append(b, '\n'), c.Snapshot)
+	} else {
+		err = fmt.Errorf("encoding the ledger line: %w", err)
+	}
+	s.noteLedger(c.Position.Step, err)
 	stats := s.m.View().Stats
 	s.mu.Lock()
 	st := &s.status

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -186,10 +187,16 @@ func (s *Server) writeImages(st *train.State) error {
 	return train.WriteEpochImages(s.cfg.StateDir, m, st.History, name, st.Position.Epoch, s.cfg.Samples, st.Config.Seed+uint64(st.Position.Epoch))
 }
 
-// onSaved runs on the checkpoint writer's goroutine after each write.
+// onSaved runs on the checkpoint writer's goroutine after each write. A
+// failure shows in the status and the health until a checkpoint at or after
+// its step is stored, and the next commit takes a new checkpoint.
 func (s *Server) onSaved(r checkpoint.Result) {
+	if errors.Is(r.Err, checkpoint.ErrSuperseded) {
+		return // a newer checkpoint took its place before it was written
+	}
 	if r.Err != nil {
-		s.log.Error("checkpoint write failed; the previous ones stand", "step", r.Meta.Step, "err", r.Err)
+		s.log.Error("checkpoint write failed; the previous ones stand, and health is degraded until one is written", "step", r.Meta.Step, "err", r.Err)
+		s.noteCheckpointFailure(r.Meta.Step, r.Err)
 		return
 	}
 	s.mu.Lock()
@@ -197,7 +204,17 @@ func (s *Server) onSaved(r checkpoint.Result) {
 	s.status.lastCheckpointTime = r.Meta.Time
 	s.status.LastCheckpointWriteSeconds = r.Duration.Seconds()
 	s.status.LastCheckpointBytes = r.Info.Size
+	recovered := s.status.LastCheckpointError
+	if recovered != nil && recovered.Step <= int64(r.Meta.Step) {
+		s.status.LastCheckpointError = nil
+	} else {
+		recovered = nil
+	}
 	s.mu.Unlock()
+	if recovered != nil {
+		s.log.Info("checkpoints are written again", "step", r.Meta.Step, "failures", recovered.Failures, "since", recovered.Since)
+		s.refreshHealth()
+	}
 	pos := train.Position{Step: int64(r.Meta.Step), Epoch: int(r.Meta.Epoch), StepInEpoch: int(r.Meta.StepInEpoch)}
 	s.post(event{stored: &pos})
 }

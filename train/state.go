@@ -177,14 +177,15 @@ func checkSum(r io.Reader, sum hash.Hash) error {
 // DecodeState decodes an encoded State held in memory.
 func DecodeState(b []byte) (*State, error) { return ReadState(bytes.NewReader(b)) }
 
-// SaveFile writes s to path atomically: a temporary file in the same folder,
-// synced, then renamed over path, so a crash leaves the old state or the new
-// one, never a mix.
+// SaveFile writes s to path atomically and durably: a temporary file in the
+// same folder, synced, renamed over path, then the folder synced, so a crash
+// leaves the old state or the new one, never a mix, and once SaveFile
+// returns nil the new one survives a power cut. Every error names path.
 func (s *State) SaveFile(path string) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*")
 	if err != nil {
-		return fmt.Errorf("saving state: %w", err)
+		return fmt.Errorf("saving state to %s: %w", path, err)
 	}
 	defer os.Remove(f.Name()) // no-op after the rename
 	bw := bufio.NewWriterSize(f, 1<<20)
@@ -208,6 +209,28 @@ func (s *State) SaveFile(path string) error {
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	// The rename lives in the folder: until the folder is synced a crash
+	// can bring back the old state, or no file at all.
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("saving state to %s: renamed into place, but a crash may undo it: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir flushes a folder's entries (names created, renamed or removed in
+// it) to the disk.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening folder %s to sync it: %w", dir, err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("syncing folder %s: %w", dir, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/coordinator"
+	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
 	"github.com/nice-flow/nice/internal/rpcopt"
@@ -38,6 +39,7 @@ type serveFlags struct {
 	sessionTO time.Duration
 	samples   int
 	maxSteps  int64
+	finalWait time.Duration
 	verbose   bool
 }
 
@@ -56,6 +58,8 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.DurationVar(&sf.sessionTO, "session-timeout", rpcopt.DefaultSessionTimeout, "drop a worker that has sent nothing, not even a heartbeat, for this long (it must exceed the longest pause of a live worker)")
 	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
 	fs.Int64Var(&sf.maxSteps, "max-steps", 0, "hold training once this many steps are committed in all, with a checkpoint (0: train every epoch)")
+	fs.DurationVar(&sf.finalWait, "final-checkpoint-timeout", coordinator.DefaultFinalCheckpointTimeout,
+		"how long to wait for the final checkpoint (of a stop, or of the end of training with up) before exiting with an error that says which checkpoint stands")
 	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
 }
 
@@ -90,6 +94,7 @@ func (sf *serveFlags) config() (coordinator.Config, error) {
 	c := coordinator.Config{
 		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
 		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO,
+		FinalCheckpointTimeout: sf.finalWait,
 	}
 	if sf.gossip != "" {
 		gh, gp, err := net.SplitHostPort(sf.gossip)
@@ -132,7 +137,7 @@ func runServe(ctx context.Context, args []string) error {
 	} else if err != nil {
 		return err
 	}
-	srv, _, err := sf.start()
+	srv, _, err := sf.start(nil)
 	if err != nil {
 		return err
 	}
@@ -140,12 +145,13 @@ func runServe(ctx context.Context, args []string) error {
 }
 
 // start opens the coordinator and notes its address in the state folder for
-// `nice-coord status`.
-func (sf *serveFlags) start() (*coordinator.Server, coordinator.Config, error) {
+// `nice-coord status`. A nil store means the bbolt file in the state folder.
+func (sf *serveFlags) start(store checkpoint.Store) (*coordinator.Server, coordinator.Config, error) {
 	cfg, err := sf.config()
 	if err != nil {
 		return nil, cfg, err
 	}
+	cfg.Store = store
 	cfg.Logger = newLogger(sf.verbose)
 	srv, err := coordinator.New(cfg)
 	if err != nil {

@@ -65,7 +65,8 @@ func runStatus(ctx context.Context, args []string) error {
 	fs := newFlagSet("status", "[--addr host:port] [--json] [--watch]",
 		"Shows the coordinator's workers (id, address, state, rank, gossip state), the generation and\n"+
 			"ring order, epoch and step with progress, samples/s, the last training NLL, the last test\n"+
-			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint.")
+			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint. Failing\n"+
+			"checkpoint writes or ledger writes come first, as DEGRADED lines.")
 	addr := fs.String("addr", "", "coordinator gRPC address (default: the one noted in --state-dir by serve or up, else 127.0.0.1:7000)")
 	stateDir := fs.String("state-dir", "nice-state", "folder where serve or up noted their address")
 	asJSON := fs.Bool("json", false, "print one JSON object")
@@ -112,6 +113,7 @@ func runStatus(ctx context.Context, args []string) error {
 
 func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	fmt.Fprintf(w, "coordinator %s  phase %s  generation %d  config %s\n", addr, st.Phase, st.Generation, st.ConfigHash)
+	printProblems(w, st)
 	pct := 0.0
 	if st.StepsPerEpoch > 0 {
 		pct = 100 * float64(st.StepInEpoch) / float64(st.StepsPerEpoch)
@@ -166,6 +168,16 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	tw.Flush()
 	if len(st.Workers) == 0 {
 		fmt.Fprintln(w, "(no workers attached)")
+	}
+}
+
+// printProblems shows what makes the coordinator degraded, first thing.
+func printProblems(w io.Writer, st *coordinator.Status) {
+	for _, p := range st.Problems() {
+		fmt.Fprintf(w, "DEGRADED: %s\n", p)
+	}
+	if st.LedgerLinesLost > 0 {
+		fmt.Fprintf(w, "LEDGER INCOMPLETE: %d lines were lost while the ledger file took none\n", st.LedgerLinesLost)
 	}
 }
 
