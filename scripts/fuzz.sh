@@ -9,7 +9,11 @@
 # testdata/fuzz/<Fuzzer>/ (rerun it with `go test -run <Fuzzer>/<file>`);
 # the script goes on with the others and exits 1 at the end.
 #
-# Environment: FUZZ_PARALLEL sets the fuzzing processes per fuzzer (default:
+# Each run starts from the seeds and testdata/fuzz inputs alone, in a fresh
+# corpus folder, so that every fuzzer spends its time fuzzing (a corpus kept
+# from earlier runs is replayed first, which can take longer than a short
+# run). Environment: FUZZ_CORPUS, a folder, keeps the corpus between runs
+# instead; FUZZ_PARALLEL sets the fuzzing processes per fuzzer (default:
 # GOMAXPROCS); FUZZ_ONLY, a regular expression, keeps only matching fuzzers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,24 +36,30 @@ fi
 failed=()
 total=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+corpus=${FUZZ_CORPUS:-$(mktemp -d)}
+trap 'rm -f "$log"; [ -n "${FUZZ_CORPUS:-}" ] || rm -rf "$corpus"' EXIT
 for dir in "${dirs[@]}"; do
   mapfile -t names < <(go test -list '^Fuzz' "$dir" | grep '^Fuzz' || true)
   for name in "${names[@]}"; do
     if [ -n "${FUZZ_ONLY:-}" ] && ! [[ $name =~ $FUZZ_ONLY ]]; then continue; fi
     total=$((total + 1))
-    if go test -run '^$' -fuzz "^${name}\$" -fuzztime "${secs}s" -fuzzminimizetime "${secs}s" "${parallel[@]}" "$dir" >"$log" 2>&1; then
+    if go test -run '^$' -fuzz "^${name}\$" -fuzztime "${secs}s" -fuzzminimizetime "${secs}s" "${parallel[@]}" "$dir" \
+        -test.fuzzcachedir="$corpus" >"$log" 2>&1; then
       verdict=ok
     else
       verdict=FAILED
       failed+=("$name ($dir)")
     fi
-    # The last progress line carries the total executions.
+    # The last progress line carries the total executions (none when an
+    # input of the corpus fails while the baseline is gathered).
     execs=$(grep -o 'execs: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*' || true)
     execs=${execs:-0}
-    printf '%-26s %-24s %10d execs in %ss  %8d execs/s  %s\n' "$name" "$dir" "$execs" "$secs" $((execs / secs)) "$verdict"
-    if [ "$verdict" = FAILED ]; then
-      grep -v '^fuzz: elapsed' "$log" | head -n 40 | sed 's/^/    /'
+    if [ "$verdict" = ok ]; then
+      printf '%-26s %-24s %10d execs in %ss  %8d execs/s  ok\n' "$name" "$dir" "$execs" "$secs" $((execs / secs))
+    else
+      after=$(grep -o -m1 -- "--- FAIL: $name ([0-9.]*s)" "$log" | grep -o '[0-9.]*s' || echo '?')
+      printf '%-26s %-24s %10d execs, FAILED after %s\n' "$name" "$dir" "$execs" "$after"
+      grep -v '^fuzz: elapsed' "$log" | head -n 60 | sed 's/^/    /'
     fi
   done
 done
