@@ -60,11 +60,24 @@ type Config struct {
 	// Samples is the size of each epoch's sample grid (0: none).
 	Samples int
 	// SessionTimeout ends a worker's session when it has sent nothing (not
-	// even a heartbeat) for this long (0: rpcopt.DefaultSessionTimeout).
+	// even a heartbeat) for this long, has not sent its Hello within as
+	// long, or has not taken a message for as long
+	// (0: rpcopt.DefaultSessionTimeout).
 	SessionTimeout time.Duration
+	// MaxSessions bounds the sessions open at once (0: DefaultMaxSessions);
+	// more are refused with ResourceExhausted. Each holds a few goroutines
+	// and a queue of messages, and anyone who reaches the port can open
+	// one, so it is bounded; set it above the number of workers the run
+	// may have, with room for restarted workers whose old session has not
+	// ended yet.
+	MaxSessions int
 	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
+
+// DefaultMaxSessions is the default of Config.MaxSessions: far more
+// workers than a run of this project has.
+const DefaultMaxSessions = 256
 
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
@@ -89,6 +102,7 @@ type Server struct {
 
 	lis     net.Listener
 	srv     *grpc.Server
+	states  *statexfer.Server
 	httpSrv *http.Server
 	httpLis net.Listener
 	gossip  membership.Membership
@@ -97,8 +111,9 @@ type Server struct {
 	ledger  *bufio.Writer
 	ledgerF *os.File
 
-	events chan event
-	wg     sync.WaitGroup
+	events       chan event
+	wg           sync.WaitGroup
+	openSessions atomic.Int64 // Session calls running (see Config.MaxSessions)
 
 	// Owned by the loop goroutine.
 	m        *Machine
@@ -223,9 +238,11 @@ func New(cfg Config) (*Server, error) {
 	s.ledger = bufio.NewWriter(s.ledgerF)
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
-	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
+	opts := append(rpcopt.ServerKeepalive(), rpcopt.ServerLimits(rpcopt.MaxWorkerMessage, statexfer.MaxChunkMessage)...)
+	s.srv = grpc.NewServer(append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout))...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
-	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
+	s.states = &statexfer.Server{Src: s, Logger: log}
+	nicepb.RegisterStateServiceServer(s.srv, s.states)
 	healthpb.RegisterHealthServer(s.srv, health.NewServer())
 	if cfg.HTTP != "" {
 		if s.httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
@@ -237,7 +254,9 @@ func New(cfg Config) (*Server, error) {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(s.Status())
 		})
-		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// A client holds a connection only for bounded times.
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: rpcopt.MaxHeaderBytes}
 	}
 	s.updateStatus()
 	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
@@ -356,6 +375,7 @@ func (s *Server) closeAll() {
 		case <-time.After(2 * time.Second):
 			s.srv.Stop()
 		}
+		s.states.Wait()
 	}
 	if s.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

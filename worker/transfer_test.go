@@ -106,9 +106,7 @@ func TestStalledStateTransferDoesNotStopTraining(t *testing.T) {
 			}
 			a := start("a")
 			waitStatus(t, srv, "worker a alone, waiting for a second", func(st coordinator.Status) bool { return len(st.Workers) == 1 })
-			for a.State() == nil { // its configuration loads
-				time.Sleep(20 * time.Millisecond)
-			}
+			waitStatus(t, srv, "worker a to load its configuration", func(coordinator.Status) bool { return a.State() != nil })
 			stalled := make(chan error, 1)
 			stallTransfer(t, a.Addr(), tc.req, stalled)
 			if !tc.req.Snapshot {

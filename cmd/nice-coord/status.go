@@ -17,6 +17,7 @@ import (
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/rpcopt"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -40,7 +41,8 @@ func coordinatorAddr(flagValue, stateDir string) string {
 }
 
 func dialCoordinator(addr string) (nicepb.CoordinatorClient, func(), error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(rpcopt.WorkerCallLimits()...))
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
 	}
