@@ -124,13 +124,18 @@ func (s *Server) FetchState(req *nicepb.FetchStateRequest, stream nicepb.StateSe
 	cw.watch = time.AfterFunc(time.Hour, func() { cw.stallOnce.Do(func() { close(cw.stalled) }) })
 	cw.watch.Stop()
 	cw.sendTimeout = lim.SendTimeout
+	// The sender's result, unless it failed because ctx ended (then nil).
 	done := make(chan error, 1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer s.active.Add(-1)
 		defer cancel()
-		done <- s.send(ctx, req, cw)
+		err := s.send(ctx, req, cw)
+		if err != nil && ctx.Err() != nil {
+			return // the handler reports why ctx ended
+		}
+		done <- err
 	}()
 	var why string
 	select {
