@@ -510,6 +510,7 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	delete(m.workers, id)
 	delete(m.blamed, id)
 	delete(m.snapDigests, id)
+	delete(m.evals, id)
 	if w == nil || !w.member {
 		return
 	}
@@ -542,6 +543,7 @@ func (m *Machine) abandonStep() {
 func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	clear(m.reports)
 	clear(m.snapDigests)
+	clear(m.evals)
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
 	m.refDigest = 0
@@ -910,6 +912,12 @@ func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 	if m.from(&out, id, "evaluation", e.Generation) == nil {
 		return out
 	}
+	if m.phase == Preparing || m.phase == Idle {
+		// Scores are ordered by a Start: one before it is a previous
+		// generation's, however its generation number reads.
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("evaluation", id, "generation %d has not started (%s)", m.gen, m.phase))
+		return out
+	}
 	if int(e.Epoch) != m.evalEpoch || m.evalEpoch == 0 {
 		m.refuse(&out, &m.stats.Refused.Stale, refusal("evaluation", id, "of epoch %d; none or another is awaited", e.Epoch))
 		return out
@@ -919,8 +927,10 @@ func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 		return out
 	}
 	m.evals[id] = e
-	if len(m.evals) < len(m.ring) {
-		return out
+	for _, rid := range m.ring {
+		if m.evals[rid] == nil {
+			return out // a member's part is still missing
+		}
 	}
 	var sum float64
 	pos := 0

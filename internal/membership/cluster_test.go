@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.uber.org/goleak"
 	"net"
 	"strconv"
 	"sync"
@@ -272,9 +273,13 @@ func TestRestartedWorkerRejoins(t *testing.T) {
 }
 
 func TestShutdownLeavesNoGoroutines(t *testing.T) {
-	// Goroutines of earlier tests' nodes may still be finishing a probe.
-	if err := settledLeaks(5 * time.Second); err != nil {
-		t.Fatalf("before the test: %v", err)
+	// Goroutines of earlier tests' nodes may still be finishing a probe (on
+	// a loaded machine, for longer than a probe timeout): those are not
+	// this test's to judge, so the final check ignores them.
+	var earlier []goleak.Option
+	if err := settledLeaks(10 * time.Second); err != nil {
+		t.Logf("earlier tests' goroutines still run; ignored here: %v", err)
+		earlier = append(earlier, goleak.IgnoreCurrent())
 	}
 	// A sub-test, so that its cleanups (every Shutdown) run before the check.
 	t.Run("cluster", func(t *testing.T) {
@@ -286,7 +291,7 @@ func TestShutdownLeavesNoGoroutines(t *testing.T) {
 		}
 	})
 	// See settledLeaks for why this waits longer than goleak.VerifyNone.
-	if err := settledLeaks(5 * time.Second); err != nil {
+	if err := settledLeaks(10*time.Second, earlier...); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -35,10 +35,10 @@ func TestMain(m *testing.M) {
 // flight: probeNode blocks until its ack timer fires (up to ProbeInterval)
 // and then returns. That is bounded, not a leak, but it outlasts goleak's own
 // retries (well under a second), so keep asking until the deadline.
-func settledLeaks(wait time.Duration) error {
+func settledLeaks(wait time.Duration, opts ...goleak.Option) error {
 	deadline := time.Now().Add(wait)
 	for {
-		err := goleak.Find()
+		err := goleak.Find(opts...)
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
