@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nice-flow/nice/coordinator"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -178,14 +179,23 @@ func messageSurfaces() []messageSurface {
 					return &nicepb.Report{Generation: gen, Step: e.held.Step, SumLl: math.NaN(), Hi: 1}
 				})
 			}, has: "not a member"},
+			// A 200-byte worker id, then a member's Ready naming a
+			// position past the run (the member is dropped).
 			"wrong size": {probe: func(ctx context.Context, e *secureCluster, c column) outcome {
-				return sessionHello(ctx, e, c, &nicepb.Hello{WorkerId: strings.Repeat("w", 200), Incarnation: 1, Addr: "127.0.0.1:1"})
-			}, has: "field worker_id has 200 bytes"},
+				o := sessionHello(ctx, e, c, &nicepb.Hello{WorkerId: strings.Repeat("w", 200), Incarnation: 1, Addr: "127.0.0.1:1"})
+				m := sessionMember(ctx, e, c, "probe-size", func(plan *nicepb.Plan) *nicepb.WorkerMessage {
+					return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Ready{Ready: &nicepb.Ready{Generation: plan.Generation, HasState: true,
+						Position: &nicepb.Position{Step: 1 << 40, Epoch: 1 << 30, StepInEpoch: 7}, StateDigest: 1}}}
+				}, func(r coordinator.Refusals) int64 { return r.Invalid })
+				return outcome{o.accepted || m.accepted, m.text + "; a Hello: " + o.text}
+			}, has: "field position is"},
+			// A member (planned into the generation its attaching
+			// started) reporting for the generation before.
 			"stale generation": {probe: func(ctx context.Context, e *secureCluster, c column) outcome {
-				return sessionReport(ctx, e, c, "probe-stale", func(gen uint64) *nicepb.Report {
-					return &nicepb.Report{Generation: gen - 1, Step: e.held.Step, Hi: 1}
-				})
-			}, has: "not a member"},
+				return sessionMember(ctx, e, c, "probe-stale", func(plan *nicepb.Plan) *nicepb.WorkerMessage {
+					return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: &nicepb.Report{Generation: plan.Generation - 1, Step: e.held.Step, Hi: 1}}}
+				}, func(r coordinator.Refusals) int64 { return r.Stale })
+			}, has: "refused, stale"},
 			"non-member": {probe: func(ctx context.Context, e *secureCluster, c column) outcome {
 				return sessionReport(ctx, e, c, "probe-stranger", func(gen uint64) *nicepb.Report {
 					return &nicepb.Report{Generation: gen, Step: e.held.Step, Hi: 1}
@@ -323,6 +333,62 @@ func sessionReport(ctx context.Context, e *secureCluster, c column, id string, r
 		case <-tick.C:
 		}
 	}
+}
+
+// sessionMember attaches a probe session under id, waits for the Plan
+// that makes it a member of the next generation, sends the message made
+// for that plan, and waits until the refusal counter picked by count moves.
+func sessionMember(ctx context.Context, e *secureCluster, c column, id string, msg func(*nicepb.Plan) *nicepb.WorkerMessage, count func(coordinator.Refusals) int64) outcome {
+	conn := dial(e.t, e.srv.Addr(), c)
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	before := count(e.srv.Status().Refused)
+	stream, err := nicepb.NewCoordinatorClient(conn).Session(sctx)
+	if err == nil {
+		err = stream.Send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Hello{Hello: &nicepb.Hello{
+			WorkerId: id, Incarnation: 1, Addr: "127.0.0.1:1"}}})
+	}
+	var plan *nicepb.Plan
+	for err == nil && plan == nil {
+		var m *nicepb.CoordinatorMessage
+		if m, err = stream.Recv(); err == nil {
+			plan = m.GetPlan()
+		}
+	}
+	if err != nil {
+		return outcome{false, "the probe was not planned into a generation: " + err.Error()}
+	}
+	if err := stream.Send(msg(plan)); err != nil {
+		return outcome{false, "sending: " + err.Error()}
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if st := e.srv.Status(); count(st.Refused) > before {
+			text := fmt.Sprintf("member of gen %d: refused, %s %d → %d", plan.Generation, refusalName(count), before, count(st.Refused))
+			if strings.Contains(st.LastRefused, id) {
+				text += ": " + strings.TrimPrefix(st.LastRefused, "refused ")
+			}
+			return outcome{false, text}
+		}
+		select {
+		case <-ctx.Done():
+			return outcome{true, "no refusal counted before the probe's deadline: " + ctx.Err().Error()}
+		case <-tick.C:
+		}
+	}
+}
+
+// refusalName names the counter count reads.
+func refusalName(count func(coordinator.Refusals) int64) string {
+	switch {
+	case count(coordinator.Refusals{Stale: 1}) == 1:
+		return "stale"
+	case count(coordinator.Refusals{Invalid: 1}) == 1:
+		return "invalid"
+	}
+	return "refused"
 }
 
 // ringHello announces a stream of generation gen to worker 0 from its
