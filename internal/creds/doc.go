@@ -16,6 +16,10 @@
 //     handshake is logged by the server (Bundle.ServerOption), at most once
 //     a second per peer host (RefusalLimiter), so refused connections cannot
 //     flood the log, and every refused source still shows.
+//   - After the handshake, TLS records go to and come from the socket in
+//     batches of up to 256 KiB (TLS alone makes one system call per 16 KiB
+//     record), which took the ring's TLS overhead from about 1.3 to about
+//     0.8 ns of CPU per byte over plaintext.
 //   - Every node certificate names ServerName, whatever the host: processes
 //     reach each other by IP (a worker advertises its address on the
 //     container network), by container name (the coordinator) or by
