@@ -76,14 +76,27 @@ type Config struct {
 	// Samples is the size of each epoch's sample grid (0: none).
 	Samples int
 	// SessionTimeout ends a worker's session when it has sent nothing (not
-	// even a heartbeat) for this long (0: rpcopt.DefaultSessionTimeout).
+	// even a heartbeat) for this long, has not sent its Hello within as
+	// long, or has not taken a message for as long
+	// (0: rpcopt.DefaultSessionTimeout).
 	SessionTimeout time.Duration
+	// MaxSessions bounds the sessions open at once (0: DefaultMaxSessions);
+	// more are refused with ResourceExhausted. Each holds a few goroutines
+	// and a queue of messages, and anyone who reaches the port can open
+	// one, so it is bounded; set it above the number of workers the run
+	// may have, with room for restarted workers whose old session has not
+	// ended yet.
+	MaxSessions int
 	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
 
 // DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
 const DefaultFinalCheckpointTimeout = 30 * time.Second
+
+// DefaultMaxSessions is the default of Config.MaxSessions: far more
+// workers than a run of this project has.
+const DefaultMaxSessions = 256
 
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
@@ -108,6 +121,7 @@ type Server struct {
 
 	lis     net.Listener
 	srv     *grpc.Server
+	states  *statexfer.Server
 	httpSrv *http.Server
 	httpLis net.Listener
 	gossip  membership.Membership
@@ -119,8 +133,9 @@ type Server struct {
 	// overwrites a newer one.
 	healthMu sync.Mutex
 
-	events chan event
-	wg     sync.WaitGroup
+	events       chan event
+	wg           sync.WaitGroup
+	openSessions atomic.Int64 // Session calls running (see Config.MaxSessions)
 
 	// Owned by the loop goroutine.
 	m         *Machine
@@ -273,9 +288,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
-	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes), cfg.Creds.ServerOption(log))...)
+	opts := append(rpcopt.ServerKeepalive(), rpcopt.ServerLimits(rpcopt.MaxWorkerMessage, statexfer.MaxChunkMessage)...)
+	opts = append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout), cfg.Creds.ServerOption(log))
+	s.srv = grpc.NewServer(opts...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
-	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
+	s.states = &statexfer.Server{Src: s, Logger: log}
+	nicepb.RegisterStateServiceServer(s.srv, s.states)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.srv, s.health)
 	if cfg.HTTP != "" {
@@ -285,10 +303,18 @@ func New(cfg Config) (*Server, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", s.serveHealthz)
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			b, err := json.Marshal(s.Status())
+			if err != nil {
+				// Never an empty 200: say what could not be encoded.
+				http.Error(w, "status not encodable: "+err.Error(), http.StatusInternalServerError)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(s.Status())
+			w.Write(append(b, '\n'))
 		})
-		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// A client holds a connection only for bounded times.
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: rpcopt.MaxHeaderBytes}
 	}
 	s.updateStatus()
 	s.refreshHealth()
@@ -430,6 +456,7 @@ func (s *Server) closeAll() error {
 		case <-time.After(2 * time.Second):
 			s.srv.Stop()
 		}
+		s.states.Wait()
 	}
 	if s.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

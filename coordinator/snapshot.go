@@ -76,7 +76,11 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, statexfer.ToPB(r.Position), !r.Live)
+	size, err := statexfer.ExpectConfig(s.cfg.Train)
+	if err != nil {
+		return err
+	}
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: r.Addr, Position: statexfer.ToPB(r.Position), Snapshot: !r.Live, Size: size})
 	if err != nil {
 		return err
 	}

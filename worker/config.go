@@ -9,6 +9,7 @@ import (
 	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
+	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -51,6 +52,10 @@ type Config struct {
 	// coordinator to dismiss it (once its state is checkpointed). Keep it
 	// below the container's stop grace period.
 	LeaveTimeout time.Duration
+	// StateTransfers bounds the state transfers the worker serves to peers
+	// and the coordinator: how many at once, how long each and each chunk
+	// may take (zero fields: statexfer.DefaultServeLimits).
+	StateTransfers statexfer.ServeLimits
 	// Fault, if set, pauses the worker at one point of one step (tests).
 	Fault Fault
 	// Logger receives the worker's logs (nil: slog.Default()).

@@ -39,6 +39,7 @@ type serveFlags struct {
 	settle    time.Duration
 	stepTO    time.Duration
 	sessionTO time.Duration
+	sessions  int
 	samples   int
 	maxSteps  int64
 	finalWait time.Duration
@@ -59,6 +60,7 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.DurationVar(&sf.settle, "settle", 500*time.Millisecond, "quiet time after a worker joins before a new generation takes it in")
 	fs.DurationVar(&sf.stepTO, "step-timeout", 3*time.Minute, "redo a step that takes longer than this")
 	fs.DurationVar(&sf.sessionTO, "session-timeout", rpcopt.DefaultSessionTimeout, "drop a worker that has sent nothing, not even a heartbeat, for this long (it must exceed the longest pause of a live worker)")
+	fs.IntVar(&sf.sessions, "max-sessions", coordinator.DefaultMaxSessions, "refuse worker sessions beyond this many open at once (keep it above the number of workers)")
 	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
 	fs.Int64Var(&sf.maxSteps, "max-steps", 0, "hold training once this many steps are committed in all, with a checkpoint (0: train every epoch)")
 	fs.DurationVar(&sf.finalWait, "final-checkpoint-timeout", coordinator.DefaultFinalCheckpointTimeout,
@@ -107,7 +109,7 @@ func (sf *serveFlags) config(log *slog.Logger) (coordinator.Config, error) {
 	}
 	c := coordinator.Config{
 		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
-		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO,
+		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO, MaxSessions: sf.sessions,
 		FinalCheckpointTimeout: sf.finalWait, Creds: bundle, Logger: log,
 	}
 	if sf.gossip != "" {

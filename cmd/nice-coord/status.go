@@ -17,6 +17,7 @@ import (
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/rpcopt"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -59,7 +60,7 @@ type coordinatorClient struct {
 }
 
 func dialCoordinator(addr string, b *creds.Bundle) (*coordinatorClient, func(), error) {
-	conn, err := grpc.NewClient(addr, b.DialOption())
+	conn, err := grpc.NewClient(addr, b.DialOption(), grpc.WithDefaultCallOptions(rpcopt.WorkerCallLimits()...))
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
 	}

@@ -348,7 +348,9 @@ func (c *Cluster) FetchState(addr string, pos *nicepb.Position) *train.State {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, pos, false)
+	// The cluster's own processes, whatever model the test chose: bounded
+	// only by the largest state a test makes.
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: addr, Position: pos, Size: statexfer.Expect{Min: 1, Max: 1 << 30}})
 	if err != nil {
 		c.t.Fatalf("fetching the state at step %d from %s: %v", pos.Step, addr, err)
 	}

@@ -303,7 +303,7 @@ func probeFetch(ctx context.Context, addr string, pos *nicepb.Position, c column
 		return outcome{false, err.Error()}
 	}
 	defer conn.Close()
-	blob, err := statexfer.Fetch(ctx, conn, pos, false)
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: addr, Position: pos, Size: statexfer.Expect{Min: 1, Max: 1 << 30}})
 	return grpcOutcome(err, fmt.Sprintf("%d bytes of state at step %d", len(blob), pos.Step))
 }
 
