@@ -16,6 +16,10 @@
 //     handshake is logged by the server (Bundle.ServerOption), at most once
 //     a second per peer host (RefusalLimiter), so refused connections cannot
 //     flood the log, and every refused source still shows.
+//   - After the handshake, TLS records go to and come from the socket in
+//     batches of up to 256 KiB (TLS alone makes one system call per 16 KiB
+//     record): in alternating runs of the ring benchmark that took its CPU
+//     per byte with TLS from 2.4-2.6 to 1.85-2.0 ns (1.0-1.2 in plaintext).
 //   - Every node certificate names ServerName, whatever the host: processes
 //     reach each other by IP (a worker advertises its address on the
 //     container network), by container name (the coordinator) or by

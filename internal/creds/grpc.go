@@ -50,7 +50,7 @@ func (b *Bundle) DialOption() grpc.DialOption {
 	if b == nil {
 		return grpc.WithTransportCredentials(insecure.NewCredentials())
 	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(b.ClientTLS()))
+	return grpc.WithTransportCredentials(batching{credentials.NewTLS(b.ClientTLS())})
 }
 
 // ServerOption is the transport security of a gRPC server: mutual TLS with
@@ -68,7 +68,7 @@ func (b *Bundle) serverOption(log *slog.Logger, every time.Duration) grpc.Server
 	if log == nil {
 		log = slog.Default()
 	}
-	return grpc.Creds(&refusalLogging{TransportCredentials: credentials.NewTLS(b.ServerTLS()),
+	return grpc.Creds(&refusalLogging{TransportCredentials: batching{credentials.NewTLS(b.ServerTLS())},
 		refusals: &refusals{log: log, limiter: &RefusalLimiter{Every: every}}})
 }
 
