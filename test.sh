@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (see README): formatting, vet, staticcheck, the
-# unit and integration tests with and without OpenBLAS, the race detector on
-# the concurrent packages, and the Docker end-to-end test where an engine answers.
+# unit and integration tests with and without OpenBLAS, a short run of every
+# fuzzer, the race detector on the concurrent packages, and the Docker
+# end-to-end test where an engine answers.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,6 +39,11 @@ else
   step "go test (pure-Go BLAS)"
   go test -count=1 -timeout 30m ./...
 fi
+
+# Every fuzzer for a few seconds: the decoders and the coordinator's machine
+# under inputs no unit test thought of (scripts/fuzz.sh 60 for a longer run).
+step "fuzzing (3 s per fuzzer)"
+scripts/fuzz.sh 3
 
 race_pkgs=$(go list ./ring/... ./coordinator/... ./worker/... ./internal/membership/... ./internal/statexfer/... 2>/dev/null || true)
 if [ -n "$race_pkgs" ]; then

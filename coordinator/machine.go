@@ -95,6 +95,15 @@ type Machine struct {
 	stored    int64
 	saveAsked time.Time
 
+	// Checkpoints are stored only of a state the replicas agreed on: agreed
+	// lists the newest such states (one is added when a generation is
+	// admitted, and when every member reported the same digest for a
+	// snapshot); snapDigests collect the members' digests of the snapshot
+	// at snapPos.
+	agreed      []Agreement
+	snapPos     train.Position
+	snapDigests map[string]uint64
+
 	stats Stats
 }
 
@@ -146,6 +155,13 @@ type Stats struct {
 	LastStepSeconds float64 // wall time of the last committed step
 	LastAllreduce   float64 // slowest member's all-reduce time in the last step
 	LastTrainNLL    float64
+	// Refused counts the workers' messages refused, by reason; LastRefused
+	// says what the newest refusal (other than a routine stale message) was.
+	Refused     Refusals
+	LastRefused string
+	// NonFinite counts steps whose reduced gradient (or a shard's
+	// log-likelihood) was not finite: the run holds there, unapplied.
+	NonFinite int64
 }
 
 // Output is what a Handle call asks the server to do.
@@ -179,6 +195,17 @@ type SnapshotRequest struct {
 	// the snapshot it takes when applying a commit.
 	Live bool
 }
+
+// Agreement is a state every member of a generation showed the same digest
+// for: the only states the server stores as checkpoints (see
+// View.Agreed).
+type Agreement struct {
+	Position train.Position
+	Digest   uint64
+}
+
+// keepAgreements is how many of the newest agreements the machine lists.
+const keepAgreements = 16
 
 // Commit is one committed step with the shards that computed it.
 type Commit struct {
@@ -218,6 +245,9 @@ func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr 
 		blamed:      map[string]int{},
 		reports:     map[string]*nicepb.Report{},
 		evals:       map[string]*nicepb.EvalReport{},
+		snapDigests: map[string]uint64{},
+		// Its own state is stored and verified.
+		agreed: []Agreement{{Position: pos, Digest: digest}},
 		// The state a machine starts from is stored: a checkpoint, or the
 		// initial state, which the configuration reproduces.
 		stored: pos.Step,
@@ -236,6 +266,9 @@ type View struct {
 	// Stopped: a requested stop is complete as far as the machine goes:
 	// training holds at a step boundary, or no worker is left.
 	Stopped bool
+	// Agreed lists the newest states the replicas agreed on, oldest
+	// first: a checkpoint is stored only if its state is one of them.
+	Agreed []Agreement
 }
 
 // View returns the machine's state for the server.
@@ -244,6 +277,7 @@ func (m *Machine) View() View {
 		Phase: m.phase, Generation: m.gen, Next: m.next, StepsPerEpoch: m.spe,
 		Ring: m.Ring(), Members: m.Members(), Stats: m.stats,
 		Stopped: m.stopWanted && (m.phase == Holding || m.phase == Idle),
+		Agreed:  slices.Clone(m.agreed),
 	}
 }
 
@@ -387,13 +421,22 @@ func (m *Machine) SetOwnState(pos train.Position, digest uint64) {
 // done reports whether every epoch is trained.
 func (m *Machine) done() bool { return m.next.Epoch >= m.cfg.Epochs }
 
-// Attach handles a worker's Hello. A worker attaching again with a newer
-// incarnation replaces its old session. lastGen is the newest generation
-// the worker took part in: generations are numbered above it, so that they
-// keep growing across coordinator restarts.
-func (m *Machine) Attach(now time.Time, id, addr string, incarnation, lastGen uint64) Output {
+// Attach handles a worker's Hello. A worker attaching again with the same
+// or a newer incarnation (it reconnected, or restarted) replaces its old
+// session; one with an older incarnation is another process under an id a
+// newer one holds, and is refused with ErrIdentityTaken, so that two workers
+// started with the same id do not evict each other forever. lastGen is the
+// newest generation the worker took part in: generations are numbered above
+// it, so that they keep growing across coordinator restarts.
+func (m *Machine) Attach(now time.Time, id, addr string, incarnation, lastGen uint64) (Output, error) {
 	var out Output
 	if old := m.workers[id]; old != nil {
+		if incarnation < old.incarnation {
+			err := fmt.Errorf("%w session from worker %s at %s (incarnation %d): %w (incarnation %d, at %s); give each worker its own id",
+				ErrRefused, id, clip(addr), incarnation, ErrIdentityTaken, old.incarnation, old.addr)
+			m.refuse(&out, &m.stats.Refused.Identity, err)
+			return out, err
+		}
 		out.Logs = append(out.Logs, fmt.Sprintf("worker %s re-attached (incarnation %d after %d)", id, incarnation, old.incarnation))
 		m.removeWorker(now, id, &out)
 	}
@@ -402,7 +445,51 @@ func (m *Machine) Attach(now time.Time, id, addr string, incarnation, lastGen ui
 	m.lastJoin = now
 	m.joinPending = true
 	out.Logs = append(out.Logs, fmt.Sprintf("worker %s attached from %s", id, addr))
-	return out
+	return out, nil
+}
+
+// refuse counts a refused message under reason and notes it: stale
+// messages are routine after a failure and only counted; a non-member's
+// is shown in the status; the rest are logged too.
+func (m *Machine) refuse(out *Output, reason *int64, err error) {
+	*reason++
+	if reason == &m.stats.Refused.Stale {
+		return
+	}
+	m.stats.LastRefused = err.Error()
+	if reason != &m.stats.Refused.NonMember {
+		out.Logs = append(out.Logs, err.Error())
+	}
+}
+
+// refusal builds the error of a refused message.
+func refusal(kind, id, format string, args ...any) error {
+	return fmt.Errorf("%w %s from worker %s: %s", ErrRefused, kind, id, fmt.Sprintf(format, args...))
+}
+
+// from classifies a message from worker id for generation gen: nil if it
+// comes from a member of the current generation; otherwise it is counted
+// as refused (stale or from a non-member) and the caller drops it.
+func (m *Machine) from(out *Output, id, kind string, gen uint64) *workerState {
+	w := m.workers[id]
+	switch {
+	case w == nil || !w.member:
+		m.refuse(out, &m.stats.Refused.NonMember, refusal(kind, id, "not a member of generation %d", m.gen))
+		return nil
+	case gen != m.gen:
+		m.refuse(out, &m.stats.Refused.Stale, refusal(kind, id, "generation %d, not %d", gen, m.gen))
+		return nil
+	}
+	return w
+}
+
+// invalid refuses a member's malformed message and drops the member: the
+// generation is redone without it now instead of waiting for a timeout on
+// the message it failed to send. Its session is closed; it may attach again.
+func (m *Machine) invalid(now time.Time, out *Output, id, kind string, err error) {
+	m.refuse(out, &m.stats.Refused.Invalid, refusal(kind, id, "%v; its session is closed", err))
+	out.Disconnect = append(out.Disconnect, id)
+	m.removeWorker(now, id, out)
 }
 
 // Detach handles a worker's session ending (or gossip declaring it dead). It
@@ -422,6 +509,7 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	w := m.workers[id]
 	delete(m.workers, id)
 	delete(m.blamed, id)
+	delete(m.snapDigests, id)
 	if w == nil || !w.member {
 		return
 	}
@@ -453,6 +541,7 @@ func (m *Machine) abandonStep() {
 // idle if there are too few.
 func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	clear(m.reports)
+	clear(m.snapDigests)
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
 	m.refDigest = 0
@@ -489,9 +578,19 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 // Ready handles a worker's Ready for a generation.
 func (m *Machine) Ready(now time.Time, id string, r *nicepb.Ready) Output {
 	var out Output
-	w := m.workers[id]
-	if w == nil || !w.member || m.phase != Preparing || r.Generation != m.gen {
-		return out // stale: a newer generation has been planned since
+	w := m.from(&out, id, "ready", r.Generation)
+	if w == nil {
+		return out
+	}
+	if m.phase != Preparing {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("ready", id, "generation %d is past its preparation", m.gen))
+		return out
+	}
+	if r.HasState {
+		if err := checkPosition("ready", r.Position, m.spe, m.cfg.Epochs); err != nil {
+			m.invalid(now, &out, id, "ready", err)
+			return out
+		}
 	}
 	w.ready = r
 	for _, id := range m.ring {
@@ -591,6 +690,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 		return
 	}
 	m.admit()
+	m.agree(m.next, ref)
 	m.refDigest = 0
 	m.phase = Running
 	m.phaseSince = now
@@ -665,8 +765,16 @@ func (m *Machine) phaseRefValid() bool {
 // Report handles a worker's report of a finished all-reduce.
 func (m *Machine) Report(now time.Time, id string, r *nicepb.Report) Output {
 	var out Output
-	w := m.workers[id]
-	if w == nil || !w.member || m.phase != Running || r.Generation != m.gen || r.Step != m.next.Step {
+	if m.from(&out, id, "report", r.Generation) == nil {
+		return out
+	}
+	if m.phase != Running || r.Step != m.next.Step {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("report", id, "step %d, the step in flight is %d (%s)", r.Step, m.next.Step, m.phase))
+		return out
+	}
+	lo, hi := train.BatchBounds(m.cfg.TrainN, m.cfg.Batch, m.next.StepInEpoch)
+	if err := checkReport(r, hi-lo); err != nil {
+		m.invalid(now, &out, id, fmt.Sprintf("report of step %d", r.Step), err)
 		return out
 	}
 	m.reports[id] = r
@@ -680,6 +788,12 @@ func (m *Machine) Report(now time.Time, id string, r *nicepb.Report) Output {
 func (m *Machine) commit(now time.Time, out *Output) {
 	lo, hi := train.BatchBounds(m.cfg.TrainN, m.cfg.Batch, m.next.StepInEpoch)
 	batch := hi - lo
+	for _, id := range m.ring {
+		if m.reports[id].NonFinite {
+			m.holdNonFinite(id, out)
+			return
+		}
+	}
 	first := m.reports[m.ring[0]]
 	c := &Commit{Generation: m.gen, Position: m.next, Batch: batch}
 	var slowest float64
@@ -747,6 +861,8 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	out.Committed = c
 	m.next = after
 	if snapshot {
+		m.snapPos = after
+		clear(m.snapDigests)
 		m.ask(now, out, &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen})
 		m.snapshotWanted = false
 	}
@@ -774,11 +890,32 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	m.dismiss(out)
 }
 
+// holdNonFinite stops the run before a step whose reduced gradient (or a
+// shard's log-likelihood) is not finite: applying it would make every
+// replica NaN. Every member has reported by now, so the verdict is the
+// current generation's, never a stale or foreign session's. The run holds
+// at the step, unapplied; the held state is checkpointed (retrySave).
+func (m *Machine) holdNonFinite(id string, out *Output) {
+	m.stats.NonFinite++
+	clear(m.reports)
+	m.stopWanted = true
+	m.phase = Holding
+	out.Logs = append(out.Logs, fmt.Sprintf("step %d: worker %s reports a gradient or log-likelihood that is not finite; "+
+		"training holds at step %d without applying it. Restart with a lower --lr or with --clip 1.", m.next.Step, id, m.next.Step))
+}
+
 // Eval handles a worker's part of an epoch's evaluation.
 func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 	var out Output
-	w := m.workers[id]
-	if w == nil || !w.member || e.Generation != m.gen || int(e.Epoch) != m.evalEpoch || m.evalEpoch == 0 {
+	if m.from(&out, id, "evaluation", e.Generation) == nil {
+		return out
+	}
+	if int(e.Epoch) != m.evalEpoch || m.evalEpoch == 0 {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("evaluation", id, "of epoch %d; none or another is awaited", e.Epoch))
+		return out
+	}
+	if err := checkEval(e, m.cfg.EvalN); err != nil {
+		m.invalid(now, &out, id, fmt.Sprintf("evaluation of epoch %d", e.Epoch), err)
 		return out
 	}
 	m.evals[id] = e
@@ -815,15 +952,20 @@ func (m *Machine) Eval(now time.Time, id string, e *nicepb.EvalReport) Output {
 // RingFailure handles a worker's report that its ring broke.
 func (m *Machine) RingFailure(now time.Time, id string, f *nicepb.RingFailure) Output {
 	var out Output
-	w := m.workers[id]
-	if w == nil || !w.member || f.Generation != m.gen || (m.phase != Running && m.phase != Preparing) {
+	if m.from(&out, id, "ring failure", f.Generation) == nil {
 		return out
 	}
-	out.Logs = append(out.Logs, fmt.Sprintf("worker %s: ring of generation %d broke (peer %q): %s", id, f.Generation, f.PeerId, f.Error))
+	if m.phase != Running && m.phase != Preparing {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("ring failure", id, "no ring runs (%s)", m.phase))
+		return out
+	}
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s: ring of generation %d broke (peer %q): %s", id, f.Generation, clip(f.PeerId), clip(f.Error)))
 	if m.ringFailedAt.IsZero() {
 		m.ringFailedAt = now
 	}
-	if f.PeerId != "" && f.PeerId != id {
+	// Only a member of this ring can be blamed (a made-up id would grow
+	// the map without bound).
+	if f.PeerId != id && slices.Contains(m.ring, f.PeerId) {
 		m.blamed[f.PeerId]++
 	}
 	return out
@@ -902,8 +1044,12 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 	if w == nil || w.leaving {
 		return out
 	}
+	if err := checkPosition("leave", statexfer.ToPB(pos), m.spe, m.cfg.Epochs); err != nil {
+		m.invalid(now, &out, id, "leave", err)
+		return out
+	}
 	w.leaving = true
-	out.Logs = append(out.Logs, fmt.Sprintf("worker %s asks to leave at step %d (%s)", id, pos.Step, reason))
+	out.Logs = append(out.Logs, fmt.Sprintf("worker %s asks to leave at step %d (%s)", id, pos.Step, clip(reason)))
 	switch {
 	case w.member && w.synced && m.phase == Running:
 		w.leaveAt = leavePending
@@ -962,6 +1108,53 @@ func (m *Machine) saveLive(now time.Time, w *workerState, out *Output) {
 func (m *Machine) ask(now time.Time, out *Output, r *SnapshotRequest) {
 	out.Snapshot = r
 	m.saveAsked = now
+}
+
+// agree records that every member holds the state at pos with digest d.
+func (m *Machine) agree(pos train.Position, d uint64) {
+	if i := slices.IndexFunc(m.agreed, func(a Agreement) bool { return a.Position == pos }); i >= 0 {
+		m.agreed = slices.Delete(m.agreed, i, i+1)
+	}
+	m.agreed = append(m.agreed, Agreement{Position: pos, Digest: d})
+	if n := len(m.agreed); n > keepAgreements {
+		m.agreed = slices.Delete(m.agreed, 0, n-keepAgreements)
+	}
+}
+
+// Snapshotted handles a member's digest of the snapshot it kept when it
+// applied a commit that asked for one. Once every member named the same
+// digest, the snapshot may be checkpointed; members that disagree have
+// diverged, and a new generation settles on the majority's state.
+func (m *Machine) Snapshotted(now time.Time, id string, sn *nicepb.Snapshotted) Output {
+	var out Output
+	if m.from(&out, id, "snapshot digest", sn.Generation) == nil {
+		return out
+	}
+	if pos := statexfer.FromPB(sn.Position); pos != m.snapPos || m.snapPos.Step == 0 {
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("snapshot digest", id, "of step %d; the newest snapshot is at step %d", pos.Step, m.snapPos.Step))
+		return out
+	}
+	m.snapDigests[id] = sn.StateDigest
+	if len(m.snapDigests) < len(m.ring) {
+		return out
+	}
+	first := m.snapDigests[m.ring[0]]
+	for _, rid := range m.ring {
+		if d, ok := m.snapDigests[rid]; !ok || d != first {
+			m.stats.DigestMismatch++
+			out.Logs = append(out.Logs, fmt.Sprintf("snapshot at step %d: worker %s's digest %016x differs from rank 0's %016x; no checkpoint of it, and the replicas settle on the majority's state",
+				m.snapPos.Step, rid, d, first))
+			clear(m.snapDigests)
+			if m.phase == Running || m.phase == Preparing {
+				m.abandonStep()
+				m.startGeneration(now, &out, "snapshot digests differ")
+			}
+			return out
+		}
+	}
+	clear(m.snapDigests)
+	m.agree(m.snapPos, first)
+	return out
 }
 
 // Stored records that the checkpoint of the state at pos is on disk, and

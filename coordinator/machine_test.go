@@ -149,7 +149,8 @@ func starts(w *simWorker) []*nicepb.Start {
 // pendingSnapshot is a snapshot asked of the worker process w.
 type pendingSnapshot struct {
 	SnapshotRequest
-	w *simWorker
+	w     *simWorker
+	taken *simState // fetched; stored once the replicas agree on it
 }
 
 // simCluster is a machine, its workers and the record of what happened.
@@ -212,7 +213,11 @@ func (c *simCluster) attachWith(id string, st simState) *simWorker {
 	c.nextInc++
 	w := &simWorker{id: id, addr: id + ":7100", incarnation: c.nextInc, state: st}
 	c.workers[id] = w
-	c.apply(c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen))
+	out, err := c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen)
+	if err != nil {
+		c.t.Fatalf("attach %s: %v", id, err)
+	}
+	c.apply(out)
 	return w
 }
 
@@ -348,6 +353,8 @@ func (c *simCluster) toMachine(id string, msg *nicepb.WorkerMessage) Output {
 		return c.m.Eval(c.now, id, k.Eval)
 	case *nicepb.WorkerMessage_RingFailure:
 		return c.m.RingFailure(c.now, id, k.RingFailure)
+	case *nicepb.WorkerMessage_Snapshotted:
+		return c.m.Snapshotted(c.now, id, k.Snapshotted)
 	}
 	c.t.Fatalf("unexpected worker message %v", msg)
 	return Output{}
@@ -404,6 +411,8 @@ func (c *simCluster) deliver(w *simWorker, msg *nicepb.CoordinatorMessage) {
 		if cm.Snapshot {
 			s := w.state
 			w.snap = &s
+			w.send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{
+				Generation: cm.Generation, Position: statexfer.ToPB(s.pos), StateDigest: s.digest}}})
 		}
 		if cm.EvalEpoch > 0 {
 			c.evaluate(w, cm.EvalEpoch)
@@ -490,16 +499,36 @@ func (c *simCluster) takeSnapshots() {
 			c.apply(c.m.Stored(c.now, pos))
 		}
 	}()
+	agreed := c.m.View().Agreed
+	for i := range c.pending {
+		r := &c.pending[i]
+		if w := r.w; r.taken == nil && w != nil && c.workers[w.id] == w && w.snap != nil && w.snap.pos == r.Position {
+			st := *w.snap
+			r.taken = &st
+		}
+	}
 	c.pending = slices.DeleteFunc(c.pending, func(r pendingSnapshot) bool {
 		w := r.w
+		if st := r.taken; st != nil {
+			// As Server.awaitAgreement: stored only once the replicas
+			// agreed on that very state.
+			for _, a := range agreed {
+				if a.Position == st.pos {
+					if a.Digest != st.digest {
+						c.fail("the snapshot at step %d from %s has digest %016x, the replicas agreed on %016x", st.pos.Step, w.id, st.digest, a.Digest)
+						return true
+					}
+					c.own = *st
+					c.m.SetOwnState(c.own.pos, c.own.digest)
+					stored = append(stored, c.own.pos)
+					return true
+				}
+			}
+			return len(agreed) > 0 && agreed[0].Position.Step > st.pos.Step
+		}
 		switch {
 		case w == nil || c.workers[w.id] != w:
 			return true // the process is gone: this checkpoint fails
-		case w.snap != nil && w.snap.pos == r.Position:
-			c.own = *w.snap
-			c.m.SetOwnState(c.own.pos, c.own.digest)
-			stored = append(stored, c.own.pos)
-			return true
 		case w.state.pos.Step > r.Position.Step:
 			c.fail("snapshot at step %d asked of %s, whose snapshot is at %v", r.Position.Step, w.id, w.snap)
 			return true
@@ -538,8 +567,11 @@ func (c *simCluster) apply(out Output) {
 				w = x
 			}
 		}
-		c.pending = append(c.pending, pendingSnapshot{*r, w})
+		c.pending = append(c.pending, pendingSnapshot{SnapshotRequest: *r, w: w})
 	}
+	// A fetch starts at once (and holds the worker's snapshot while it
+	// streams); one fetched waits for the replicas' agreement.
+	defer c.takeSnapshots()
 	if sc := out.Scored; sc != nil {
 		c.checkScore(sc)
 	}
@@ -600,7 +632,7 @@ func (c *simCluster) checkCommit(out Output) {
 		if k := s.Msg.GetCommit(); k != nil {
 			to = append(to, s.To)
 			if k.Step != pos.Step || k.Generation != cm.Generation || int(k.Batch) != cm.Batch || k.SumLl != cm.SumLL ||
-				k.Snapshot != cm.Snapshot || k.Snapshot != (out.Snapshot != nil) {
+				k.Snapshot != cm.Snapshot {
 				c.fail("commit message %v does not match the ledger's %+v", k, cm)
 			}
 		}
@@ -954,21 +986,6 @@ func TestMachineJoinWhileRunning(t *testing.T) {
 // TestMachineIgnoresStaleMessages sends messages of other generations and
 // steps to a generation waiting for its last report, then lets it go on.
 func TestMachineIgnoresStaleMessages(t *testing.T) {
-	// Generation 2 (w1, w2, w3) has committed the step that ends epoch 0;
-	// w2's evaluation and its report of step 7 wait.
-	setup := func(t *testing.T) *simCluster {
-		c := newSimCluster(t, simConfig(), "w1", "w2", "w3", "w4")
-		c.start()
-		c.runUntilNext(5)
-		c.detach("w4")
-		c.runUntilNext(7)
-		c.pause("w2")
-		c.quiesce()
-		wantEq(t, "generation", c.m.Generation(), 2)
-		wantEq(t, "evaluations in", len(c.m.evals), 2)
-		wantEq(t, "reports in", len(c.m.reports), 2)
-		return c
-	}
 	ready := func(gen uint64, step int64) *nicepb.Ready {
 		return &nicepb.Ready{Generation: gen, HasState: true, Position: &nicepb.Position{Step: step}, StateDigest: 1}
 	}
@@ -999,7 +1016,7 @@ func TestMachineIgnoresStaleMessages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := setup(t)
+			c := w2Late(t)
 			if out := tc.send(c); !isEmpty(out) {
 				t.Errorf("output %+v, want none", out)
 			}

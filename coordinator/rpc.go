@@ -48,13 +48,17 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	if err != nil {
 		return err
 	}
+	if err := CheckHello(hello); err != nil {
+		s.refusedHello(err)
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := stream.Send(&nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Welcome{Welcome: &nicepb.Welcome{
 		ConfigJson: s.configJSON, CoordinatorIncarnation: s.incarnation,
 	}}}); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
 	ss := &workerSession{id: hello.WorkerId, addr: hello.Addr, incarnation: hello.Incarnation, lastGen: hello.LastGeneration,
 		out: make(chan *nicepb.CoordinatorMessage, 256), cancel: cancel}
 	if !r.post(ctx, event{attach: ss}) {
@@ -110,6 +114,9 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if cause := context.Cause(ctx); status.Code(cause) != codes.Unknown {
+				return cause
+			}
 			return status.Error(codes.Aborted, "session closed by the coordinator")
 		case err := <-recvErr:
 			return err
@@ -128,9 +135,9 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	}
 }
 
-// receiveHello waits at most timeout for the Hello that opens a session.
-// The receive runs on its own goroutine: returning ends the call, which
-// ends that receive.
+// receiveHello waits at most timeout for the first message of a session
+// and returns its Hello. The receive runs on its own goroutine: returning
+// ends the call, which ends that receive.
 func receiveHello(stream nicepb.Coordinator_SessionServer, timeout time.Duration) (*nicepb.Hello, error) {
 	first := make(chan *nicepb.WorkerMessage, 1)
 	failed := make(chan error, 1)
@@ -150,11 +157,7 @@ func receiveHello(stream nicepb.Coordinator_SessionServer, timeout time.Duration
 	case <-wait.C:
 		return nil, status.Errorf(codes.DeadlineExceeded, "a session starts with a Hello within %v; none came", timeout)
 	case m := <-first:
-		hello := m.GetHello()
-		if hello == nil || hello.WorkerId == "" || hello.Addr == "" {
-			return nil, status.Errorf(codes.InvalidArgument, "a session starts with a Hello naming the worker and its address, got %T", m.Kind)
-		}
-		return hello, nil
+		return m.GetHello(), nil // nil unless it is a Hello: CheckHello says so
 	}
 }
 

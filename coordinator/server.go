@@ -1,27 +1,29 @@
 package coordinator
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -39,6 +41,11 @@ type Config struct {
 	// Listen is the gRPC address; Advertise how workers reach it (default:
 	// the listener's address).
 	Listen, Advertise string
+	// Creds, if non-nil, makes the gRPC server require the cluster's
+	// certificates (mutual TLS), the snapshot fetches present them, and
+	// gossip encrypt with its key (it fills in Gossip.Creds when that is
+	// nil). Nil means plaintext everywhere.
+	Creds *creds.Bundle
 	// HTTP, if set, serves GET /healthz and GET /status.
 	HTTP string
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
@@ -47,6 +54,15 @@ type Config struct {
 	// Store keeps the checkpoints. nil opens the bbolt file StateDir/nice.db;
 	// a store passed in is closed by the server when it stops.
 	Store checkpoint.Store
+	// Ledger receives the ledger of committed steps. nil opens (appending)
+	// StateDir/ledger.jsonl; a file passed in is closed by the server when
+	// it stops.
+	Ledger LedgerFile
+	// FinalCheckpointTimeout bounds how long Serve, once its context ends,
+	// waits for the workers to stop at a step boundary and the final
+	// checkpoint to be taken (0: DefaultFinalCheckpointTimeout). A write
+	// then in progress gets up to a minute more to finish.
+	FinalCheckpointTimeout time.Duration
 	// Membership, if non-nil, is the membership the server watches for
 	// workers declared dead (it is left and shut down when the server
 	// stops). Otherwise Gossip, if non-nil, makes the coordinator a gossip
@@ -79,6 +95,9 @@ type Config struct {
 // workers than a run of this project has.
 const DefaultMaxSessions = 256
 
+// DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
+const DefaultFinalCheckpointTimeout = 30 * time.Second
+
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
 	return MachineConfig{
@@ -108,16 +127,20 @@ type Server struct {
 	gossip  membership.Membership
 	store   checkpoint.Store
 	writer  *checkpoint.Writer
-	ledger  *bufio.Writer
-	ledgerF *os.File
+	ledger  *ledger
+	health  *health.Server
+	// healthMu orders health updates, so that an older verdict never
+	// overwrites a newer one.
+	healthMu sync.Mutex
 
 	events       chan event
 	wg           sync.WaitGroup
 	openSessions atomic.Int64 // Session calls running (see Config.MaxSessions)
 
 	// Owned by the loop goroutine.
-	m        *Machine
-	sessions map[string]*workerSession
+	m         *Machine
+	sessions  map[string]*workerSession
+	lastRetry time.Time // when a failed checkpoint was last retried
 
 	// mu guards what other goroutines read.
 	mu       sync.Mutex
@@ -129,6 +152,13 @@ type Server struct {
 	stopped  chan struct{}    // closed when a requested stop completed
 	stopping bool             // a stop was requested
 	params   int              // floats in the all-reduced gradient
+	// retryCheckpoint: a checkpoint write failed, so the next commit takes
+	// a new one (see retryFailedCheckpoint).
+	retryCheckpoint bool
+	// agreed is the machine's list of states the replicas agreed on;
+	// agreedChanged is closed (and replaced) when it changes.
+	agreed        []Agreement
+	agreedChanged chan struct{}
 
 	loopDone chan struct{} // closed when the loop goroutine ends
 }
@@ -148,8 +178,18 @@ type workerSession struct {
 	incarnation uint64
 	lastGen     uint64
 	out         chan *nicepb.CoordinatorMessage
-	cancel      context.CancelFunc
+	// cancel ends the session; the cause is what the worker is told.
+	cancel context.CancelCauseFunc
 }
+
+// Why the coordinator ends a session, as the worker is told.
+var (
+	errReplaced   = status.Error(codes.Aborted, "session replaced by a newer session of the same worker")
+	errGossipGone = status.Error(codes.Unavailable, "gossip declared this worker dead")
+	errStopping   = status.Error(codes.Unavailable, "the coordinator is stopping")
+	errSlow       = status.Error(codes.ResourceExhausted, "the worker did not keep up with its messages")
+	errDisconnect = status.Error(codes.Aborted, "the coordinator dropped this worker from the generation (its log says why)")
+)
 
 type event struct {
 	attach *workerSession
@@ -186,7 +226,10 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
-		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{})}
+		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{}), agreedChanged: make(chan struct{})}
+	if cfg.Ledger != nil {
+		s.ledger = &ledger{f: cfg.Ledger} // set at once: closeAll closes it if New fails
+	}
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -204,7 +247,11 @@ func New(cfg Config) (*Server, error) {
 	if s.configJSON, err = json.Marshal(st.Config); err != nil {
 		return fail(err)
 	}
-	s.own = ownState{pos: st.Position, blob: st.Encode(), digest: st.Digest()}
+	blob, err := st.Encode()
+	if err != nil {
+		return fail(fmt.Errorf("the state to start from: %w", err))
+	}
+	s.own = ownState{pos: st.Position, blob: blob, digest: st.Digest()}
 	s.params = len(st.Params)
 	kept, err := loadScores(cfg.StateDir, st.Config.Hash())
 	if err != nil {
@@ -232,24 +279,28 @@ func New(cfg Config) (*Server, error) {
 	if e := st.Position.Epoch; e > 0 && st.Position.StepInEpoch == 0 && !slices.ContainsFunc(s.scores, func(r train.EpochResult) bool { return r.Epoch == e }) {
 		s.m.NeedScore(e)
 	}
-	if s.ledgerF, err = os.OpenFile(filepath.Join(cfg.StateDir, "ledger.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
-		return fail(fmt.Errorf("ledger: %w", err))
+	if s.ledger == nil {
+		f, err := openLedgerFile(cfg.StateDir)
+		if err != nil {
+			return fail(err)
+		}
+		s.ledger = &ledger{f: f}
 	}
-	s.ledger = bufio.NewWriter(s.ledgerF)
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
 	opts := append(rpcopt.ServerKeepalive(), rpcopt.ServerLimits(rpcopt.MaxWorkerMessage, statexfer.MaxChunkMessage)...)
-	s.srv = grpc.NewServer(append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout))...)
+	s.srv = grpc.NewServer(append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout), cfg.Creds.ServerOption(log))...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
 	s.states = &statexfer.Server{Src: s, Logger: log}
 	nicepb.RegisterStateServiceServer(s.srv, s.states)
-	healthpb.RegisterHealthServer(s.srv, health.NewServer())
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.srv, s.health)
 	if cfg.HTTP != "" {
 		if s.httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return fail(fmt.Errorf("listening on %s: %w", cfg.HTTP, err))
 		}
 		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("GET /healthz", s.serveHealthz)
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(s.Status())
@@ -259,7 +310,9 @@ func New(cfg Config) (*Server, error) {
 			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: rpcopt.MaxHeaderBytes}
 	}
 	s.updateStatus()
-	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
+	s.refreshHealth()
+	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash(),
+		"cluster_ca", cfg.Creds.Fingerprint())
 	return s, nil
 }
 
@@ -314,7 +367,10 @@ func (s *Server) HTTPAddr() string {
 
 // Serve runs the coordinator until ctx ends: then it asks the workers to stop
 // at the next step boundary, saves a final checkpoint (bounded wait), and
-// stops everything it started.
+// stops everything it started. It fails when the state training reached is
+// not stored because checkpoint writes failed or the wait ran out (the error
+// says which checkpoint stands and why), or when the ledger could not be
+// written and synced.
 func (s *Server) Serve(ctx context.Context) error {
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- s.srv.Serve(s.lis) }()
@@ -327,6 +383,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	case s.cfg.Gossip != nil:
 		gc := *s.cfg.Gossip
 		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.advertise, Incarnation: s.incarnation}
+		if gc.Creds == nil {
+			gc.Creds = s.cfg.Creds
+		}
 		if gc.Logger == nil {
 			gc.Logger = s.log
 		}
@@ -349,24 +408,39 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-serveErr:
 	}
-	s.shutdown()
+	wait := s.finalWait()
+	timedOut := s.shutdown(wait)
 	stopLoop()
-	s.closeAll()
-	return err
+	closeErr := s.closeAll()
+	return errors.Join(err, s.finalCheckpointError(timedOut, wait), closeErr)
 }
 
-// shutdown asks for a final snapshot at the next commit and waits for it a
-// bounded time.
-func (s *Server) shutdown() {
+// finalWait is how long a stop waits for its final checkpoint.
+func (s *Server) finalWait() time.Duration {
+	if s.cfg.FinalCheckpointTimeout > 0 {
+		return s.cfg.FinalCheckpointTimeout
+	}
+	return DefaultFinalCheckpointTimeout
+}
+
+// shutdown asks for a final snapshot at the next commit and waits for it at
+// most wait; it reports whether the wait ran out.
+func (s *Server) shutdown(wait time.Duration) (timedOut bool) {
 	s.post(event{stop: true})
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-s.stopped:
-	case <-time.After(30 * time.Second):
-		s.log.Warn("no final checkpoint within 30 s; the newest earlier one stands")
+		return false
+	case <-t.C:
+		s.log.Warn("no final checkpoint taken in time; the newest earlier one stands", "waited", wait)
+		return true
 	}
 }
 
-func (s *Server) closeAll() {
+// closeAll stops everything; its error is the ledger's (not all written,
+// synced and closed).
+func (s *Server) closeAll() error {
 	if s.srv != nil {
 		done := make(chan struct{})
 		go func() { s.srv.GracefulStop(); close(done) }()
@@ -394,13 +468,16 @@ func (s *Server) closeAll() {
 		s.writer.Close(ctx)
 		cancel()
 	}
+	var ledgerErr error
 	if s.ledger != nil {
-		s.ledger.Flush()
-		s.ledgerF.Close()
+		if ledgerErr = s.ledger.close(); ledgerErr != nil {
+			s.log.Error("the ledger is not all on disk", "err", ledgerErr)
+		}
 	}
 	if s.store != nil {
 		s.store.Close()
 	}
+	return ledgerErr
 }
 
 func (s *Server) watchGossip(g membership.Membership) {
@@ -434,7 +511,7 @@ func (s *Server) loop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			for _, ss := range s.sessions {
-				ss.cancel()
+				ss.cancel(errStopping)
 			}
 			return
 		case <-tick.C:
@@ -444,17 +521,23 @@ func (s *Server) loop(ctx context.Context) {
 		}
 		s.apply(out)
 		s.updateStatus()
+		s.retryFailedCheckpoint(now)
 	}
 }
 
 func (s *Server) handle(now time.Time, ev event) Output {
 	switch {
 	case ev.attach != nil:
+		out, err := s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation, ev.attach.lastGen)
+		if err != nil {
+			ev.attach.cancel(status.Error(codes.AlreadyExists, err.Error()))
+			return out
+		}
 		if old := s.sessions[ev.attach.id]; old != nil {
-			old.cancel()
+			old.cancel(errReplaced)
 		}
 		s.sessions[ev.attach.id] = ev.attach
-		return s.m.Attach(now, ev.attach.id, ev.attach.addr, ev.attach.incarnation, ev.attach.lastGen)
+		return out
 	case ev.detach != nil:
 		if s.sessions[ev.detach.id] != ev.detach {
 			return Output{} // an older session of a re-attached worker
@@ -475,7 +558,7 @@ func (s *Server) handle(now time.Time, ev event) Output {
 			s.log.Warn("gossip says a worker is gone, but its session is alive: keeping it", "worker", id, "node", ev.gone.Name, "heard_ago", quiet.Round(time.Millisecond))
 			return Output{}
 		}
-		ss.cancel()
+		ss.cancel(errGossipGone)
 		delete(s.sessions, id)
 		return s.m.Detach(now, id, ss.incarnation, "gossip: "+ev.gone.Name+" is gone")
 	case ev.msg != nil:
@@ -487,16 +570,13 @@ func (s *Server) handle(now time.Time, ev event) Output {
 		case *nicepb.WorkerMessage_Ready:
 			return s.m.Ready(now, id, k.Ready)
 		case *nicepb.WorkerMessage_Report:
-			if k.Report.NonFinite {
-				s.log.Error("the reduced gradient is not finite; training stops here (the step was not applied). Restart with a lower --lr or --clip 1.", "step", k.Report.Step)
-				s.m.RequestStop()
-				return Output{}
-			}
 			return s.m.Report(now, id, k.Report)
 		case *nicepb.WorkerMessage_Eval:
 			return s.m.Eval(now, id, k.Eval)
 		case *nicepb.WorkerMessage_RingFailure:
 			return s.m.RingFailure(now, id, k.RingFailure)
+		case *nicepb.WorkerMessage_Snapshotted:
+			return s.m.Snapshotted(now, id, k.Snapshotted)
 		case *nicepb.WorkerMessage_Leave:
 			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
 		}
@@ -532,6 +612,10 @@ func (s *Server) closeStopped() {
 // apply carries out a machine output.
 func (s *Server) apply(out Output) {
 	for _, l := range out.Logs {
+		if strings.HasPrefix(l, "refused ") {
+			s.log.Warn(l)
+			continue
+		}
 		s.log.Info(l)
 	}
 	for _, snd := range out.Sends {
@@ -543,12 +627,12 @@ func (s *Server) apply(out Output) {
 		case ss.out <- snd.Msg:
 		default:
 			s.log.Warn("worker does not keep up with its messages; closing its session", "worker", snd.To)
-			ss.cancel()
+			ss.cancel(errSlow)
 		}
 	}
 	for _, id := range out.Disconnect {
 		if ss := s.sessions[id]; ss != nil {
-			ss.cancel()
+			ss.cancel(errDisconnect)
 			delete(s.sessions, id)
 		}
 	}
@@ -593,12 +677,19 @@ type ledgerLine struct {
 	Allreduce   float64 `json:"allreduce_seconds"`
 }
 
+// recordCommit appends the commit to the ledger (synced when it carries a
+// snapshot: the ledger is then durable up to each checkpoint) and updates
+// the throughput figures.
 func (s *Server) recordCommit(c *Commit) {
-	b, _ := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
+	b, err := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
 		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
-		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: c.Compute, Allreduce: c.Allreduce})
-	s.ledger.Write(append(b, '\n'))
-	s.ledger.Flush()
+		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: finiteOr0(c.Compute), Allreduce: finiteOr0(c.Allreduce)})
+	if err == nil {
+		err = s.ledger.append(append(b, '\n'), c.Snapshot)
+	} else {
+		err = fmt.Errorf("encoding the ledger line: %w", err)
+	}
+	s.noteLedger(c.Position.Step, err)
 	stats := s.m.View().Stats
 	s.mu.Lock()
 	st := &s.status

@@ -2,12 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
@@ -68,7 +68,7 @@ func (s *Server) stopRequested() bool {
 
 func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(r.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(r.Addr, s.cfg.Creds.DialOption(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
 		return err
@@ -92,6 +92,13 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	if st.Position != r.Position {
 		return fmt.Errorf("state from %s is at step %d, asked for %d", r.Addr, st.Position.Step, r.Position.Step)
 	}
+	digest := st.Digest()
+	if err := s.awaitAgreement(st.Position, digest); err != nil {
+		s.mu.Lock()
+		s.status.CheckpointsRefused++
+		s.mu.Unlock()
+		return fmt.Errorf("checkpoint of the state from %s refused: %w", r.Addr, err)
+	}
 	// Scores of finished epochs are known here first: put them in the
 	// history the checkpoint keeps.
 	s.mu.Lock()
@@ -108,9 +115,10 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	}
 	s.mu.Unlock()
 	if added {
-		blob = st.Encode()
+		if blob, err = st.Encode(); err != nil {
+			return fmt.Errorf("state from %s with the epoch scores: %w", r.Addr, err)
+		}
 	}
-	digest := st.Digest()
 	meta := checkpoint.Meta{Step: uint64(st.Position.Step), Epoch: uint64(st.Position.Epoch), StepInEpoch: uint64(st.Position.StepInEpoch),
 		Generation: r.Generation, Time: time.Now(), ConfigHash: st.Config.Hash()}
 	if err := s.writer.Submit(meta, blob); err != nil {
@@ -131,6 +139,44 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	return nil
 }
 
+// agreeWait bounds how long a fetched state waits for the replicas to agree
+// on its step: the members' digests of a snapshot come right after they
+// apply its commit, and a live state's agreement when its generation is
+// admitted.
+var agreeWait = time.Minute
+
+// awaitAgreement returns nil once the replicas agreed on the state at pos
+// having digest d, and an error if they agreed on another digest or not at
+// all within agreeWait: a checkpoint is never stored on one worker's word.
+func (s *Server) awaitAgreement(pos train.Position, d uint64) error {
+	timeout := time.NewTimer(agreeWait)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		agreed, changed := s.agreed, s.agreedChanged
+		s.mu.Unlock()
+		for _, a := range agreed {
+			if a.Position != pos {
+				continue
+			}
+			if a.Digest != d {
+				return fmt.Errorf("the state at step %d has digest %016x, the replicas agreed on %016x", pos.Step, d, a.Digest)
+			}
+			return nil
+		}
+		if len(agreed) > 0 && agreed[0].Position.Step > pos.Step {
+			return fmt.Errorf("the replicas' agreement on step %d is no longer known (the newest agreements are from step %d on)", pos.Step, agreed[0].Position.Step)
+		}
+		select {
+		case <-changed:
+		case <-s.loopDone:
+			return fmt.Errorf("the coordinator stopped before the replicas agreed on step %d", pos.Step)
+		case <-timeout.C:
+			return fmt.Errorf("the replicas did not agree on a state at step %d within %v", pos.Step, agreeWait)
+		}
+	}
+}
+
 func (s *Server) writeImages(st *train.State) error {
 	m, err := flow.New(st.Config.Model)
 	if err != nil {
@@ -144,10 +190,16 @@ func (s *Server) writeImages(st *train.State) error {
 	return train.WriteEpochImages(s.cfg.StateDir, m, st.History, name, st.Position.Epoch, s.cfg.Samples, st.Config.Seed+uint64(st.Position.Epoch))
 }
 
-// onSaved runs on the checkpoint writer's goroutine after each write.
+// onSaved runs on the checkpoint writer's goroutine after each write. A
+// failure shows in the status and the health until a checkpoint at or after
+// its step is stored, and the next commit takes a new checkpoint.
 func (s *Server) onSaved(r checkpoint.Result) {
+	if errors.Is(r.Err, checkpoint.ErrSuperseded) {
+		return // a newer checkpoint took its place before it was written
+	}
 	if r.Err != nil {
-		s.log.Error("checkpoint write failed; the previous ones stand", "step", r.Meta.Step, "err", r.Err)
+		s.log.Error("checkpoint write failed; the previous ones stand, and health is degraded until one is written", "step", r.Meta.Step, "err", r.Err)
+		s.noteCheckpointFailure(r.Meta.Step, r.Err)
 		return
 	}
 	s.mu.Lock()
@@ -155,7 +207,17 @@ func (s *Server) onSaved(r checkpoint.Result) {
 	s.status.lastCheckpointTime = r.Meta.Time
 	s.status.LastCheckpointWriteSeconds = r.Duration.Seconds()
 	s.status.LastCheckpointBytes = r.Info.Size
+	recovered := s.status.LastCheckpointError
+	if recovered != nil && recovered.Step <= int64(r.Meta.Step) {
+		s.status.LastCheckpointError = nil
+	} else {
+		recovered = nil
+	}
 	s.mu.Unlock()
+	if recovered != nil {
+		s.log.Info("checkpoints are written again", "step", r.Meta.Step, "failures", recovered.Failures, "since", recovered.Since)
+		s.refreshHealth()
+	}
 	pos := train.Position{Step: int64(r.Meta.Step), Epoch: int(r.Meta.Epoch), StepInEpoch: int(r.Meta.StepInEpoch)}
 	s.post(event{stored: &pos})
 }

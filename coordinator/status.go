@@ -1,6 +1,9 @@
 package coordinator
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nice-flow/nice/train"
@@ -30,6 +33,20 @@ type Status struct {
 	LastCheckpointBytes        int64   `json:"last_checkpoint_bytes"`
 	LastSnapshotFetchSeconds   float64 `json:"last_snapshot_fetch_seconds"`
 	lastCheckpointTime         time.Time
+	// LastCheckpointError is the newest failed checkpoint write (a full
+	// disk, say); it stays until a checkpoint at or after its step is
+	// stored. null when writes succeed.
+	LastCheckpointError *Problem `json:"last_checkpoint_error"`
+	// LedgerError is the newest failed write or sync of the ledger file; it
+	// stays until everything the ledger holds is written and synced. (It is
+	// about the file; ledger_errors counts commits whose shards did not
+	// partition the batch.) null when the ledger is written.
+	LedgerError *Problem `json:"ledger_error"`
+	// LedgerLinesLost counts ledger lines given up because the file took
+	// nothing for so long that the lines waiting outgrew their memory bound.
+	LedgerLinesLost int64 `json:"ledger_lines_lost"`
+	// Health is "ok", or "degraded: " and the problems (as GET /healthz).
+	Health string `json:"health"`
 
 	CommittedSteps   int64 `json:"committed_steps"`
 	RedoneSteps      int64 `json:"redone_steps"`
@@ -38,10 +55,62 @@ type Status struct {
 	LedgerErrors     int64 `json:"ledger_errors"`
 	DigestsAgree     bool  `json:"digests_agree"`
 	DigestMismatches int64 `json:"digest_mismatches"`
+	NonFiniteSteps   int64 `json:"non_finite_steps"`
+	// CheckpointsRefused counts fetched states whose digest was not the
+	// one the replicas agreed on: they were not stored.
+	CheckpointsRefused int64 `json:"checkpoints_refused"`
+
+	// Refused counts the workers' messages refused at the edge, by reason;
+	// LastRefused is the newest refusal's error (stale messages, routine
+	// after a failure, are counted but not shown there).
+	Refused     Refusals `json:"refused_messages"`
+	LastRefused string   `json:"last_refused,omitempty"`
+	hellos      int64    // sessions refused at their Hello (server side)
+	seenRefusal string   // the machine's LastRefused when last copied
 
 	Scores      []train.EpochResult `json:"scores"`
 	ConfigHash  string              `json:"config_hash"`
 	Incarnation uint64              `json:"incarnation"`
+}
+
+// Problem is a failure that stands until a later success clears it.
+// Problems are never modified once made (Status shares them).
+type Problem struct {
+	Error    string    `json:"error"`
+	Step     int64     `json:"step"`     // the checkpoint's step, or the ledger line's
+	Since    time.Time `json:"since"`    // the first failure since the last success
+	Time     time.Time `json:"time"`     // the newest failure
+	Failures int       `json:"failures"` // failures since the last success
+}
+
+// again returns the problem p (nil: none yet) after one more failure.
+func (p *Problem) again(step int64, err error, now time.Time) *Problem {
+	next := &Problem{Error: err.Error(), Step: step, Since: now, Time: now, Failures: 1}
+	if p != nil {
+		next.Since, next.Failures = p.Since, p.Failures+1
+	}
+	return next
+}
+
+// Problems describes what makes the coordinator degraded, one sentence
+// each; none means healthy.
+func (st *Status) Problems() []string {
+	var out []string
+	if p := st.LastCheckpointError; p != nil {
+		stands := "no checkpoint is stored yet"
+		if st.LastCheckpointStep > 0 || st.LastCheckpointAgeSeconds > 0 {
+			stands = fmt.Sprintf("the checkpoint at step %d stands", st.LastCheckpointStep)
+		}
+		out = append(out, fmt.Sprintf("checkpoint writes fail: the checkpoint at step %d was not written (%s); %s; "+
+			"failures: %d since %s; free space in the state folder or fix the error, and the next checkpoint clears this",
+			p.Step, p.Error, stands, p.Failures, p.Since.UTC().Format(time.RFC3339)))
+	}
+	if p := st.LedgerError; p != nil {
+		out = append(out, fmt.Sprintf("ledger writes fail: the line of step %d is not on disk (%s); "+
+			"failures: %d since %s; the lines not written wait in memory for the file to take them",
+			p.Step, p.Error, p.Failures, p.Since.UTC().Format(time.RFC3339)))
+	}
+	return out
 }
 
 // WorkerStatus is one attached worker.
@@ -67,6 +136,10 @@ func (s *Server) Status() Status {
 	}
 	if !st.lastCheckpointTime.IsZero() {
 		st.LastCheckpointAgeSeconds = time.Since(st.lastCheckpointTime).Seconds()
+	}
+	st.Health = "ok"
+	if p := st.Problems(); len(p) > 0 {
+		st.Health = "degraded: " + strings.Join(p, "; ")
 	}
 	return st
 }
@@ -96,6 +169,11 @@ func (s *Server) updateStatus() {
 	next := v.Next
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !slices.Equal(s.agreed, v.Agreed) {
+		s.agreed = v.Agreed
+		close(s.agreedChanged)
+		s.agreedChanged = make(chan struct{})
+	}
 	st := &s.status
 	st.Phase = string(v.Phase)
 	st.Generation = v.Generation
@@ -113,6 +191,22 @@ func (s *Server) updateStatus() {
 	st.LedgerOK = v.Stats.LedgerErrors == 0
 	st.DigestMismatches = v.Stats.DigestMismatch
 	st.DigestsAgree = v.Stats.DigestMismatch == 0
+	st.NonFiniteSteps = v.Stats.NonFinite
+	st.Refused = v.Stats.Refused
+	st.Refused.Hello = st.hellos
+	if v.Stats.LastRefused != st.seenRefusal {
+		st.LastRefused, st.seenRefusal = v.Stats.LastRefused, v.Stats.LastRefused
+	}
 	st.ConfigHash = s.cfg.Train.Hash()
 	st.Incarnation = s.incarnation
+}
+
+// refusedHello counts a session refused at its first message.
+func (s *Server) refusedHello(err error) {
+	s.log.Warn("refused a session", "err", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.hellos++
+	s.status.Refused.Hello = s.status.hellos
+	s.status.LastRefused = "session: " + err.Error()
 }

@@ -93,6 +93,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_RingFailure
 	//	*WorkerMessage_Leave
 	//	*WorkerMessage_Heartbeat
+	//	*WorkerMessage_Snapshotted
 	Kind          isWorkerMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -198,6 +199,15 @@ func (x *WorkerMessage) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *WorkerMessage) GetSnapshotted() *Snapshotted {
+	if x != nil {
+		if x, ok := x.Kind.(*WorkerMessage_Snapshotted); ok {
+			return x.Snapshotted
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Kind interface {
 	isWorkerMessage_Kind()
 }
@@ -230,6 +240,10 @@ type WorkerMessage_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
 }
 
+type WorkerMessage_Snapshotted struct {
+	Snapshotted *Snapshotted `protobuf:"bytes,8,opt,name=snapshotted,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_Ready) isWorkerMessage_Kind() {}
@@ -243,6 +257,72 @@ func (*WorkerMessage_RingFailure) isWorkerMessage_Kind() {}
 func (*WorkerMessage_Leave) isWorkerMessage_Kind() {}
 
 func (*WorkerMessage_Heartbeat) isWorkerMessage_Kind() {}
+
+func (*WorkerMessage_Snapshotted) isWorkerMessage_Kind() {}
+
+// Snapshotted: the worker applied a commit that asked for a snapshot and
+// kept one; state_digest identifies it. The coordinator checkpoints a
+// snapshot only once every member named the same digest, and only if the
+// state it fetches has that digest.
+type Snapshotted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Position      *Position              `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"`
+	StateDigest   uint64                 `protobuf:"varint,3,opt,name=state_digest,json=stateDigest,proto3" json:"state_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Snapshotted) Reset() {
+	*x = Snapshotted{}
+	mi := &file_coordinator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Snapshotted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Snapshotted) ProtoMessage() {}
+
+func (x *Snapshotted) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Snapshotted.ProtoReflect.Descriptor instead.
+func (*Snapshotted) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Snapshotted) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Snapshotted) GetPosition() *Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *Snapshotted) GetStateDigest() uint64 {
+	if x != nil {
+		return x.StateDigest
+	}
+	return 0
+}
 
 // Hello opens a session.
 type Hello struct {
@@ -260,7 +340,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_coordinator_proto_msgTypes[2]
+	mi := &file_coordinator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +352,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[2]
+	mi := &file_coordinator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +365,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{2}
+	return file_coordinator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetWorkerId() string {
@@ -330,7 +410,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_coordinator_proto_msgTypes[3]
+	mi := &file_coordinator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +422,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[3]
+	mi := &file_coordinator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +435,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{3}
+	return file_coordinator_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Ready) GetGeneration() uint64 {
@@ -405,7 +485,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_coordinator_proto_msgTypes[4]
+	mi := &file_coordinator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +497,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[4]
+	mi := &file_coordinator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +510,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_coordinator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Report) GetGeneration() uint64 {
@@ -517,7 +597,7 @@ type EvalReport struct {
 
 func (x *EvalReport) Reset() {
 	*x = EvalReport{}
-	mi := &file_coordinator_proto_msgTypes[5]
+	mi := &file_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +609,7 @@ func (x *EvalReport) String() string {
 func (*EvalReport) ProtoMessage() {}
 
 func (x *EvalReport) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[5]
+	mi := &file_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +622,7 @@ func (x *EvalReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvalReport.ProtoReflect.Descriptor instead.
 func (*EvalReport) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EvalReport) GetGeneration() uint64 {
@@ -593,7 +673,7 @@ type Leave struct {
 
 func (x *Leave) Reset() {
 	*x = Leave{}
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +685,7 @@ func (x *Leave) String() string {
 func (*Leave) ProtoMessage() {}
 
 func (x *Leave) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +698,7 @@ func (x *Leave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leave.ProtoReflect.Descriptor instead.
 func (*Leave) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Leave) GetReason() string {
@@ -647,7 +727,7 @@ type RingFailure struct {
 
 func (x *RingFailure) Reset() {
 	*x = RingFailure{}
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +739,7 @@ func (x *RingFailure) String() string {
 func (*RingFailure) ProtoMessage() {}
 
 func (x *RingFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +752,7 @@ func (x *RingFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingFailure.ProtoReflect.Descriptor instead.
 func (*RingFailure) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RingFailure) GetGeneration() uint64 {
@@ -714,7 +794,7 @@ type CoordinatorMessage struct {
 
 func (x *CoordinatorMessage) Reset() {
 	*x = CoordinatorMessage{}
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +806,7 @@ func (x *CoordinatorMessage) String() string {
 func (*CoordinatorMessage) ProtoMessage() {}
 
 func (x *CoordinatorMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +819,7 @@ func (x *CoordinatorMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinatorMessage.ProtoReflect.Descriptor instead.
 func (*CoordinatorMessage) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CoordinatorMessage) GetKind() isCoordinatorMessage_Kind {
@@ -870,7 +950,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +962,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +975,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 // Welcome answers Hello with the run's configuration (train.Config as JSON).
@@ -909,7 +989,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1001,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1014,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetConfigJson() []byte {
@@ -961,7 +1041,7 @@ type RingMember struct {
 
 func (x *RingMember) Reset() {
 	*x = RingMember{}
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1053,7 @@ func (x *RingMember) String() string {
 func (*RingMember) ProtoMessage() {}
 
 func (x *RingMember) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1066,7 @@ func (x *RingMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingMember.ProtoReflect.Descriptor instead.
 func (*RingMember) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RingMember) GetId() string {
@@ -1016,7 +1096,7 @@ type Plan struct {
 
 func (x *Plan) Reset() {
 	*x = Plan{}
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1108,7 @@ func (x *Plan) String() string {
 func (*Plan) ProtoMessage() {}
 
 func (x *Plan) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1121,7 @@ func (x *Plan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Plan.ProtoReflect.Descriptor instead.
 func (*Plan) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Plan) GetGeneration() uint64 {
@@ -1086,7 +1166,7 @@ type Fetch struct {
 
 func (x *Fetch) Reset() {
 	*x = Fetch{}
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1178,7 @@ func (x *Fetch) String() string {
 func (*Fetch) ProtoMessage() {}
 
 func (x *Fetch) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1191,7 @@ func (x *Fetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fetch.ProtoReflect.Descriptor instead.
 func (*Fetch) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Fetch) GetGeneration() uint64 {
@@ -1159,7 +1239,7 @@ type Start struct {
 
 func (x *Start) Reset() {
 	*x = Start{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1251,7 @@ func (x *Start) String() string {
 func (*Start) ProtoMessage() {}
 
 func (x *Start) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1264,7 @@ func (x *Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Start.ProtoReflect.Descriptor instead.
 func (*Start) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Start) GetGeneration() uint64 {
@@ -1226,7 +1306,7 @@ type Dismiss struct {
 
 func (x *Dismiss) Reset() {
 	*x = Dismiss{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1318,7 @@ func (x *Dismiss) String() string {
 func (*Dismiss) ProtoMessage() {}
 
 func (x *Dismiss) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1331,7 @@ func (x *Dismiss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dismiss.ProtoReflect.Descriptor instead.
 func (*Dismiss) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Dismiss) GetCheckpointStep() int64 {
@@ -1278,7 +1358,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1370,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1383,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Commit) GetGeneration() uint64 {
@@ -1370,7 +1450,7 @@ type EpochScore struct {
 
 func (x *EpochScore) Reset() {
 	*x = EpochScore{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1462,7 @@ func (x *EpochScore) String() string {
 func (*EpochScore) ProtoMessage() {}
 
 func (x *EpochScore) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1475,7 @@ func (x *EpochScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochScore.ProtoReflect.Descriptor instead.
 func (*EpochScore) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EpochScore) GetEpoch() int32 {
@@ -1450,7 +1530,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1542,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1555,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FetchStateRequest) GetPosition() *Position {
@@ -1503,7 +1583,7 @@ type StateChunk struct {
 
 func (x *StateChunk) Reset() {
 	*x = StateChunk{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1595,7 @@ func (x *StateChunk) String() string {
 func (*StateChunk) ProtoMessage() {}
 
 func (x *StateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1608,7 @@ func (x *StateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChunk.ProtoReflect.Descriptor instead.
 func (*StateChunk) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StateChunk) GetTotal() int64 {
@@ -1560,7 +1640,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1652,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1665,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 // StatusReply is the status as one JSON object (see coordinator.Status).
@@ -1598,7 +1678,7 @@ type StatusReply struct {
 
 func (x *StatusReply) Reset() {
 	*x = StatusReply{}
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1690,7 @@ func (x *StatusReply) String() string {
 func (*StatusReply) ProtoMessage() {}
 
 func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1703,7 @@ func (x *StatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
 func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusReply) GetJson() []byte {
@@ -1641,7 +1721,7 @@ type CheckpointsRequest struct {
 
 func (x *CheckpointsRequest) Reset() {
 	*x = CheckpointsRequest{}
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1733,7 @@ func (x *CheckpointsRequest) String() string {
 func (*CheckpointsRequest) ProtoMessage() {}
 
 func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1746,7 @@ func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 type CheckpointsReply struct {
@@ -1678,7 +1758,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1770,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1783,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckpointsReply) GetJson() []byte {
@@ -1721,7 +1801,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bPosition\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\"\n" +
-	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\xd4\x02\n" +
+	"\rstep_in_epoch\x18\x03 \x01(\x05R\vstepInEpoch\"\x8e\x03\n" +
 	"\rWorkerMessage\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0e.nice.v1.HelloH\x00R\x05hello\x12&\n" +
 	"\x05ready\x18\x02 \x01(\v2\x0e.nice.v1.ReadyH\x00R\x05ready\x12)\n" +
@@ -1729,8 +1809,15 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x04eval\x18\x04 \x01(\v2\x13.nice.v1.EvalReportH\x00R\x04eval\x129\n" +
 	"\fring_failure\x18\x05 \x01(\v2\x14.nice.v1.RingFailureH\x00R\vringFailure\x12&\n" +
 	"\x05leave\x18\x06 \x01(\v2\x0e.nice.v1.LeaveH\x00R\x05leave\x122\n" +
-	"\theartbeat\x18\a \x01(\v2\x12.nice.v1.HeartbeatH\x00R\theartbeatB\x06\n" +
-	"\x04kind\"\x83\x01\n" +
+	"\theartbeat\x18\a \x01(\v2\x12.nice.v1.HeartbeatH\x00R\theartbeat\x128\n" +
+	"\vsnapshotted\x18\b \x01(\v2\x14.nice.v1.SnapshottedH\x00R\vsnapshottedB\x06\n" +
+	"\x04kind\"\x7f\n" +
+	"\vSnapshotted\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12-\n" +
+	"\bposition\x18\x02 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
+	"\fstate_digest\x18\x03 \x01(\x04R\vstateDigest\"\x83\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x12\n" +
@@ -1874,68 +1961,71 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 	return file_coordinator_proto_rawDescData
 }
 
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_coordinator_proto_goTypes = []any{
 	(*Position)(nil),           // 0: nice.v1.Position
 	(*WorkerMessage)(nil),      // 1: nice.v1.WorkerMessage
-	(*Hello)(nil),              // 2: nice.v1.Hello
-	(*Ready)(nil),              // 3: nice.v1.Ready
-	(*Report)(nil),             // 4: nice.v1.Report
-	(*EvalReport)(nil),         // 5: nice.v1.EvalReport
-	(*Leave)(nil),              // 6: nice.v1.Leave
-	(*RingFailure)(nil),        // 7: nice.v1.RingFailure
-	(*CoordinatorMessage)(nil), // 8: nice.v1.CoordinatorMessage
-	(*Heartbeat)(nil),          // 9: nice.v1.Heartbeat
-	(*Welcome)(nil),            // 10: nice.v1.Welcome
-	(*RingMember)(nil),         // 11: nice.v1.RingMember
-	(*Plan)(nil),               // 12: nice.v1.Plan
-	(*Fetch)(nil),              // 13: nice.v1.Fetch
-	(*Start)(nil),              // 14: nice.v1.Start
-	(*Dismiss)(nil),            // 15: nice.v1.Dismiss
-	(*Commit)(nil),             // 16: nice.v1.Commit
-	(*EpochScore)(nil),         // 17: nice.v1.EpochScore
-	(*FetchStateRequest)(nil),  // 18: nice.v1.FetchStateRequest
-	(*StateChunk)(nil),         // 19: nice.v1.StateChunk
-	(*StatusRequest)(nil),      // 20: nice.v1.StatusRequest
-	(*StatusReply)(nil),        // 21: nice.v1.StatusReply
-	(*CheckpointsRequest)(nil), // 22: nice.v1.CheckpointsRequest
-	(*CheckpointsReply)(nil),   // 23: nice.v1.CheckpointsReply
+	(*Snapshotted)(nil),        // 2: nice.v1.Snapshotted
+	(*Hello)(nil),              // 3: nice.v1.Hello
+	(*Ready)(nil),              // 4: nice.v1.Ready
+	(*Report)(nil),             // 5: nice.v1.Report
+	(*EvalReport)(nil),         // 6: nice.v1.EvalReport
+	(*Leave)(nil),              // 7: nice.v1.Leave
+	(*RingFailure)(nil),        // 8: nice.v1.RingFailure
+	(*CoordinatorMessage)(nil), // 9: nice.v1.CoordinatorMessage
+	(*Heartbeat)(nil),          // 10: nice.v1.Heartbeat
+	(*Welcome)(nil),            // 11: nice.v1.Welcome
+	(*RingMember)(nil),         // 12: nice.v1.RingMember
+	(*Plan)(nil),               // 13: nice.v1.Plan
+	(*Fetch)(nil),              // 14: nice.v1.Fetch
+	(*Start)(nil),              // 15: nice.v1.Start
+	(*Dismiss)(nil),            // 16: nice.v1.Dismiss
+	(*Commit)(nil),             // 17: nice.v1.Commit
+	(*EpochScore)(nil),         // 18: nice.v1.EpochScore
+	(*FetchStateRequest)(nil),  // 19: nice.v1.FetchStateRequest
+	(*StateChunk)(nil),         // 20: nice.v1.StateChunk
+	(*StatusRequest)(nil),      // 21: nice.v1.StatusRequest
+	(*StatusReply)(nil),        // 22: nice.v1.StatusReply
+	(*CheckpointsRequest)(nil), // 23: nice.v1.CheckpointsRequest
+	(*CheckpointsReply)(nil),   // 24: nice.v1.CheckpointsReply
 }
 var file_coordinator_proto_depIdxs = []int32{
-	2,  // 0: nice.v1.WorkerMessage.hello:type_name -> nice.v1.Hello
-	3,  // 1: nice.v1.WorkerMessage.ready:type_name -> nice.v1.Ready
-	4,  // 2: nice.v1.WorkerMessage.report:type_name -> nice.v1.Report
-	5,  // 3: nice.v1.WorkerMessage.eval:type_name -> nice.v1.EvalReport
-	7,  // 4: nice.v1.WorkerMessage.ring_failure:type_name -> nice.v1.RingFailure
-	6,  // 5: nice.v1.WorkerMessage.leave:type_name -> nice.v1.Leave
-	9,  // 6: nice.v1.WorkerMessage.heartbeat:type_name -> nice.v1.Heartbeat
-	0,  // 7: nice.v1.Ready.position:type_name -> nice.v1.Position
-	0,  // 8: nice.v1.Leave.position:type_name -> nice.v1.Position
-	10, // 9: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
-	12, // 10: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
-	13, // 11: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
-	14, // 12: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
-	16, // 13: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
-	15, // 14: nice.v1.CoordinatorMessage.dismiss:type_name -> nice.v1.Dismiss
-	9,  // 15: nice.v1.CoordinatorMessage.heartbeat:type_name -> nice.v1.Heartbeat
-	11, // 16: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
-	0,  // 17: nice.v1.Plan.position:type_name -> nice.v1.Position
-	0,  // 18: nice.v1.Fetch.position:type_name -> nice.v1.Position
-	0,  // 19: nice.v1.Start.position:type_name -> nice.v1.Position
-	0,  // 20: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
-	1,  // 21: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
-	20, // 22: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
-	22, // 23: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
-	18, // 24: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
-	8,  // 25: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
-	21, // 26: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
-	23, // 27: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
-	19, // 28: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
-	25, // [25:29] is the sub-list for method output_type
-	21, // [21:25] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	3,  // 0: nice.v1.WorkerMessage.hello:type_name -> nice.v1.Hello
+	4,  // 1: nice.v1.WorkerMessage.ready:type_name -> nice.v1.Ready
+	5,  // 2: nice.v1.WorkerMessage.report:type_name -> nice.v1.Report
+	6,  // 3: nice.v1.WorkerMessage.eval:type_name -> nice.v1.EvalReport
+	8,  // 4: nice.v1.WorkerMessage.ring_failure:type_name -> nice.v1.RingFailure
+	7,  // 5: nice.v1.WorkerMessage.leave:type_name -> nice.v1.Leave
+	10, // 6: nice.v1.WorkerMessage.heartbeat:type_name -> nice.v1.Heartbeat
+	2,  // 7: nice.v1.WorkerMessage.snapshotted:type_name -> nice.v1.Snapshotted
+	0,  // 8: nice.v1.Snapshotted.position:type_name -> nice.v1.Position
+	0,  // 9: nice.v1.Ready.position:type_name -> nice.v1.Position
+	0,  // 10: nice.v1.Leave.position:type_name -> nice.v1.Position
+	11, // 11: nice.v1.CoordinatorMessage.welcome:type_name -> nice.v1.Welcome
+	13, // 12: nice.v1.CoordinatorMessage.plan:type_name -> nice.v1.Plan
+	14, // 13: nice.v1.CoordinatorMessage.fetch:type_name -> nice.v1.Fetch
+	15, // 14: nice.v1.CoordinatorMessage.start:type_name -> nice.v1.Start
+	17, // 15: nice.v1.CoordinatorMessage.commit:type_name -> nice.v1.Commit
+	16, // 16: nice.v1.CoordinatorMessage.dismiss:type_name -> nice.v1.Dismiss
+	10, // 17: nice.v1.CoordinatorMessage.heartbeat:type_name -> nice.v1.Heartbeat
+	12, // 18: nice.v1.Plan.ring:type_name -> nice.v1.RingMember
+	0,  // 19: nice.v1.Plan.position:type_name -> nice.v1.Position
+	0,  // 20: nice.v1.Fetch.position:type_name -> nice.v1.Position
+	0,  // 21: nice.v1.Start.position:type_name -> nice.v1.Position
+	0,  // 22: nice.v1.FetchStateRequest.position:type_name -> nice.v1.Position
+	1,  // 23: nice.v1.Coordinator.Session:input_type -> nice.v1.WorkerMessage
+	21, // 24: nice.v1.Coordinator.Status:input_type -> nice.v1.StatusRequest
+	23, // 25: nice.v1.Coordinator.Checkpoints:input_type -> nice.v1.CheckpointsRequest
+	19, // 26: nice.v1.StateService.FetchState:input_type -> nice.v1.FetchStateRequest
+	9,  // 27: nice.v1.Coordinator.Session:output_type -> nice.v1.CoordinatorMessage
+	22, // 28: nice.v1.Coordinator.Status:output_type -> nice.v1.StatusReply
+	24, // 29: nice.v1.Coordinator.Checkpoints:output_type -> nice.v1.CheckpointsReply
+	20, // 30: nice.v1.StateService.FetchState:output_type -> nice.v1.StateChunk
+	27, // [27:31] is the sub-list for method output_type
+	23, // [23:27] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -1951,8 +2041,9 @@ func file_coordinator_proto_init() {
 		(*WorkerMessage_RingFailure)(nil),
 		(*WorkerMessage_Leave)(nil),
 		(*WorkerMessage_Heartbeat)(nil),
+		(*WorkerMessage_Snapshotted)(nil),
 	}
-	file_coordinator_proto_msgTypes[8].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[9].OneofWrappers = []any{
 		(*CoordinatorMessage_Welcome)(nil),
 		(*CoordinatorMessage_Plan)(nil),
 		(*CoordinatorMessage_Fetch)(nil),
@@ -1967,7 +2058,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

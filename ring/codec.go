@@ -1,7 +1,6 @@
 package ring
 
 import (
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -167,13 +166,12 @@ type inFrame struct {
 	err error
 }
 
-var errPayloadFirst = fmt.Errorf("%w: payload before header or twice", ErrBadFrame)
+var errPayloadNotLast = fmt.Errorf("%w: the payload is not the last field of the frame", ErrBadFrame)
 
 func (f *inFrame) unmarshal(data mem.BufferSlice) {
 	f.h = FrameHeader{}
 	f.err = nil
 	r := bufCursor{bufs: data}
-	sawData := false
 	for !r.done() {
 		tag, err := r.varint()
 		if err != nil {
@@ -181,10 +179,6 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 			return
 		}
 		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
-		if sawData {
-			f.err = errPayloadFirst
-			return
-		}
 		switch {
 		case typ == protowire.VarintType && num >= fieldGeneration && num <= fieldTotal:
 			v, err := r.varint()
@@ -216,20 +210,24 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 				f.err = fmt.Errorf("%w: payload of %d bytes is not whole floats or overruns the message of %d", ErrBadFrame, n, r.remaining())
 				return
 			}
+			// A field after the payload could change the header that was
+			// checked, or fail the frame after its floats were applied.
+			if n != uint64(r.remaining()) {
+				f.err = errPayloadNotLast
+				return
+			}
 			if f.err = CheckFrame(&f.h, int(n/4), f.want, len(f.dst)); f.err != nil {
 				return
 			}
 			r.apply(f.dst, f.op)
-			sawData = true
+			return
 		default:
 			f.err = fmt.Errorf("%w: unexpected field %d of wire type %d", ErrBadFrame, num, typ)
 			return
 		}
 	}
-	if !sawData {
-		// An empty payload is a frame of zero floats.
-		f.err = CheckFrame(&f.h, 0, f.want, len(f.dst))
-	}
+	// An empty payload is a frame of zero floats.
+	f.err = CheckFrame(&f.h, 0, f.want, len(f.dst))
 }
 
 var errTruncated = fmt.Errorf("%w: truncated message", ErrBadFrame)
@@ -262,20 +260,27 @@ func (r *bufCursor) remaining() int {
 	return n
 }
 
+var errVarintOverflow = fmt.Errorf("%w: varint overflows 64 bits", ErrBadFrame)
+
+// varint reads a base-128 varint as the protobuf library does: at most ten
+// bytes, the tenth carrying only the top bit.
 func (r *bufCursor) varint() (uint64, error) {
 	var v uint64
-	for shift := uint(0); shift < 64; shift += 7 {
+	for i := range 10 {
 		if !r.fill() {
 			return 0, errTruncated
 		}
 		c := r.cur[0]
 		r.cur = r.cur[1:]
-		v |= uint64(c&0x7f) << shift
+		if i == 9 && c > 1 {
+			return 0, errVarintOverflow
+		}
+		v |= uint64(c&0x7f) << (7 * i)
 		if c < 0x80 {
 			return v, nil
 		}
 	}
-	return 0, errors.New("ring codec: varint overflows 64 bits")
+	return 0, errVarintOverflow
 }
 
 // apply adds or copies the next 4*len(dst) bytes into dst. A float may be

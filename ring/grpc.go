@@ -109,9 +109,11 @@ type GRPCTransport struct {
 
 type linkCloser interface{ Close(error) }
 
-// NewGRPCTransport returns a transport that dials peers in plaintext, as
-// inside the cluster, tuned by DefaultGRPCTuning; extra options
-// (credentials, another tuning's DialOptions) are applied after those.
+// NewGRPCTransport returns a transport tuned by DefaultGRPCTuning that
+// dials peers in plaintext unless extra carries transport credentials (the
+// worker passes the cluster's, creds.Bundle.DialOption); extra options
+// (credentials, another tuning's DialOptions) are applied after the
+// defaults, so they win.
 func NewGRPCTransport(extra ...grpc.DialOption) *GRPCTransport {
 	opts := append(DefaultGRPCTuning().DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

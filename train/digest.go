@@ -2,6 +2,7 @@ package train
 
 import (
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
 )
 
@@ -21,14 +22,15 @@ func (s *State) Digest() uint64 {
 	return uint64(c)<<32 | uint64(uint32(s.Position.Step))
 }
 
-// EncodedLen is the number of bytes WriteTo writes for s.
-func (s *State) EncodedLen() int64 {
+// EncodedLen is the number of bytes WriteTo writes for s. It fails where
+// WriteTo would: on a non-finite number in the header.
+func (s *State) EncodedLen() (int64, error) {
 	h := header{Version: stateVersion, Config: s.Config, Position: s.Position, AdamStep: s.AdamStep, History: s.History, LossSum: s.LossSum, LossN: s.LossN, Floats: len(s.Params)}
 	js, err := json.Marshal(h)
 	if err != nil {
-		panic(err) // plain data: cannot fail
+		return 0, fmt.Errorf("encoding state header: %w", err)
 	}
-	return int64(len(stateMagic)+8+len(js)) + int64(len(s.Params))*12 + 32
+	return int64(len(stateMagic)+8+len(js)) + int64(len(s.Params))*12 + 32, nil
 }
 
 // View returns the trainer's state with the float buffers shared, not copied:

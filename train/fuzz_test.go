@@ -25,7 +25,10 @@ func FuzzReadState(f *testing.F) {
 	st.Position = Position{Step: 3, Epoch: 1, StepInEpoch: 1}
 	st.History.Points = []Point{{Step: 2, Epoch: 0.5, TrainNLL: 1.25}}
 	st.History.Epochs = []EpochResult{{Epoch: 1, Step: 2, TestLL: -3}}
-	blob := st.Encode()
+	blob, err := st.Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(blob)
 	f.Add(append([]byte{1}, blob[:len(blob)-sha256.Size]...))
 	f.Add(append([]byte{1}, blob[:len(stateMagic)+8]...))
@@ -43,7 +46,11 @@ func FuzzReadState(f *testing.F) {
 		if err != nil || len(s.Params) != n || len(s.M) != n || len(s.V) != n {
 			t.Fatalf("decoded %d/%d/%d floats for a model of %d (err %v)", len(s.Params), len(s.M), len(s.V), n, err)
 		}
-		again, err := DecodeState(s.Encode())
+		blob, err := s.Encode()
+		if err != nil {
+			t.Fatalf("a decoded state does not encode: %v", err)
+		}
+		again, err := DecodeState(blob)
 		if err != nil {
 			t.Fatalf("a decoded state does not decode once encoded again: %v", err)
 		}

@@ -123,7 +123,11 @@ func TestReadStateFromStream(t *testing.T) {
 	tr := mustTrainer(t, tinyConfig(), syntheticData())
 	steps(t, tr, 3)
 	want := tr.State()
-	got, err := ReadState(onlyReader{bytes.NewReader(want.Encode())})
+	blob, err := want.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadState(onlyReader{bytes.NewReader(blob)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +148,8 @@ func TestEncodedLenRangeHoldsTheLongestState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := st.EncodedLen(); n < lo || n > hi {
-		t.Fatalf("the initial state has %d bytes, outside [%d, %d]", n, lo, hi)
+	if n, err := st.EncodedLen(); err != nil || n < lo || n > hi {
+		t.Fatalf("the initial state has %d bytes (err %v), outside [%d, %d]", n, err, lo, hi)
 	}
 	steps := c.Epochs * StepsPerEpoch(mnist.TrainSize, c.Batch)
 	for i := 0; i <= steps/c.LogEvery; i++ {
@@ -158,8 +162,8 @@ func TestEncodedLenRangeHoldsTheLongestState(t *testing.T) {
 	st.Config.Epochs = math.MaxInt // a resumed run may extend the run
 	st.Position = Position{Step: math.MinInt64, Epoch: math.MinInt, StepInEpoch: math.MinInt}
 	st.AdamStep, st.LossSum, st.LossN = math.MinInt64, -math.MaxFloat64, math.MinInt
-	if n := st.EncodedLen(); n > hi {
-		t.Fatalf("the longest state has %d bytes, above the bound %d", n, hi)
+	if n, err := st.EncodedLen(); err != nil || n > hi {
+		t.Fatalf("the longest state has %d bytes (err %v), above the bound %d", n, err, hi)
 	}
 	// The bound is not loose enough to matter: a few KiB above the floats.
 	if floats, _ := ModelFloats(c.Model); hi-12*int64(floats) > 1<<20 {

@@ -107,14 +107,16 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	return cw.n + int64(k), err
 }
 
-// Encode returns s encoded as WriteTo writes it.
-func (s *State) Encode() []byte {
+// Encode returns s encoded as WriteTo writes it. It fails on a malformed
+// state: buffers of different sizes, or a non-finite number in the header
+// (JSON has no NaN).
+func (s *State) Encode() ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(len(s.Params)*12 + 1<<16)
 	if _, err := s.WriteTo(&b); err != nil {
-		panic(err) // writing to memory fails only on a malformed state
+		return nil, err
 	}
-	return b.Bytes()
+	return b.Bytes(), nil
 }
 
 // ReadState decodes a State written by WriteTo, verifying its checksum.
@@ -235,14 +237,15 @@ func checkSum(r io.Reader, sum hash.Hash) error {
 // DecodeState decodes an encoded State held in memory.
 func DecodeState(b []byte) (*State, error) { return ReadState(bytes.NewReader(b)) }
 
-// SaveFile writes s to path atomically: a temporary file in the same folder,
-// synced, then renamed over path, so a crash leaves the old state or the new
-// one, never a mix.
+// SaveFile writes s to path atomically and durably: a temporary file in the
+// same folder, synced, renamed over path, then the folder synced, so a crash
+// leaves the old state or the new one, never a mix, and once SaveFile
+// returns nil the new one survives a power cut. Every error names path.
 func (s *State) SaveFile(path string) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*")
 	if err != nil {
-		return fmt.Errorf("saving state: %w", err)
+		return fmt.Errorf("saving state to %s: %w", path, err)
 	}
 	defer os.Remove(f.Name()) // no-op after the rename
 	bw := bufio.NewWriterSize(f, 1<<20)
@@ -266,6 +269,28 @@ func (s *State) SaveFile(path string) error {
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("saving state to %s: %w", path, err)
+	}
+	// The rename lives in the folder: until the folder is synced a crash
+	// can bring back the old state, or no file at all.
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("saving state to %s: renamed into place, but a crash may undo it: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir flushes a folder's entries (names created, renamed or removed in
+// it) to the disk.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening folder %s to sync it: %w", dir, err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("syncing folder %s: %w", dir, err)
 	}
 	return nil
 }

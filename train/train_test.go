@@ -76,7 +76,10 @@ func TestResumedRunEqualsUninterruptedBitwise(t *testing.T) {
 
 	first := mustTrainer(t, c, d)
 	steps(t, first, 5)
-	blob := first.State().Encode()
+	blob, err := first.State().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := DecodeState(blob)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +187,10 @@ func TestShardGradientsSumToTheBatchGradient(t *testing.T) {
 
 func TestCorruptStateIsRefused(t *testing.T) {
 	tr := mustTrainer(t, tinyConfig(), syntheticData())
-	blob := tr.State().Encode()
+	blob, err := tr.State().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, damage := range map[string]func([]byte) []byte{
 		"flipped byte": func(b []byte) []byte { b[len(b)/2] ^= 1; return b },
 		"truncated":    func(b []byte) []byte { return b[:len(b)-100] },
@@ -220,8 +226,12 @@ func TestEncodedLenAndDigest(t *testing.T) {
 	tr := mustTrainer(t, tinyConfig(), syntheticData())
 	steps(t, tr, 3)
 	s := tr.View()
-	if got := int64(len(s.Encode())); got != s.EncodedLen() {
-		t.Fatalf("EncodedLen %d, encoding has %d bytes", s.EncodedLen(), got)
+	blob, err := s.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.EncodedLen(); err != nil || int64(len(blob)) != n {
+		t.Fatalf("EncodedLen %d (%v), encoding has %d bytes", n, err, len(blob))
 	}
 	var cp State
 	tr.CopyInto(&cp)
@@ -231,5 +241,23 @@ func TestEncodedLenAndDigest(t *testing.T) {
 	cp.M[7] += 1
 	if cp.Digest() == s.Digest() {
 		t.Fatal("changing a moment did not change the digest")
+	}
+}
+
+// Before: Encode panicked on a NaN in the header (a score taken on a
+// worker's word), crashing the coordinator's snapshot goroutine.
+func TestEncodeRefusesNonFiniteHeader(t *testing.T) {
+	tr := mustTrainer(t, tinyConfig(), syntheticData())
+	s := tr.State()
+	s.History.Epochs = append(s.History.Epochs, EpochResult{Epoch: 1, TestLL: math.NaN()})
+	if _, err := s.Encode(); err == nil {
+		t.Errorf("Encode of a state with a NaN score: no error")
+	}
+	if _, err := s.EncodedLen(); err == nil {
+		t.Errorf("EncodedLen of a state with a NaN score: no error")
+	}
+	s.M = s.M[:1]
+	if _, err := s.Encode(); err == nil {
+		t.Errorf("Encode of a state with mismatched buffers: no error")
 	}
 }

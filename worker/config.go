@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
 	"github.com/nice-flow/nice/internal/statexfer"
@@ -25,6 +26,11 @@ type Config struct {
 	AdvertiseHost string
 	// Coordinator is the coordinator's gRPC address.
 	Coordinator string
+	// Creds, if non-nil, is used on every gRPC connection of the worker:
+	// its server (ring, state transfer, health) requires the cluster's
+	// certificates, and its session, ring and state fetches present them.
+	// Nil means plaintext. (Gossip is joined outside the worker.)
+	Creds *creds.Bundle
 	// Sessions, if set, opens the sessions with the coordinator instead of
 	// gRPC to Coordinator (session.Inmem runs a coordinator in this
 	// process).

@@ -54,6 +54,7 @@ type Machine struct {
 	retryFetchAt time.Time     // a failed fetch is retried then
 	retries      int
 
+	applySnap bool  // the commit being applied asks for a snapshot
 	awaiting  bool  // a report was sent; its commit is awaited
 	reported  int64 // the step reported
 	evalEpoch int   // > 0: evaluate this epoch before the next step
@@ -344,6 +345,7 @@ func (m *Machine) onCommit(c *nicepb.Commit, a *Actions) {
 	}
 	// Nothing else is in flight while a commit is awaited.
 	m.order(applying)
+	m.applySnap = c.Snapshot
 	a.Apply = &ApplyOrder{Generation: c.Generation, Commit: c}
 }
 
@@ -422,7 +424,11 @@ func (m *Machine) Computed(now time.Time, r ComputeResult) Actions {
 
 // Applied handles the end of an ApplyOrder: the trainer is now at pos, or
 // err says the update was refused and the state is unchanged.
-func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, err error) Actions {
+//
+// When the commit asked for a snapshot, snapDigest is the kept snapshot's
+// state digest: the worker tells the coordinator, which checkpoints the
+// snapshot only once every member named the same digest.
+func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, snapDigest uint64, err error) Actions {
 	var a Actions
 	if !m.done(applying, &a) {
 		return a
@@ -440,6 +446,15 @@ func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, err err
 	m.pos = pos
 	m.digestKnown = false
 	m.stats.Applied++
+	if m.applySnap {
+		// The snapshot is the state now held: its digest describes it.
+		m.digest, m.digestKnown = snapDigest, true
+		if m.plan != nil && m.plan.Generation == gen {
+			a.Send = append(a.Send, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{
+				Generation: gen, Position: statexfer.ToPB(pos), StateDigest: snapDigest,
+			}}})
+		}
+	}
 	m.next(&a)
 	return a
 }

@@ -72,7 +72,7 @@ func TestMachineStepCycle(t *testing.T) {
 	if a := m.Message(t0, commit(1, 0, false)); a.Apply != nil {
 		t.Fatal("a second commit of step 0 was applied")
 	}
-	a = m.Applied(t0, 1, train.Position{Step: 1, StepInEpoch: 1}, nil)
+	a = m.Applied(t0, 1, train.Position{Step: 1, StepInEpoch: 1}, 0, nil)
 	if a.Compute == nil || a.Compute.Position.Step != 1 {
 		t.Fatalf("after applying it orders %+v, want step 1", a)
 	}
@@ -94,7 +94,7 @@ func TestMachineCommitBeforePlan(t *testing.T) {
 	if a.Prepare != nil {
 		t.Fatal("the new plan was prepared while the update was in flight")
 	}
-	a = m.Applied(t0, 1, train.Position{Step: 1, StepInEpoch: 1}, nil)
+	a = m.Applied(t0, 1, train.Position{Step: 1, StepInEpoch: 1}, 0, nil)
 	if a.Prepare == nil || a.Prepare.Generation != 2 || a.Compute != nil {
 		t.Fatalf("after the update it orders %+v, want the prepare of generation 2 and no step", a)
 	}
@@ -194,5 +194,27 @@ func TestMachineLeave(t *testing.T) {
 	d := NewMachine(MachineConfig{})
 	if a := d.Stop(t0); !a.Exit {
 		t.Fatal("a worker with no coordinator does not exit when told to stop")
+	}
+}
+
+// A snapshot's digest goes to the coordinator, which checkpoints the
+// snapshot only once every member named the same one.
+func TestMachineReportsTheSnapshotDigest(t *testing.T) {
+	m := started(t)
+	m.Computed(t0, ComputeResult{Generation: 1, Step: 0})
+	c := commit(1, 0, false)
+	c.GetCommit().Snapshot = true
+	if a := m.Message(t0, c); a.Apply == nil {
+		t.Fatal("commit not applied")
+	}
+	a := m.Applied(t0, 1, train.Position{Step: 1, StepInEpoch: 1}, 0xfeed, nil)
+	var sn *nicepb.Snapshotted
+	for _, msg := range a.Send {
+		if s := msg.GetSnapshotted(); s != nil {
+			sn = s
+		}
+	}
+	if sn == nil || sn.Generation != 1 || sn.Position.GetStep() != 1 || sn.StateDigest != 0xfeed {
+		t.Fatalf("after applying a snapshot commit it sends %v, want Snapshotted{generation 1, step 1, digest feed}", a.Send)
 	}
 }

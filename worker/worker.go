@@ -15,9 +15,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -98,7 +99,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	rc := cfg.Ring
 	rc.Logger = log
-	tp := ring.NewGRPCTransport()
+	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
 	var rt ring.RingTransport = tp
 	w := &Worker{}
 	if cfg.Fault.Phase == "ring" {
@@ -123,7 +124,8 @@ func New(cfg Config) (*Worker, error) {
 		quit:        make(chan struct{}),
 	}
 	opts := append(ring.ServerOptions(), rpcopt.ServerKeepalive()...)
-	w.srv = grpc.NewServer(append(opts, rpcopt.ServerLimits(ring.MaxMessageBytes, statexfer.MaxChunkMessage)...)...)
+	opts = append(opts, rpcopt.ServerLimits(ring.MaxMessageBytes, statexfer.MaxChunkMessage)...)
+	w.srv = grpc.NewServer(append(opts, cfg.Creds.ServerOption(log))...)
 	tp.RegisterServer(w.srv)
 	w.states = &statexfer.Server{Src: w, Limits: cfg.StateTransfers, Logger: log}
 	nicepb.RegisterStateServiceServer(w.srv, w.states)
@@ -190,8 +192,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	dialer := w.cfg.Sessions
 	if dialer == nil {
-		conn, err := grpc.NewClient(w.cfg.Coordinator,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(w.cfg.Coordinator, w.cfg.Creds.DialOption(),
 			grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
 			grpc.WithDefaultCallOptions(rpcopt.WorkerCallLimits()...))
 		if err != nil {
@@ -200,7 +201,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer conn.Close()
 		dialer = session.GRPC(conn)
 	}
-	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator)
+	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
 
 	life, endLife := context.WithCancel(context.Background())
 	sess := make(chan sessionEvent, 64)
@@ -308,8 +309,8 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 	case a.Apply != nil:
 		o := *a.Apply
 		w.startWork(func(context.Context) func(time.Time) Actions {
-			pos, err := w.apply(o.Commit)
-			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, err) }
+			pos, snapDigest, err := w.apply(o.Commit)
+			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, snapDigest, err) }
 		})
 	case a.Evaluate != nil:
 		o := *a.Evaluate
@@ -362,7 +363,13 @@ func (w *Worker) keepSession(life context.Context, client session.Dialer, sess c
 		if time.Since(began) > 10*w.cfg.RetryMax {
 			backoff = w.cfg.RetryMin
 		}
-		w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		switch status.Code(err) {
+		case codes.AlreadyExists, codes.InvalidArgument, codes.PermissionDenied:
+			// Retrying will not help until someone acts: say so loudly.
+			w.log.Error("the coordinator refuses this worker; retrying", "err", err, "in", backoff)
+		default:
+			w.log.Warn("no session with the coordinator; retrying", "err", err, "in", backoff)
+		}
 		select {
 		case <-life.Done():
 			return
@@ -511,7 +518,7 @@ func (w *Worker) configure(js []byte) (int, error) {
 // fetch loads the state named by f from its source.
 func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, uint64, error) {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(f.SourceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(f.SourceAddr, w.cfg.Creds.DialOption(),
 		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
@@ -584,28 +591,29 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
 	// and the update after the commit reuses it.
 	w.norm = tr.Opt.GradNorm(tr.Grad)
-	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0)
+	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0) || math.IsNaN(r.SumLL) || math.IsInf(r.SumLL, 0)
 	r.GradDigest = train.Digest(tr.Grad)
 	w.faultAt(ctx, "report", o.Position.Step)
 	return r
 }
 
 // apply applies a committed step with the norm of its reduced gradient,
-// and keeps a snapshot if the commit asks for one.
-func (w *Worker) apply(c *nicepb.Commit) (train.Position, error) {
+// and keeps a snapshot if the commit asks for one, returning its digest.
+func (w *Worker) apply(c *nicepb.Commit) (train.Position, uint64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	tr := w.tr
 	if tr.Position.Step != c.Step {
-		return tr.Position, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
+		return tr.Position, 0, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
 	}
 	if err := tr.ApplyWithNorm(int(c.Batch), c.SumLl, w.norm); err != nil {
-		return tr.Position, err
+		return tr.Position, 0, err
 	}
+	var digest uint64
 	if c.Snapshot {
-		w.takeSnapshot(tr)
+		digest = w.takeSnapshot(tr)
 	}
-	return tr.Position, nil
+	return tr.Position, digest, nil
 }
 
 // snapshot is a copy of the trainer's state at a commit that asked for
@@ -617,8 +625,9 @@ type snapshot struct {
 }
 
 // takeSnapshot copies the trainer's state into a snapshot no transfer
-// reads (reusing the last one's buffers when none does) and publishes it.
-func (w *Worker) takeSnapshot(tr *train.Trainer) {
+// reads (reusing the last one's buffers when none does), publishes it and
+// returns its digest.
+func (w *Worker) takeSnapshot(tr *train.Trainer) uint64 {
 	w.snapMu.Lock()
 	s := w.snap
 	w.snap = nil // transfers asking meanwhile wait for the new one
@@ -627,11 +636,13 @@ func (w *Worker) takeSnapshot(tr *train.Trainer) {
 	}
 	w.snapMu.Unlock()
 	tr.CopyInto(&s.st)
+	digest := s.st.Digest()
 	w.snapMu.Lock()
 	w.snap = s
 	close(w.snapTaken)
 	w.snapTaken = make(chan struct{})
 	w.snapMu.Unlock()
+	return digest
 }
 
 // evaluate scores this rank's shard of the scored set.
@@ -655,7 +666,11 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 	if err != nil {
 		return err
 	}
-	size(st.EncodedLen())
+	n, err := st.EncodedLen()
+	if err != nil {
+		return err
+	}
+	size(n)
 	_, err = st.WriteTo(out)
 	return err
 }
@@ -687,8 +702,12 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 		s, have, taken := w.readSnapshot(want)
 		if s != nil {
 			defer w.doneReading(s)
-			size(s.st.EncodedLen())
-			_, err := s.st.WriteTo(out)
+			n, err := s.st.EncodedLen()
+			if err != nil {
+				return err
+			}
+			size(n)
+			_, err = s.st.WriteTo(out)
 			return err
 		}
 		if have > want.Step {

@@ -13,18 +13,27 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nice-flow/nice/coordinator/checkpoint"
 )
 
 func init() {
 	register("up", command{summary: "run a whole distributed job here: a coordinator and N worker processes on loopback", run: runUp})
 }
 
-func runUp(ctx context.Context, args []string) error {
+func runUp(ctx context.Context, args []string) error { return upWith(ctx, args, nil) }
+
+// upWith is up keeping the checkpoints in store (nil: the bbolt file in
+// --state-dir).
+func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	fs := newFlagSet("up", "--workers N [flags]",
 		"Starts a coordinator in this process and N nice-worker processes on loopback, and trains.\n"+
 			"A worker that dies is started again; Ctrl-C takes a final checkpoint and stops everything.\n"+
 			"Run it again in the same folder and it resumes from --state-dir. `nice-coord status` run in\n"+
-			"this folder finds it.")
+			"this folder finds it. It exits with an error when the final checkpoint cannot be stored\n"+
+			"within --final-checkpoint-timeout (a full disk, say), saying which checkpoint stands.\n"+
+			"Everything is on loopback, so it may run without credentials; with --tls-dir the coordinator\n"+
+			"and the workers use them (mutual TLS, encrypted gossip).")
 	var sf serveFlags
 	addServeFlags(fs, &sf, "127.0.0.1:7000", "127.0.0.1:7080", "127.0.0.1:7946")
 	n := fs.Int("workers", 2, "number of worker processes")
@@ -43,7 +52,7 @@ func runUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, cfg, err := sf.start()
+	srv, cfg, err := sf.start(store)
 	if err != nil {
 		return err
 	}
@@ -65,6 +74,9 @@ func runUp(ctx context.Context, args []string) error {
 		if sf.tf.dataDir != "" {
 			wargs = append(wargs, "--data", sf.tf.dataDir)
 		}
+		if cfg.Creds != nil {
+			wargs = append(wargs, "--tls-dir", cfg.Creds.Dir)
+		}
 		logPath := filepath.Join(sf.stateDir, fmt.Sprintf("worker-w%d.log", i))
 		wg.Add(1)
 		go func() {
@@ -72,7 +84,12 @@ func runUp(ctx context.Context, args []string) error {
 			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, logPath, *restart)
 		}()
 	}
-	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; logs in %s\n", srv.Addr(), *n, threads, sf.stateDir)
+	security := "no credentials: plaintext on loopback"
+	if cfg.Creds != nil {
+		security = "mutual TLS and encrypted gossip, cluster CA " + cfg.Creds.Fingerprint()
+	}
+	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; %s; logs in %s\n",
+		srv.Addr(), *n, threads, security, sf.stateDir)
 	serveDone := make(chan error, 1)
 	sctx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
@@ -80,21 +97,44 @@ func runUp(ctx context.Context, args []string) error {
 	tick := time.NewTicker(*progress)
 	defer tick.Stop()
 	var serveErr error
+	var unstored time.Time // since when the run is done but its checkpoint not stored
+	stopping := false
 loop:
 	for {
 		select {
 		case serveErr = <-serveDone:
 			break loop
-		case <-tick.C:
+		case now := <-tick.C:
 			st := srv.Status()
 			fmt.Printf("epoch %d/%d  step %d  %s  %d workers  %.0f samples/s  train NLL %.2f  checkpoint at step %d\n",
 				min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.Phase, len(st.Workers), st.SamplesPerSec, st.TrainNLL, st.LastCheckpointStep)
+			printProblems(os.Stdout, &st)
+			if stopping {
+				continue
+			}
+			finished := st.Phase == "finished" && len(st.Scores) > 0 && st.Scores[len(st.Scores)-1].Epoch == st.Epochs
+			held := st.Phase == "holding" && sf.maxSteps > 0 && st.Step >= sf.maxSteps
+			stored := st.LastCheckpointStep == st.Step
 			switch {
-			case st.Phase == "finished" && len(st.Scores) > 0 && st.Scores[len(st.Scores)-1].Epoch == st.Epochs && st.LastCheckpointStep == st.Step:
+			case finished && stored:
 				fmt.Printf("training complete: test log-likelihood %.2f nats, %.4f bits/dim\n", st.TestLL, st.BitsPerDim)
-				stopServe()
-			case st.Phase == "holding" && sf.maxSteps > 0 && st.Step >= sf.maxSteps && st.LastCheckpointStep == st.Step:
+				stopping = true
+			case held && stored:
 				fmt.Printf("stopped at step %d (--max-steps); run again with a higher --max-steps or none to go on\n", st.Step)
+				stopping = true
+			case finished || held:
+				// The coordinator asks again for the checkpoint while none
+				// is stored; a disk that stays full must not keep up here
+				// for ever. Serve's error then says which checkpoint stands.
+				if unstored.IsZero() {
+					unstored = now
+				}
+				if now.Sub(unstored) >= sf.finalWait {
+					fmt.Printf("the checkpoint of step %d is not stored after %v: stopping\n", st.Step, sf.finalWait)
+					stopping = true
+				}
+			}
+			if stopping {
 				stopServe()
 			}
 		}

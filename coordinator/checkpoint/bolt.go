@@ -260,7 +260,7 @@ func (b *Bolt) List(ctx context.Context) ([]Listing, error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			info, problem := readCheckpoint(root.Bucket(k), keyStep(k), nil)
+			info, problem := readCheckpoint(root.Bucket(k), keyStep(k))
 			l := Listing{Info: info}
 			if problem != nil {
 				l.Problem = problem
@@ -346,10 +346,15 @@ func (b *Bolt) LoadNewestValid(ctx context.Context) (*Checkpoint, []*CorruptErro
 }
 
 // loadBucket verifies a checkpoint and copies its blob out of the
-// transaction, reusing buf when it is large enough.
+// transaction, reusing buf when it is large enough. The blob is allocated
+// only once the stored chunks are known to add up to the recorded size.
 func loadBucket(bucket *bolt.Bucket, step uint64, buf []byte) (*Checkpoint, error) {
 	info, ce := decodeInfo(step, bucket.Get(metaKey))
 	if ce != nil {
+		return nil, ce
+	}
+	chunks := readChunks(bucket)
+	if ce := checkLayout(info, chunks.get, chunks.stored); ce != nil {
 		return nil, ce
 	}
 	if int64(cap(buf)) >= info.Size {
@@ -357,32 +362,43 @@ func loadBucket(bucket *bolt.Bucket, step uint64, buf []byte) (*Checkpoint, erro
 	} else {
 		buf = make([]byte, info.Size)
 	}
-	if _, ce := readCheckpoint(bucket, step, buf); ce != nil {
+	if ce := assemble(info, chunks.get, chunks.stored, buf); ce != nil {
 		return nil, ce
 	}
 	return &Checkpoint{Info: info, Blob: buf}, nil
 }
 
-// readCheckpoint decodes and verifies one checkpoint bucket, copying the
-// blob into dst when it is non-nil.
-func readCheckpoint(bucket *bolt.Bucket, step uint64, dst []byte) (Info, *CorruptError) {
+// storedChunks are the chunk values of one checkpoint bucket.
+type storedChunks struct {
+	values map[int][]byte
+	stored int // every key of the chunks bucket, well-formed or not
+}
+
+func (c storedChunks) get(i int) []byte { return c.values[i] }
+
+func readChunks(bucket *bolt.Bucket) storedChunks {
+	c := storedChunks{values: map[int][]byte{}}
+	if chunks := bucket.Bucket(chunksBucket); chunks != nil {
+		cur := chunks.Cursor()
+		for k, v := cur.First(); k != nil; k, v = cur.Next() {
+			c.stored++
+			if len(k) == 4 && v != nil {
+				c.values[int(binary.BigEndian.Uint32(k))] = v
+			}
+		}
+	}
+	return c
+}
+
+// readCheckpoint decodes and verifies one checkpoint bucket without
+// copying its blob.
+func readCheckpoint(bucket *bolt.Bucket, step uint64) (Info, *CorruptError) {
 	info, ce := decodeInfo(step, bucket.Get(metaKey))
 	if ce != nil {
 		return info, ce
 	}
-	values := map[int][]byte{}
-	stored := 0
-	if chunks := bucket.Bucket(chunksBucket); chunks != nil {
-		c := chunks.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			stored++
-			if len(k) == 4 && v != nil {
-				values[int(binary.BigEndian.Uint32(k))] = v
-			}
-		}
-	}
-	get := func(i int) []byte { return values[i] }
-	return info, assemble(info, get, stored, dst)
+	chunks := readChunks(bucket)
+	return info, assemble(info, chunks.get, chunks.stored, nil)
 }
 
 // Close implements Store.

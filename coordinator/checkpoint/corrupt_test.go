@@ -66,6 +66,11 @@ func TestCorruptNewestFallsBack(t *testing.T) {
 		{"size inconsistent", editMeta(func(s string) string {
 			return strings.Replace(s, `"size":3172`, `"size":9999`, 1)
 		}), ErrBadMetadata},
+		// A record may claim any size: the blob is allocated only once the
+		// chunks add up to it (this one made the load die of out-of-memory).
+		{"terabyte claimed", editMeta(func(s string) string {
+			return strings.Replace(s, `"size":3172,"chunk_size":1024,"chunks":4`, `"size":1099511627776,"chunk_size":1073741824,"chunks":1024`, 1)
+		}), ErrChunkSize},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

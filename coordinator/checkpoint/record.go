@@ -104,8 +104,14 @@ func describe(meta Meta, blob []byte, chunkSize int) Info {
 	}
 }
 
+// chunkCount is how many chunks of chunkSize (> 0) hold size bytes. It is
+// written so that no size, however large, overflows.
 func chunkCount(size int64, chunkSize int) int {
-	return int((size + int64(chunkSize) - 1) / int64(chunkSize))
+	n := size / int64(chunkSize)
+	if size%int64(chunkSize) != 0 {
+		n++
+	}
+	return int(n)
 }
 
 // chunkOf returns chunk i of blob under the layout of info.
@@ -115,12 +121,12 @@ func chunkOf(info Info, blob []byte, i int) []byte {
 	return blob[lo:hi]
 }
 
-// assemble verifies the chunks of a checkpoint against info, reading chunk i
-// through get (nil when absent). storedChunks is how many chunk values exist,
-// to catch extras. When dst is non-nil (len == info.Size) the chunks are
-// copied into it as they are hashed.
-func assemble(info Info, get func(i int) []byte, storedChunks int, dst []byte) *CorruptError {
-	h := sha256.New()
+// checkLayout checks the chunk count and every chunk's size against info,
+// reading chunk i through get (nil when absent); storedChunks is how many
+// chunk values exist, to catch extras. It reads no chunk's contents, so it
+// is cheap, and it runs before a blob of info.Size bytes is allocated: the
+// metadata alone could claim any size.
+func checkLayout(info Info, get func(i int) []byte, storedChunks int) *CorruptError {
 	for i := range info.Chunks {
 		c := get(i)
 		if c == nil {
@@ -133,13 +139,27 @@ func assemble(info Info, get func(i int) []byte, storedChunks int, dst []byte) *
 		if int64(len(c)) != want {
 			return corrupt(info.Step, ErrChunkSize, "chunk %d is %d bytes, want %d", i, len(c), want)
 		}
+	}
+	if storedChunks != info.Chunks {
+		return corrupt(info.Step, ErrChunkSize, "%d chunks stored, metadata says %d", storedChunks, info.Chunks)
+	}
+	return nil
+}
+
+// assemble verifies the chunks of a checkpoint against info (checkLayout,
+// then the SHA-256). When dst is non-nil (len == info.Size) the chunks are
+// copied into it as they are hashed.
+func assemble(info Info, get func(i int) []byte, storedChunks int, dst []byte) *CorruptError {
+	if ce := checkLayout(info, get, storedChunks); ce != nil {
+		return ce
+	}
+	h := sha256.New()
+	for i := range info.Chunks {
+		c := get(i)
 		h.Write(c)
 		if dst != nil {
 			copy(dst[int64(i)*int64(info.ChunkSize):], c)
 		}
-	}
-	if storedChunks != info.Chunks {
-		return corrupt(info.Step, ErrChunkSize, "%d chunks stored, metadata says %d", storedChunks, info.Chunks)
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])

@@ -80,12 +80,18 @@ func (c *coordProc) tick() {
 
 // attach is a Hello arriving on session ss.
 func (c *coordProc) attach(ss *session, lastGen uint64) {
+	out, err := c.m.Attach(c.s.now, ss.w.id, ss.w.addr, ss.w.inc, lastGen)
+	if err != nil {
+		c.apply(out)
+		ss.cut("refused: " + err.Error())
+		return
+	}
 	if old := c.sessions[ss.w.id]; old != nil && old != ss {
 		old.cut("replaced by a new session")
 	}
 	c.sessions[ss.w.id] = ss
 	ss.coordInc = c.inc
-	c.apply(c.m.Attach(c.s.now, ss.w.id, ss.w.addr, ss.w.inc, lastGen))
+	c.apply(out)
 	ss.toWorker(nil) // the Welcome
 }
 
@@ -116,6 +122,8 @@ func (c *coordProc) receive(ss *session, msg *nicepb.WorkerMessage) {
 		out = c.m.RingFailure(now, id, k.RingFailure)
 	case *nicepb.WorkerMessage_Leave:
 		out = c.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
+	case *nicepb.WorkerMessage_Snapshotted:
+		out = c.m.Snapshotted(now, id, k.Snapshotted)
 	}
 	c.apply(out)
 }
@@ -193,32 +201,72 @@ func (c *coordProc) take(r *coordinator.SnapshotRequest, deadline time.Time) {
 			c.snapDone()
 			return
 		}
-		scored := map[int]bool{}
-		for e := range c.scores {
-			if e <= st.pos.Epoch {
-				scored[e] = true
-			}
+		c.awaitAgreement(inc, st, deadline, func() { c.keep(inc, st) })
+	})
+}
+
+// awaitAgreement plays Server.awaitAgreement: then runs once the replicas
+// agreed on st; a state they agreed otherwise on, or not in time, is not
+// stored.
+func (c *coordProc) awaitAgreement(inc int, st trainerState, deadline time.Time, then func()) {
+	s := c.s
+	if !c.up || c.inc != inc {
+		return
+	}
+	d := digest(st.pos, st.value)
+	agreed := c.m.View().Agreed
+	for _, a := range agreed {
+		if a.Position != st.pos {
+			continue
 		}
-		took := stored{pos: st.pos, value: st.value, ok: true, scored: scored}
-		if st.pos.Step >= c.own.pos.Step {
-			c.own = took
-		}
-		c.m.SetOwnState(st.pos, digest(st.pos, st.value))
-		full := c.diskFull
-		s.at(s.dur(time.Millisecond, 60*time.Millisecond), fmt.Sprintf("checkpoint write of step %d", st.pos.Step), func() {
-			if !c.up || c.inc != inc {
-				return // lost with the process
-			}
-			if full || c.diskFull {
-				s.log("coordinator: checkpoint write of step %d failed: disk full", st.pos.Step)
-			} else {
-				if st.pos.Step >= c.store.pos.Step || !c.store.ok {
-					c.store = took
-				}
-				c.apply(c.m.Stored(s.now, st.pos))
-			}
+		if a.Digest != d {
+			s.violate("coordinator: the checkpoint at step %d has digest %016x, the replicas agreed on %016x", st.pos.Step, d, a.Digest)
 			c.snapDone()
-		})
+			return
+		}
+		then()
+		return
+	}
+	if (len(agreed) > 0 && agreed[0].Position.Step > st.pos.Step) || !s.now.Before(deadline) {
+		s.log("coordinator: checkpoint at step %d refused: no agreement of the replicas on it", st.pos.Step)
+		c.snapDone()
+		return
+	}
+	s.at(s.dur(time.Millisecond, 20*time.Millisecond), fmt.Sprintf("checkpoint of step %d waits for the replicas' digests", st.pos.Step), func() {
+		if c.up && c.inc == inc {
+			c.awaitAgreement(inc, st, deadline, then)
+		}
+	})
+}
+
+// keep writes a fetched, agreed state as the checkpoint.
+func (c *coordProc) keep(inc int, st trainerState) {
+	s := c.s
+	scored := map[int]bool{}
+	for e := range c.scores {
+		if e <= st.pos.Epoch {
+			scored[e] = true
+		}
+	}
+	took := stored{pos: st.pos, value: st.value, ok: true, scored: scored}
+	if st.pos.Step >= c.own.pos.Step {
+		c.own = took
+	}
+	c.m.SetOwnState(st.pos, digest(st.pos, st.value))
+	full := c.diskFull
+	s.at(s.dur(time.Millisecond, 60*time.Millisecond), fmt.Sprintf("checkpoint write of step %d", st.pos.Step), func() {
+		if !c.up || c.inc != inc {
+			return // lost with the process
+		}
+		if full || c.diskFull {
+			s.log("coordinator: checkpoint write of step %d failed: disk full", st.pos.Step)
+		} else {
+			if st.pos.Step >= c.store.pos.Step || !c.store.ok {
+				c.store = took
+			}
+			c.apply(c.m.Stored(s.now, st.pos))
+		}
+		c.snapDone()
 	})
 }
 

@@ -175,11 +175,13 @@ func (w *workerProc) do(a worker.Actions) {
 			c := o.Commit
 			w.st.value = s.model.apply(w.st.value, c.Step, w.grad, int(c.Batch), c.SumLl)
 			w.st.pos = w.st.pos.Next(s.model.spe)
+			var snapDigest uint64
 			if c.Snapshot {
 				snap := w.st
 				w.snap = &snap
+				snapDigest = digest(snap.pos, snap.value)
 			}
-			return w.m.Applied(s.now, o.Generation, w.st.pos, nil)
+			return w.m.Applied(s.now, o.Generation, w.st.pos, snapDigest, nil)
 		})
 	case a.Evaluate != nil:
 		o := *a.Evaluate
