@@ -135,9 +135,9 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	}
 }
 
-// receiveHello waits at most timeout for the first message of a session
-// and returns its Hello. The receive runs on its own goroutine: returning
-// ends the call, which ends that receive.
+// receiveHello waits at most timeout for the Hello that opens a session.
+// The receive runs on its own goroutine: returning ends the call, which
+// ends that receive.
 func receiveHello(stream nicepb.Coordinator_SessionServer, timeout time.Duration) (*nicepb.Hello, error) {
 	first := make(chan *nicepb.WorkerMessage, 1)
 	failed := make(chan error, 1)
@@ -157,7 +157,7 @@ func receiveHello(stream nicepb.Coordinator_SessionServer, timeout time.Duration
 	case <-wait.C:
 		return nil, status.Errorf(codes.DeadlineExceeded, "a session starts with a Hello within %v; none came", timeout)
 	case m := <-first:
-		return m.GetHello(), nil // nil unless it is a Hello: CheckHello says so
+		return m.GetHello(), nil // nil if it is not one: CheckHello says so
 	}
 }
 

@@ -91,12 +91,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
+const DefaultFinalCheckpointTimeout = 30 * time.Second
+
 // DefaultMaxSessions is the default of Config.MaxSessions: far more
 // workers than a run of this project has.
 const DefaultMaxSessions = 256
-
-// DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
-const DefaultFinalCheckpointTimeout = 30 * time.Second
 
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
@@ -289,7 +289,8 @@ func New(cfg Config) (*Server, error) {
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
 	opts := append(rpcopt.ServerKeepalive(), rpcopt.ServerLimits(rpcopt.MaxWorkerMessage, statexfer.MaxChunkMessage)...)
-	s.srv = grpc.NewServer(append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout), cfg.Creds.ServerOption(log))...)
+	opts = append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout), cfg.Creds.ServerOption(log))
+	s.srv = grpc.NewServer(opts...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
 	s.states = &statexfer.Server{Src: s, Logger: log}
 	nicepb.RegisterStateServiceServer(s.srv, s.states)
@@ -302,8 +303,14 @@ func New(cfg Config) (*Server, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", s.serveHealthz)
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			b, err := json.Marshal(s.Status())
+			if err != nil {
+				// Never an empty 200: say what could not be encoded.
+				http.Error(w, "status not encodable: "+err.Error(), http.StatusInternalServerError)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(s.Status())
+			w.Write(append(b, '\n'))
 		})
 		// A client holds a connection only for bounded times.
 		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,

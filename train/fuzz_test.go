@@ -48,7 +48,7 @@ func FuzzReadState(f *testing.F) {
 		}
 		blob, err := s.Encode()
 		if err != nil {
-			t.Fatalf("a decoded state does not encode: %v", err)
+			t.Fatalf("a decoded state does not encode again: %v", err)
 		}
 		again, err := DecodeState(blob)
 		if err != nil {

@@ -149,7 +149,7 @@ func TestEncodedLenRangeHoldsTheLongestState(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n, err := st.EncodedLen(); err != nil || n < lo || n > hi {
-		t.Fatalf("the initial state has %d bytes (err %v), outside [%d, %d]", n, err, lo, hi)
+		t.Fatalf("the initial state has %d bytes, outside [%d, %d]", n, lo, hi)
 	}
 	steps := c.Epochs * StepsPerEpoch(mnist.TrainSize, c.Batch)
 	for i := 0; i <= steps/c.LogEvery; i++ {
@@ -163,7 +163,7 @@ func TestEncodedLenRangeHoldsTheLongestState(t *testing.T) {
 	st.Position = Position{Step: math.MinInt64, Epoch: math.MinInt, StepInEpoch: math.MinInt}
 	st.AdamStep, st.LossSum, st.LossN = math.MinInt64, -math.MaxFloat64, math.MinInt
 	if n, err := st.EncodedLen(); err != nil || n > hi {
-		t.Fatalf("the longest state has %d bytes (err %v), above the bound %d", n, err, hi)
+		t.Fatalf("the longest state has %d bytes, above the bound %d", n, hi)
 	}
 	// The bound is not loose enough to matter: a few KiB above the floats.
 	if floats, _ := ModelFloats(c.Model); hi-12*int64(floats) > 1<<20 {

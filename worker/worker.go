@@ -625,7 +625,7 @@ type snapshot struct {
 }
 
 // takeSnapshot copies the trainer's state into a snapshot no transfer
-// reads (reusing the last one's buffers when none does), publishes it and
+// reads (reusing the last one's buffers when none does), publishes it, and
 // returns its digest.
 func (w *Worker) takeSnapshot(tr *train.Trainer) uint64 {
 	w.snapMu.Lock()
