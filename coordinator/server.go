@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
@@ -40,6 +41,11 @@ type Config struct {
 	// Listen is the gRPC address; Advertise how workers reach it (default:
 	// the listener's address).
 	Listen, Advertise string
+	// Creds, if non-nil, makes the gRPC server require the cluster's
+	// certificates (mutual TLS), the snapshot fetches present them, and
+	// gossip encrypt with its key (it fills in Gossip.Creds when that is
+	// nil). Nil means plaintext everywhere.
+	Creds *creds.Bundle
 	// HTTP, if set, serves GET /healthz and GET /status.
 	HTTP string
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
@@ -70,14 +76,27 @@ type Config struct {
 	// Samples is the size of each epoch's sample grid (0: none).
 	Samples int
 	// SessionTimeout ends a worker's session when it has sent nothing (not
-	// even a heartbeat) for this long (0: rpcopt.DefaultSessionTimeout).
+	// even a heartbeat) for this long, has not sent its Hello within as
+	// long, or has not taken a message for as long
+	// (0: rpcopt.DefaultSessionTimeout).
 	SessionTimeout time.Duration
+	// MaxSessions bounds the sessions open at once (0: DefaultMaxSessions);
+	// more are refused with ResourceExhausted. Each holds a few goroutines
+	// and a queue of messages, and anyone who reaches the port can open
+	// one, so it is bounded; set it above the number of workers the run
+	// may have, with room for restarted workers whose old session has not
+	// ended yet.
+	MaxSessions int
 	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 }
 
 // DefaultFinalCheckpointTimeout is Config.FinalCheckpointTimeout's default.
 const DefaultFinalCheckpointTimeout = 30 * time.Second
+
+// DefaultMaxSessions is the default of Config.MaxSessions: far more
+// workers than a run of this project has.
+const DefaultMaxSessions = 256
 
 // DefaultMachine returns step-logic settings for loopback and containers.
 func DefaultMachine() MachineConfig {
@@ -102,6 +121,7 @@ type Server struct {
 
 	lis     net.Listener
 	srv     *grpc.Server
+	states  *statexfer.Server
 	httpSrv *http.Server
 	httpLis net.Listener
 	gossip  membership.Membership
@@ -113,8 +133,9 @@ type Server struct {
 	// overwrites a newer one.
 	healthMu sync.Mutex
 
-	events chan event
-	wg     sync.WaitGroup
+	events       chan event
+	wg           sync.WaitGroup
+	openSessions atomic.Int64 // Session calls running (see Config.MaxSessions)
 
 	// Owned by the loop goroutine.
 	m         *Machine
@@ -267,9 +288,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.writer = checkpoint.NewWriter(store, checkpoint.WriterOptions{Logger: log, OnResult: s.onSaved})
 
-	s.srv = grpc.NewServer(append(rpcopt.ServerKeepalive(), grpc.MaxSendMsgSize(2*statexfer.ChunkBytes))...)
+	opts := append(rpcopt.ServerKeepalive(), rpcopt.ServerLimits(rpcopt.MaxWorkerMessage, statexfer.MaxChunkMessage)...)
+	opts = append(opts, rpcopt.UnaryTimeout(rpcopt.DefaultUnaryTimeout), cfg.Creds.ServerOption(log))
+	s.srv = grpc.NewServer(opts...)
 	nicepb.RegisterCoordinatorServer(s.srv, &rpc{s: s})
-	nicepb.RegisterStateServiceServer(s.srv, &statexfer.Server{Src: s})
+	s.states = &statexfer.Server{Src: s, Logger: log}
+	nicepb.RegisterStateServiceServer(s.srv, s.states)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.srv, s.health)
 	if cfg.HTTP != "" {
@@ -279,14 +303,23 @@ func New(cfg Config) (*Server, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", s.serveHealthz)
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			b, err := json.Marshal(s.Status())
+			if err != nil {
+				// Never an empty 200: say what could not be encoded.
+				http.Error(w, "status not encodable: "+err.Error(), http.StatusInternalServerError)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(s.Status())
+			w.Write(append(b, '\n'))
 		})
-		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// A client holds a connection only for bounded times.
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: rpcopt.MaxHeaderBytes}
 	}
 	s.updateStatus()
 	s.refreshHealth()
-	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash())
+	log.Info("coordinator ready", "grpc", adv, "step", st.Position.Step, "epoch", st.Position.Epoch+1, "config", st.Config.Hash(),
+		"cluster_ca", cfg.Creds.Fingerprint())
 	return s, nil
 }
 
@@ -357,6 +390,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	case s.cfg.Gossip != nil:
 		gc := *s.cfg.Gossip
 		gc.Meta = membership.Meta{Role: membership.RoleCoordinator, GRPCAddr: s.advertise, Incarnation: s.incarnation}
+		if gc.Creds == nil {
+			gc.Creds = s.cfg.Creds
+		}
 		if gc.Logger == nil {
 			gc.Logger = s.log
 		}
@@ -420,6 +456,7 @@ func (s *Server) closeAll() error {
 		case <-time.After(2 * time.Second):
 			s.srv.Stop()
 		}
+		s.states.Wait()
 	}
 	if s.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
@@ -69,7 +68,7 @@ func (s *Server) stopRequested() bool {
 
 func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(r.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(r.Addr, s.cfg.Creds.DialOption(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
 		return err
@@ -77,7 +76,11 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, statexfer.ToPB(r.Position), !r.Live)
+	size, err := statexfer.ExpectConfig(s.cfg.Train)
+	if err != nil {
+		return err
+	}
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: r.Addr, Position: statexfer.ToPB(r.Position), Snapshot: !r.Live, Size: size})
 	if err != nil {
 		return err
 	}

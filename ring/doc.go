@@ -52,6 +52,9 @@
 //     offset or length, or a stream from an unexpected peer, with
 //     ErrBadFrame. The error (a *FrameError) says which field and both
 //     values. A refusal breaks the generation; the next one is unaffected.
+//     Streams announced ahead of their generation wait to be accepted in a
+//     bounded queue (StreamLimits: 64 for a minute by default); more are
+//     refused with ErrTooManyStreams.
 //   - Cancellation: if ctx ends during AllReduce the generation is broken
 //     (the others cannot finish without this member) and AllReduce returns
 //     an error wrapping ErrRingBroken and the context's error.

@@ -29,6 +29,9 @@ var (
 	ErrSuperseded = errors.New("superseded by a newer generation")
 	// ErrPeerClosed is the cause when a neighbour ended the stream.
 	ErrPeerClosed = errors.New("peer closed the stream")
+	// ErrTooManyStreams marks a stream refused because as many as
+	// StreamLimits.MaxPending already wait to be accepted.
+	ErrTooManyStreams = errors.New("too many streams waiting")
 )
 
 // Direction says which of a member's two links failed.

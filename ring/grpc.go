@@ -49,8 +49,12 @@ func DefaultGRPCTuning() GRPCTuning {
 	return GRPCTuning{WindowBytes: 32 << 20, WriteBufferBytes: 1 << 20, ReadBufferBytes: 1 << 20, RecycleBuffers: true}
 }
 
-// grpcMaxMessage is above the largest frame plus its header.
-const grpcMaxMessage = MaxFrameBytes + 64<<10
+// MaxMessageBytes is above the largest frame plus its header: the receive
+// limit of a server that serves ring streams.
+const MaxMessageBytes = MaxFrameBytes + 64<<10
+
+// maxAckBytes is above the largest RingAck (two varints).
+const maxAckBytes = 1 << 10
 
 // ServerOptions returns the options the worker's grpc.Server needs for
 // ring streams: a message limit above the largest frame, and windows and
@@ -61,7 +65,7 @@ func ServerOptions() []grpc.ServerOption { return DefaultGRPCTuning().ServerOpti
 // ServerOptions returns the server options of this tuning.
 func (t GRPCTuning) ServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(grpcMaxMessage),
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.InitialWindowSize(t.WindowBytes),
 		grpc.InitialConnWindowSize(t.WindowBytes),
 		grpc.WriteBufferSize(t.WriteBufferBytes),
@@ -105,13 +109,15 @@ type GRPCTransport struct {
 
 type linkCloser interface{ Close(error) }
 
-// NewGRPCTransport returns a transport that dials peers in plaintext, as
-// inside the cluster, tuned by DefaultGRPCTuning; extra options
-// (credentials, another tuning's DialOptions) are applied after those.
+// NewGRPCTransport returns a transport tuned by DefaultGRPCTuning that
+// dials peers in plaintext unless extra carries transport credentials (the
+// worker passes the cluster's, creds.Bundle.DialOption); extra options
+// (credentials, another tuning's DialOptions) are applied after the
+// defaults, so they win.
 func NewGRPCTransport(extra ...grpc.DialOption) *GRPCTransport {
 	opts := append(DefaultGRPCTuning().DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(grpcMaxMessage), grpc.MaxCallSendMsgSize(grpcMaxMessage)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxAckBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		// A restarted neighbour is found again quickly.
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
@@ -125,6 +131,10 @@ func NewGRPCTransport(extra ...grpc.DialOption) *GRPCTransport {
 		links:    make(map[linkCloser]struct{}),
 	}
 }
+
+// SetStreamLimits bounds the streams announced from now on that wait to be
+// accepted (DefaultStreamLimits until called).
+func (t *GRPCTransport) SetStreamLimits(l StreamLimits) { t.queue.setLimits(l) }
 
 // RegisterServer registers the ring service on s (a worker's server,
 // created with ServerOptions).
@@ -201,6 +211,8 @@ func refusal(cause error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(cause, ErrBadFrame):
 		code = codes.InvalidArgument
+	case errors.Is(cause, ErrTooManyStreams):
+		code = codes.ResourceExhausted
 	}
 	return status.Error(code, cause.Error())
 }
@@ -215,6 +227,8 @@ func fromStatus(err error) error {
 		return fmt.Errorf("%w: refused: %s", ErrStaleGeneration, st.Message())
 	case codes.InvalidArgument:
 		return fmt.Errorf("%w: refused: %s", ErrBadFrame, st.Message())
+	case codes.ResourceExhausted:
+		return fmt.Errorf("%w: refused: %s", ErrTooManyStreams, st.Message())
 	}
 	return fmt.Errorf("%w: %s: %s", ErrPeerClosed, st.Code(), st.Message())
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"unsafe"
 )
 
@@ -119,6 +120,13 @@ func (s *State) Encode() ([]byte, error) {
 }
 
 // ReadState decodes a State written by WriteTo, verifying its checksum.
+//
+// It allocates only what the input holds and what the header's own
+// configuration needs: the header is read as it arrives (its length field
+// is not trusted), its float count must be that of its configuration's
+// model and its size within MaxHeaderLen, and the float buffers grow with
+// the data read, unless r tells how many bytes it holds (Len, as a
+// bytes.Reader does) and that is enough for them.
 func ReadState(r io.Reader) (*State, error) {
 	sum := sha256.New()
 	tr := io.TeeReader(r, sum)
@@ -132,34 +140,86 @@ func ReadState(r io.Reader) (*State, error) {
 	}
 	hl := binary.LittleEndian.Uint64(lenBuf[:])
 	if hl > maxHeader {
-		return nil, fmt.Errorf("%w: header length %d", ErrCorruptState, hl)
+		return nil, fmt.Errorf("%w: header length %d is above the limit of %d", ErrCorruptState, hl, maxHeader)
 	}
-	js := make([]byte, hl)
-	if _, err := io.ReadFull(tr, js); err != nil {
+	var js bytes.Buffer
+	if _, err := io.CopyN(&js, tr, int64(hl)); err != nil {
 		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
 	}
 	var h header
-	if err := json.Unmarshal(js, &h); err != nil {
+	if err := json.Unmarshal(js.Bytes(), &h); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrCorruptState, err)
 	}
 	if h.Version != stateVersion {
 		return nil, fmt.Errorf("training state version %d: this build reads version %d", h.Version, stateVersion)
 	}
-	if h.Floats < 0 || h.Floats > 1<<31 {
-		return nil, fmt.Errorf("%w: %d floats", ErrCorruptState, h.Floats)
+	if err := checkHeader(&h, int64(hl)); err != nil {
+		return nil, err
 	}
 	s := &State{Config: h.Config, Position: h.Position, AdamStep: h.AdamStep, History: h.History, LossSum: h.LossSum, LossN: h.LossN}
+	held := -1 // bytes r says it still holds, if it says
+	if l, ok := r.(interface{ Len() int }); ok {
+		held = l.Len()
+	}
+	if held >= 0 && int64(held) < 12*int64(h.Floats)+sumBytes {
+		return nil, fmt.Errorf("%w: truncated data: %d bytes left for %d floats of each of 3 buffers", ErrCorruptState, held, h.Floats)
+	}
 	for _, p := range []*[]float32{&s.Params, &s.M, &s.V} {
-		*p = make([]float32, h.Floats)
-		for b := floatBytes(*p); len(b) > 0; {
-			k := min(len(b), pieceBytes) // in pieces, as WriteTo writes
-			if _, err := io.ReadFull(tr, b[:k]); err != nil {
-				return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
-			}
-			b = b[k:]
+		var err error
+		if *p, err = readFloats(tr, h.Floats, held >= 0); err != nil {
+			return nil, err
 		}
 	}
 	return s, checkSum(r, sum)
+}
+
+// checkHeader refuses a header whose configuration is invalid, whose float
+// count is not its model's, or that is larger than a run of its
+// configuration can make.
+func checkHeader(h *header, size int64) error {
+	if err := h.Config.Validate(); err != nil {
+		return fmt.Errorf("%w: the header's configuration: %v", ErrCorruptState, err)
+	}
+	want, err := ModelFloats(h.Config.Model)
+	if err != nil {
+		return fmt.Errorf("%w: the header's model: %v", ErrCorruptState, err)
+	}
+	if h.Floats != want {
+		return fmt.Errorf("%w: the header announces %d floats per buffer, its model (%d couplings of %d hidden layers of %d) has %d",
+			ErrCorruptState, h.Floats, h.Config.Model.Couplings, h.Config.Model.HiddenLayers, h.Config.Model.Hidden, want)
+	}
+	most, err := MaxHeaderLen(h.Config)
+	if err != nil {
+		return fmt.Errorf("%w: the header's configuration: %v", ErrCorruptState, err)
+	}
+	if size > most {
+		return fmt.Errorf("%w: header of %d bytes, a run of its configuration makes at most %d", ErrCorruptState, size, most)
+	}
+	return nil
+}
+
+// readFloats reads n floats. When the input is known to hold them (whole)
+// the buffer is allocated at once; otherwise it grows with what arrives, so
+// a short input cannot make it allocate n floats.
+func readFloats(r io.Reader, n int, whole bool) ([]float32, error) {
+	const piece = pieceBytes / 4
+	capacity := n
+	if !whole {
+		capacity = min(n, piece)
+	}
+	f := make([]float32, 0, capacity)
+	for len(f) < n {
+		k := min(n-len(f), piece) // in pieces, as WriteTo writes
+		if cap(f)-len(f) < k {
+			f = slices.Grow(f, min(n, 2*cap(f))-len(f))
+		}
+		b := floatBytes(f[len(f) : len(f)+k])
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
+		}
+		f = f[:len(f)+k]
+	}
+	return f, nil
 }
 
 func checkSum(r io.Reader, sum hash.Hash) error {

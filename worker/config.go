@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/rpcopt"
 	"github.com/nice-flow/nice/internal/session"
+	"github.com/nice-flow/nice/internal/statexfer"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -24,6 +26,11 @@ type Config struct {
 	AdvertiseHost string
 	// Coordinator is the coordinator's gRPC address.
 	Coordinator string
+	// Creds, if non-nil, is used on every gRPC connection of the worker:
+	// its server (ring, state transfer, health) requires the cluster's
+	// certificates, and its session, ring and state fetches present them.
+	// Nil means plaintext. (Gossip is joined outside the worker.)
+	Creds *creds.Bundle
 	// Sessions, if set, opens the sessions with the coordinator instead of
 	// gRPC to Coordinator (session.Inmem runs a coordinator in this
 	// process).
@@ -45,6 +52,10 @@ type Config struct {
 	// coordinator to dismiss it (once its state is checkpointed). Keep it
 	// below the container's stop grace period.
 	LeaveTimeout time.Duration
+	// StateTransfers bounds the state transfers the worker serves to peers
+	// and the coordinator: how many at once, how long each and each chunk
+	// may take (zero fields: statexfer.DefaultServeLimits).
+	StateTransfers statexfer.ServeLimits
 	// Fault, if set, pauses the worker at one point of one step (tests).
 	Fault Fault
 	// Logger receives the worker's logs (nil: slog.Default()).

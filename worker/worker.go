@@ -16,7 +16,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -41,20 +40,20 @@ type Worker struct {
 
 	lis       net.Listener
 	srv       *grpc.Server
+	states    *statexfer.Server
 	transport *ring.GRPCTransport
 	ring      *ring.Member
 	addr      string
 
 	// mu guards the trainer: work holds it while it computes or applies, a
-	// live state transfer while it reads.
+	// live state transfer while it copies the state (never while it sends).
 	mu       sync.Mutex
 	tr       *train.Trainer
 	trainSet *mnist.Set
 	testSet  *mnist.Set
 
-	snapMu    sync.RWMutex
-	snap      train.State
-	snapValid bool
+	snapMu    sync.Mutex
+	snap      *snapshot     // the last snapshot (nil while one is taken)
 	snapTaken chan struct{} // closed and replaced at each snapshot
 
 	statsMu sync.Mutex
@@ -100,7 +99,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	rc := cfg.Ring
 	rc.Logger = log
-	tp := ring.NewGRPCTransport()
+	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
 	var rt ring.RingTransport = tp
 	w := &Worker{}
 	if cfg.Fault.Phase == "ring" {
@@ -124,9 +123,12 @@ func New(cfg Config) (*Worker, error) {
 		results:     make(chan func(time.Time) Actions, 1),
 		quit:        make(chan struct{}),
 	}
-	w.srv = grpc.NewServer(append(ring.ServerOptions(), rpcopt.ServerKeepalive()...)...)
+	opts := append(ring.ServerOptions(), rpcopt.ServerKeepalive()...)
+	opts = append(opts, rpcopt.ServerLimits(ring.MaxMessageBytes, statexfer.MaxChunkMessage)...)
+	w.srv = grpc.NewServer(append(opts, cfg.Creds.ServerOption(log))...)
 	tp.RegisterServer(w.srv)
-	nicepb.RegisterStateServiceServer(w.srv, &statexfer.Server{Src: w})
+	w.states = &statexfer.Server{Src: w, Limits: cfg.StateTransfers, Logger: log}
+	nicepb.RegisterStateServiceServer(w.srv, w.states)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(w.srv, hs)
 	return w, nil
@@ -186,19 +188,20 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.srv.Stop()
 			<-stopped
 		}
+		w.states.Wait()
 	}()
 	dialer := w.cfg.Sessions
 	if dialer == nil {
-		conn, err := grpc.NewClient(w.cfg.Coordinator,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithKeepaliveParams(rpcopt.ClientKeepalive))
+		conn, err := grpc.NewClient(w.cfg.Coordinator, w.cfg.Creds.DialOption(),
+			grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
+			grpc.WithDefaultCallOptions(rpcopt.WorkerCallLimits()...))
 		if err != nil {
 			return fmt.Errorf("worker %s: coordinator address %q: %w", w.cfg.ID, w.cfg.Coordinator, err)
 		}
 		defer conn.Close()
 		dialer = session.GRPC(conn)
 	}
-	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator)
+	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
 
 	life, endLife := context.WithCancel(context.Background())
 	sess := make(chan sessionEvent, 64)
@@ -515,16 +518,22 @@ func (w *Worker) configure(js []byte) (int, error) {
 // fetch loads the state named by f from its source.
 func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, uint64, error) {
 	t0 := time.Now()
-	conn, err := grpc.NewClient(f.SourceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(f.SourceAddr, w.cfg.Creds.DialOption(),
 		grpc.WithKeepaliveParams(rpcopt.ClientKeepalive),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
 		return train.Position{}, 0, fmt.Errorf("state source %q: %w", f.SourceAddr, err)
 	}
 	defer conn.Close()
+	w.mu.Lock()
+	size, err := statexfer.ExpectConfig(w.tr.Config)
+	w.mu.Unlock()
+	if err != nil {
+		return train.Position{}, 0, err
+	}
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(fctx, conn, f.Position, false)
+	blob, err := statexfer.Fetch(fctx, conn, statexfer.Request{Source: f.SourceAddr, Position: f.Position, Size: size})
 	if err != nil {
 		return train.Position{}, 0, fmt.Errorf("from %s: %w", f.SourceAddr, err)
 	}
@@ -602,15 +611,38 @@ func (w *Worker) apply(c *nicepb.Commit) (train.Position, uint64, error) {
 	}
 	var digest uint64
 	if c.Snapshot {
-		w.snapMu.Lock()
-		tr.CopyInto(&w.snap)
-		digest = w.snap.Digest()
-		w.snapValid = true
-		close(w.snapTaken)
-		w.snapTaken = make(chan struct{})
-		w.snapMu.Unlock()
+		digest = w.takeSnapshot(tr)
 	}
 	return tr.Position, digest, nil
+}
+
+// snapshot is a copy of the trainer's state at a commit that asked for
+// one. Transfers read it without a lock; the next snapshot is taken into
+// another buffer while any transfer still reads this one.
+type snapshot struct {
+	st      train.State
+	readers int // guarded by Worker.snapMu
+}
+
+// takeSnapshot copies the trainer's state into a snapshot no transfer
+// reads (reusing the last one's buffers when none does), publishes it, and
+// returns its digest.
+func (w *Worker) takeSnapshot(tr *train.Trainer) uint64 {
+	w.snapMu.Lock()
+	s := w.snap
+	w.snap = nil // transfers asking meanwhile wait for the new one
+	if s == nil || s.readers > 0 {
+		s = new(snapshot) // a transfer keeps the old one until it is done
+	}
+	w.snapMu.Unlock()
+	tr.CopyInto(&s.st)
+	digest := s.st.Digest()
+	w.snapMu.Lock()
+	w.snap = s
+	close(w.snapTaken)
+	w.snapTaken = make(chan struct{})
+	w.snapMu.Unlock()
+	return digest
 }
 
 // evaluate scores this rank's shard of the scored set.
@@ -622,12 +654,29 @@ func (w *Worker) evaluate(o EvalOrder) (sum float64, lo, hi int) {
 }
 
 // WriteState serves the live state (only while no step runs) or the last
-// snapshot to a peer or the coordinator.
+// snapshot to a peer or the coordinator. The live state is copied under
+// the trainer's lock and sent without it, a snapshot is sent from itself:
+// a receiver that stops reading never holds up training.
 func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) error {
 	want := statexfer.FromPB(pos)
 	if snapshot {
 		return w.writeSnapshot(ctx, want, size, out)
 	}
+	st, err := w.liveCopy(want)
+	if err != nil {
+		return err
+	}
+	n, err := st.EncodedLen()
+	if err != nil {
+		return err
+	}
+	size(n)
+	_, err = st.WriteTo(out)
+	return err
+}
+
+// liveCopy copies the trainer's state if it is at want.
+func (w *Worker) liveCopy(want train.Position) (*train.State, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.tr == nil || w.tr.Position != want {
@@ -635,16 +684,11 @@ func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot 
 		if w.tr != nil {
 			have = strconv.FormatInt(w.tr.Position.Step, 10)
 		}
-		return fmt.Errorf("%w: live state is at step %s, not %d", statexfer.ErrUnavailable, have, want.Step)
+		return nil, fmt.Errorf("%w: live state is at step %s, not %d", statexfer.ErrUnavailable, have, want.Step)
 	}
-	v := w.tr.View()
-	n, err := v.EncodedLen()
-	if err != nil {
-		return err
-	}
-	size(n)
-	_, err = v.WriteTo(out)
-	return err
+	st := new(train.State)
+	w.tr.CopyInto(st)
+	return st, nil
 }
 
 // snapshotWait bounds how long a request for a snapshot waits for the commit
@@ -655,19 +699,17 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 	deadline := time.NewTimer(snapshotWait)
 	defer deadline.Stop()
 	for {
-		w.snapMu.RLock()
-		if w.snapValid && w.snap.Position == want {
-			defer w.snapMu.RUnlock()
-			n, err := w.snap.EncodedLen()
+		s, have, taken := w.readSnapshot(want)
+		if s != nil {
+			defer w.doneReading(s)
+			n, err := s.st.EncodedLen()
 			if err != nil {
 				return err
 			}
 			size(n)
-			_, err = w.snap.WriteTo(out)
+			_, err = s.st.WriteTo(out)
 			return err
 		}
-		have, taken := w.snap.Position.Step, w.snapTaken
-		w.snapMu.RUnlock()
 		if have > want.Step {
 			return fmt.Errorf("%w: the snapshot is at step %d, past %d", statexfer.ErrUnavailable, have, want.Step)
 		}
@@ -679,4 +721,26 @@ func (w *Worker) writeSnapshot(ctx context.Context, want train.Position, size fu
 			return fmt.Errorf("%w: no snapshot at step %d within %v", statexfer.ErrUnavailable, want.Step, snapshotWait)
 		}
 	}
+}
+
+// readSnapshot returns the snapshot at want, counted as read until
+// doneReading; otherwise the step of the snapshot there is (-1: none) and
+// a channel closed at the next one.
+func (w *Worker) readSnapshot(want train.Position) (s *snapshot, have int64, taken <-chan struct{}) {
+	w.snapMu.Lock()
+	defer w.snapMu.Unlock()
+	if w.snap == nil {
+		return nil, -1, w.snapTaken
+	}
+	if w.snap.st.Position == want {
+		w.snap.readers++
+		return w.snap, want.Step, nil
+	}
+	return nil, w.snap.st.Position.Step, w.snapTaken
+}
+
+func (w *Worker) doneReading(s *snapshot) {
+	w.snapMu.Lock()
+	s.readers--
+	w.snapMu.Unlock()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -35,7 +36,14 @@ func runBench(ctx context.Context, args []string) error {
 				return fmt.Errorf("bench member: reading the gRPC tuning: %w", err)
 			}
 		}
-		return runBenchMember(ctx, tuning, os.Stdin, os.Stdout)
+		var b *creds.Bundle
+		if len(args) > 2 {
+			var err error
+			if b, err = creds.Load(args[2]); err != nil {
+				return fmt.Errorf("bench member: %w", err)
+			}
+		}
+		return runBenchMember(ctx, tuning, b, os.Stdin, os.Stdout)
 	}
 	return fmt.Errorf("bench: unknown benchmark %q (allreduce)", args[0])
 }

@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -28,6 +29,7 @@ type benchOptions struct {
 	FrameBytes int
 	TCPBytes   int64
 	CPUProfile string
+	TLSDir     string // credentials the members use (mutual TLS); "" for plaintext
 	Timeout    time.Duration
 	Tuning     ring.GRPCTuning
 	// Member is the command line that starts one member process; the
@@ -61,6 +63,7 @@ type benchResult struct {
 	CPUNsPerByte    float64         `json:"cpu_ns_per_byte"`
 	TCPCPUNsPerByte float64         `json:"tcp_cpu_ns_per_byte"`
 	Tuning          ring.GRPCTuning `json:"grpc"`
+	TLS             bool            `json:"tls"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -78,6 +81,7 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	var tcpMB int64
 	fs.Int64Var(&tcpMB, "tcp-mb", 512, "MiB copied over loopback TCP per bandwidth run (3 runs, median)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
+	fs.StringVar(&o.TLSDir, "tls-dir", "", "credentials folder (`nice-coord init`): the members' ring runs over mutual TLS, as a cluster with credentials does")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up after this long")
 	o.Tuning = ring.DefaultGRPCTuning()
 	windowMB := int(o.Tuning.WindowBytes >> 20)
@@ -102,6 +106,12 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	}
 	tuning, _ := json.Marshal(o.Tuning)
 	o.Member = []string{exe, "bench", memberMode, string(tuning)}
+	if o.TLSDir != "" {
+		if _, err := creds.Load(o.TLSDir); err != nil {
+			return fmt.Errorf("bench allreduce: --tls-dir: %w", err)
+		}
+		o.Member = append(o.Member, o.TLSDir)
+	}
 	res, err := benchAllReduce(ctx, o, os.Stderr)
 	if err != nil {
 		return err
@@ -212,7 +222,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		members[r] = nil
 	}
 
-	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU}
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != ""}
 	var runCPU []float64
 	for _, run := range cpus {
 		sum := 0.0
@@ -313,8 +323,12 @@ func startBenchMember(ctx context.Context, o benchOptions, rank int, logw io.Wri
 }
 
 func printBench(w io.Writer, o benchOptions, r *benchResult) {
-	fmt.Fprintf(w, "ring all-reduce over gRPC on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
-		r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)
+	security := "plaintext"
+	if r.TLS {
+		security = "mutual TLS"
+	}
+	fmt.Fprintf(w, "ring all-reduce over gRPC (%s) on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
+		security, r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)
 	fmt.Fprintf(w, "%d timed runs after %d warm-up; a run's time is that of its slowest member\n\n", r.Iters, o.Warmup)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "run\tseconds\talgbw GB/s\tbusbw GB/s\t\n")

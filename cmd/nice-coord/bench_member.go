@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -46,16 +47,16 @@ type memberEvent struct {
 }
 
 // runBenchMember is one member process: it serves the ring on a loopback
-// port, announces the port, waits for the plan, runs it and reports every
-// run on stdout.
-func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, stdin io.Reader, stdout io.Writer) error {
+// port (with mutual TLS when b is non-nil), announces the port, waits for
+// the plan, runs it and reports every run on stdout.
+func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, b *creds.Bundle, stdin io.Reader, stdout io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("bench member: listening: %w", err)
 	}
-	srv := grpc.NewServer(tuning.ServerOptions()...)
-	tr := ring.NewGRPCTransport(tuning.DialOptions()...)
+	srv := grpc.NewServer(append(tuning.ServerOptions(), b.ServerOption(nil))...)
+	tr := ring.NewGRPCTransport(append(tuning.DialOptions(), b.DialOption())...)
 	tr.RegisterServer(srv)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -23,7 +23,7 @@ func TestBenchMemberProcess(t *testing.T) {
 	if os.Getenv(memberEnv) == "" {
 		t.Skip("helper process for the bench tests")
 	}
-	err := runBenchMember(context.Background(), ring.DefaultGRPCTuning(), os.Stdin, os.Stdout)
+	err := runBenchMember(context.Background(), ring.DefaultGRPCTuning(), nil, os.Stdin, os.Stdout)
 	if err != nil {
 		os.Exit(1)
 	}

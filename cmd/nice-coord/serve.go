@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
 	"github.com/nice-flow/nice/internal/rpcopt"
@@ -37,10 +39,12 @@ type serveFlags struct {
 	settle    time.Duration
 	stepTO    time.Duration
 	sessionTO time.Duration
+	sessions  int
 	samples   int
 	maxSteps  int64
 	finalWait time.Duration
 	verbose   bool
+	tls       *creds.Flags
 }
 
 func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip string) {
@@ -56,11 +60,13 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.DurationVar(&sf.settle, "settle", 500*time.Millisecond, "quiet time after a worker joins before a new generation takes it in")
 	fs.DurationVar(&sf.stepTO, "step-timeout", 3*time.Minute, "redo a step that takes longer than this")
 	fs.DurationVar(&sf.sessionTO, "session-timeout", rpcopt.DefaultSessionTimeout, "drop a worker that has sent nothing, not even a heartbeat, for this long (it must exceed the longest pause of a live worker)")
+	fs.IntVar(&sf.sessions, "max-sessions", coordinator.DefaultMaxSessions, "refuse worker sessions beyond this many open at once (keep it above the number of workers)")
 	fs.IntVar(&sf.samples, "samples", 100, "samples in each epoch's grid (0: none)")
 	fs.Int64Var(&sf.maxSteps, "max-steps", 0, "hold training once this many steps are committed in all, with a checkpoint (0: train every epoch)")
 	fs.DurationVar(&sf.finalWait, "final-checkpoint-timeout", coordinator.DefaultFinalCheckpointTimeout,
 		"how long to wait for the final checkpoint (of a stop, or of the end of training with up) before exiting with an error that says which checkpoint stands")
 	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
+	sf.tls = creds.AddFlags(fs, true)
 }
 
 // advertiseHost picks the host others should use for a listen address.
@@ -75,8 +81,18 @@ func advertiseHost(flagValue, listen string) string {
 	return netaddr.Default()
 }
 
-func (sf *serveFlags) config() (coordinator.Config, error) {
+// config builds the coordinator's configuration; log receives what the
+// credentials policy has to say.
+func (sf *serveFlags) config(log *slog.Logger) (coordinator.Config, error) {
 	tc, err := sf.tf.config()
+	if err != nil {
+		return coordinator.Config{}, err
+	}
+	listeners := []creds.Listener{{Flag: "--listen", Addr: sf.listen}}
+	if sf.gossip != "" {
+		listeners = append(listeners, creds.Listener{Flag: "--gossip", Addr: sf.gossip})
+	}
+	bundle, err := sf.tls.Select(log, listeners...)
 	if err != nil {
 		return coordinator.Config{}, err
 	}
@@ -93,8 +109,8 @@ func (sf *serveFlags) config() (coordinator.Config, error) {
 	}
 	c := coordinator.Config{
 		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
-		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO,
-		FinalCheckpointTimeout: sf.finalWait,
+		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO, MaxSessions: sf.sessions,
+		FinalCheckpointTimeout: sf.finalWait, Creds: bundle, Logger: log,
 	}
 	if sf.gossip != "" {
 		gh, gp, err := net.SplitHostPort(sf.gossip)
@@ -129,7 +145,8 @@ func runServe(ctx context.Context, args []string) error {
 		"Runs the coordinator: workers (nice-worker) attach to it over gRPC and join its gossip; it plans\n"+
 			"the ring, commits steps, takes checkpoints into --state-dir and resumes from the newest one that\n"+
 			"verifies. Training flags apply to a new run; a resumed run keeps its checkpoint's settings\n"+
-			"(only --epochs may grow).")
+			"(only --epochs may grow). Listening beyond loopback needs the cluster's credentials (--tls-dir,\n"+
+			"written by `nice-coord init`) or --insecure.")
 	var sf serveFlags
 	addServeFlags(fs, &sf, ":7000", ":7080", ":7946")
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
@@ -147,26 +164,40 @@ func runServe(ctx context.Context, args []string) error {
 // start opens the coordinator and notes its address in the state folder for
 // `nice-coord status`. A nil store means the bbolt file in the state folder.
 func (sf *serveFlags) start(store checkpoint.Store) (*coordinator.Server, coordinator.Config, error) {
-	cfg, err := sf.config()
+	cfg, err := sf.config(newLogger(sf.verbose))
 	if err != nil {
 		return nil, cfg, err
 	}
 	cfg.Store = store
-	cfg.Logger = newLogger(sf.verbose)
 	srv, err := coordinator.New(cfg)
 	if err != nil {
 		return nil, cfg, err
 	}
-	if err := writeAddrFile(sf.stateDir, cfg.Advertise); err != nil {
+	if err := writeAddrFile(sf.stateDir, cfg.Advertise, cfg.Creds); err != nil {
 		cfg.Logger.Warn("status address file not written", "err", err)
 	}
 	return srv, cfg, nil
 }
 
 // addrFile is where serve and up note their gRPC address, so that
-// `nice-coord status` run in the same folder finds them.
-func addrFile(stateDir string) string { return filepath.Join(stateDir, "coordinator.addr") }
+// `nice-coord status` run in the same folder finds them; tlsDirFile is
+// where they note the credentials folder they use (absent without).
+func addrFile(stateDir string) string   { return filepath.Join(stateDir, "coordinator.addr") }
+func tlsDirFile(stateDir string) string { return filepath.Join(stateDir, "coordinator.tls-dir") }
 
-func writeAddrFile(stateDir, addr string) error {
-	return os.WriteFile(addrFile(stateDir), []byte(addr+"\n"), 0o644)
+func writeAddrFile(stateDir, addr string, b *creds.Bundle) error {
+	if err := os.WriteFile(addrFile(stateDir), []byte(addr+"\n"), 0o644); err != nil {
+		return err
+	}
+	if b == nil {
+		if err := os.Remove(tlsDirFile(stateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	dir, err := filepath.Abs(b.Dir)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(tlsDirFile(stateDir), []byte(dir+"\n"), 0o644)
 }

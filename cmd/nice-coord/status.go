@@ -13,10 +13,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/rpcopt"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -39,20 +40,45 @@ func coordinatorAddr(flagValue, stateDir string) string {
 	return "127.0.0.1:7000"
 }
 
-func dialCoordinator(addr string) (nicepb.CoordinatorClient, func(), error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// clientCreds resolves the credentials of a client command: --tls-dir (or
+// NICE_TLS_DIR), else the folder serve or up noted in stateDir, else none;
+// --insecure means none whatever the rest says.
+func clientCreds(f *creds.Flags, stateDir string) (*creds.Bundle, error) {
+	if f.Dir == "" && !f.Insecure {
+		if b, err := os.ReadFile(tlsDirFile(stateDir)); err == nil {
+			f.Dir = strings.TrimSpace(string(b))
+		}
+	}
+	return f.Select(nil)
+}
+
+// coordinatorClient is a connection to the coordinator's gRPC server.
+type coordinatorClient struct {
+	nicepb.CoordinatorClient
+	addr   string
+	secure bool
+}
+
+func dialCoordinator(addr string, b *creds.Bundle) (*coordinatorClient, func(), error) {
+	conn, err := grpc.NewClient(addr, b.DialOption(), grpc.WithDefaultCallOptions(rpcopt.WorkerCallLimits()...))
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
 	}
-	return nicepb.NewCoordinatorClient(conn), func() { conn.Close() }, nil
+	return &coordinatorClient{CoordinatorClient: nicepb.NewCoordinatorClient(conn), addr: addr, secure: b != nil},
+		func() { conn.Close() }, nil
 }
 
-func fetchStatus(ctx context.Context, c nicepb.CoordinatorClient, addr string) (*coordinator.Status, error) {
+func fetchStatus(ctx context.Context, c *coordinatorClient) (*coordinator.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	addr := c.addr
 	r, err := c.Status(ctx, &nicepb.StatusRequest{}, grpc.WaitForReady(false))
 	if err != nil {
-		return nil, fmt.Errorf("no coordinator answers at %s (start one with `nice-coord up` or `nice-coord serve`, or pass --addr): %w", addr, err)
+		hint := "pass --tls-dir DIR if the cluster runs with credentials"
+		if c.secure {
+			hint = "this client presents the credentials of --tls-dir; pass --insecure if the cluster runs without any"
+		}
+		return nil, fmt.Errorf("no coordinator answers at %s (start one with `nice-coord up` or `nice-coord serve`, or pass --addr; %s): %w", addr, hint, err)
 	}
 	var st coordinator.Status
 	if err := json.Unmarshal(r.Json, &st); err != nil {
@@ -62,30 +88,37 @@ func fetchStatus(ctx context.Context, c nicepb.CoordinatorClient, addr string) (
 }
 
 func runStatus(ctx context.Context, args []string) error {
-	fs := newFlagSet("status", "[--addr host:port] [--json] [--watch]",
+	fs := newFlagSet("status", "[--addr host:port] [--tls-dir DIR] [--json] [--watch]",
 		"Shows the coordinator's workers (id, address, state, rank, gossip state), the generation and\n"+
 			"ring order, epoch and step with progress, samples/s, the last training NLL, the last test\n"+
 			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint. Failing\n"+
-			"checkpoint writes or ledger writes come first, as DEGRADED lines.")
+			"checkpoint writes or ledger writes come first, as DEGRADED lines. A cluster with credentials\n"+
+			"answers only a client that presents them: --tls-dir (or NICE_TLS_DIR), else the folder serve\n"+
+			"or up noted in --state-dir.")
 	addr := fs.String("addr", "", "coordinator gRPC address (default: the one noted in --state-dir by serve or up, else 127.0.0.1:7000)")
 	stateDir := fs.String("state-dir", "nice-state", "folder where serve or up noted their address")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	watch := fs.Bool("watch", false, "refresh every --every until interrupted")
 	every := fs.Duration("every", 2*time.Second, "refresh interval for --watch")
 	quiet := fs.Bool("quiet", false, "print nothing; exit 0 if the coordinator answers (for health checks)")
+	tlsFlags := creds.AddFlags(fs, false)
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return err
 	}
 	a := coordinatorAddr(*addr, *stateDir)
-	client, closeConn, err := dialCoordinator(a)
+	b, err := clientCreds(tlsFlags, *stateDir)
+	if err != nil {
+		return err
+	}
+	client, closeConn, err := dialCoordinator(a, b)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
 	for {
-		st, err := fetchStatus(ctx, client, a)
+		st, err := fetchStatus(ctx, client)
 		if err != nil {
 			return err
 		}
@@ -188,6 +221,7 @@ func runCheckpoints(ctx context.Context, args []string) error {
 	addr := fs.String("addr", "", "coordinator gRPC address (default: as for status)")
 	stateDir := fs.String("state-dir", "nice-state", "folder holding nice.db")
 	asJSON := fs.Bool("json", false, "print JSON")
+	tlsFlags := creds.AddFlags(fs, false)
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
@@ -195,14 +229,18 @@ func runCheckpoints(ctx context.Context, args []string) error {
 	}
 	var list []coordinator.CheckpointInfo
 	a := coordinatorAddr(*addr, *stateDir)
-	client, closeConn, err := dialCoordinator(a)
+	b, err := clientCreds(tlsFlags, *stateDir)
+	if err != nil {
+		return err
+	}
+	client, closeConn, err := dialCoordinator(a, b)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if _, serr := fetchStatus(ctx, client, a); serr == nil {
+	if _, serr := fetchStatus(ctx, client); serr == nil {
 		r, err := client.Checkpoints(cctx, &nicepb.CheckpointsRequest{})
 		if err != nil {
 			return fmt.Errorf("listing checkpoints at %s: %w", a, err)

@@ -31,7 +31,9 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 			"A worker that dies is started again; Ctrl-C takes a final checkpoint and stops everything.\n"+
 			"Run it again in the same folder and it resumes from --state-dir. `nice-coord status` run in\n"+
 			"this folder finds it. It exits with an error when the final checkpoint cannot be stored\n"+
-			"within --final-checkpoint-timeout (a full disk, say), saying which checkpoint stands.")
+			"within --final-checkpoint-timeout (a full disk, say), saying which checkpoint stands.\n"+
+			"Everything is on loopback, so it may run without credentials; with --tls-dir the coordinator\n"+
+			"and the workers use them (mutual TLS, encrypted gossip).")
 	var sf serveFlags
 	addServeFlags(fs, &sf, "127.0.0.1:7000", "127.0.0.1:7080", "127.0.0.1:7946")
 	n := fs.Int("workers", 2, "number of worker processes")
@@ -72,6 +74,9 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 		if sf.tf.dataDir != "" {
 			wargs = append(wargs, "--data", sf.tf.dataDir)
 		}
+		if cfg.Creds != nil {
+			wargs = append(wargs, "--tls-dir", cfg.Creds.Dir)
+		}
 		logPath := filepath.Join(sf.stateDir, fmt.Sprintf("worker-w%d.log", i))
 		wg.Add(1)
 		go func() {
@@ -79,7 +84,12 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, logPath, *restart)
 		}()
 	}
-	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; logs in %s\n", srv.Addr(), *n, threads, sf.stateDir)
+	security := "no credentials: plaintext on loopback"
+	if cfg.Creds != nil {
+		security = "mutual TLS and encrypted gossip, cluster CA " + cfg.Creds.Fingerprint()
+	}
+	fmt.Printf("coordinator on %s (status: nice-coord status), %d workers with %d threads each; %s; logs in %s\n",
+		srv.Addr(), *n, threads, security, sf.stateDir)
 	serveDone := make(chan error, 1)
 	sctx, stopServe := context.WithCancel(ctx)
 	defer stopServe()

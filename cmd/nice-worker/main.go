@@ -20,10 +20,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/envflag"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
@@ -53,7 +53,8 @@ func run(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: nice-worker [flags]\n       nice-worker health [--addr host:port]\n\n"+
 			"Attaches to the coordinator, joins its gossip and trains its share of every global batch.\n"+
-			"It keeps its state while the coordinator is away and reattaches by itself.\n\n"+
+			"It keeps its state while the coordinator is away and reattaches by itself. Listening beyond\n"+
+			"loopback needs the cluster's credentials (--tls-dir, written by `nice-coord init`) or --insecure.\n\n"+
 			"Flags (each also settable as NICE_<FLAG>, e.g. --coordinator as NICE_COORDINATOR):\n")
 		fs.PrintDefaults()
 	}
@@ -72,6 +73,7 @@ func run(ctx context.Context, args []string) error {
 	sessionTimeout := fs.Duration("session-timeout", d.SessionTimeout, "reconnect when the coordinator has sent nothing, not even a heartbeat, for this long")
 	verbose := fs.Bool("v", false, "log debug details")
 	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring or report (e.g. ring@5:500ms)")
+	tlsFlags := creds.AddFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,7 +83,6 @@ func run(ctx context.Context, args []string) error {
 	if _, err := envflag.Apply(fs); err != nil {
 		return err
 	}
-	var err error
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -102,8 +103,17 @@ func run(ctx context.Context, args []string) error {
 			advHost = netaddr.Default()
 		}
 	}
+	listeners := []creds.Listener{{Flag: "--listen", Addr: *listen}}
+	if *join != "" {
+		listeners = append(listeners, creds.Listener{Flag: "--gossip", Addr: *gossip})
+	}
+	bundle, err := tlsFlags.Select(log, listeners...)
+	if err != nil {
+		return err
+	}
 	cfg := d
 	cfg.ID, cfg.Coordinator, cfg.Listen, cfg.AdvertiseHost, cfg.DataDir = *id, *coord, *listen, advHost, *data
+	cfg.Creds = bundle
 	cfg.DigestEvery = *digestEvery
 	cfg.LeaveTimeout = *leaveTimeout
 	cfg.SessionTimeout = *sessionTimeout
@@ -122,7 +132,7 @@ func run(ctx context.Context, args []string) error {
 		// and the join retries until the coordinator's gossip answers.
 		joined := make(chan *membership.Gossip, 1)
 		go func() {
-			g, err := joinGossip(ctx, *join, *gossip, advHost, w, log)
+			g, err := joinGossip(ctx, *join, *gossip, advHost, w, bundle, log)
 			if err != nil && ctx.Err() == nil {
 				log.Error("gossip not joined", "err", err)
 			}
@@ -140,7 +150,7 @@ func run(ctx context.Context, args []string) error {
 	return w.Run(ctx)
 }
 
-func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worker, log *slog.Logger) (*membership.Gossip, error) {
+func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worker, b *creds.Bundle, log *slog.Logger) (*membership.Gossip, error) {
 	bh, bp, err := net.SplitHostPort(bind)
 	if err != nil {
 		return nil, fmt.Errorf("--gossip %q: %w", bind, err)
@@ -156,6 +166,7 @@ func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worke
 	gc.BindAddr, gc.BindPort, gc.AdvertiseAddr = bh, port, advHost
 	gc.Seeds = []string{seed}
 	gc.Meta = membership.Meta{Role: membership.RoleWorker, WorkerID: w.ID(), GRPCAddr: w.Addr(), Incarnation: w.Incarnation()}
+	gc.Creds = b
 	gc.Logger = log
 	g, err := membership.Join(ctx, gc)
 	if err != nil {
@@ -167,10 +178,18 @@ func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worke
 func health(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("nice-worker health", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:7100", "worker gRPC address")
+	tlsFlags := creds.AddFlags(fs, false)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if _, err := envflag.Apply(fs); err != nil {
+		return err
+	}
+	b, err := tlsFlags.Select(nil)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(*addr, b.DialOption())
 	if err != nil {
 		return err
 	}

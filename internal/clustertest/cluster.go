@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/statexfer"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
@@ -211,19 +211,34 @@ type Cluster struct {
 	Workers  map[string]*Proc
 	// Threads is each process's Go and BLAS thread count (default 1).
 	Threads int
-	conn    *grpc.ClientConn
+	// TLSDir holds the cluster's credentials, written by New; every
+	// process gets --tls-dir TLSDir, and the cluster's own clients present
+	// Creds.
+	TLSDir string
+	Creds  *creds.Bundle
+	conn   *grpc.ClientConn
 }
 
 // New prepares a cluster whose coordinator runs with the training flags
-// args (e.g. --hidden 16 --max-steps 6); nothing starts until StartCoordinator.
+// args (e.g. --hidden 16 --max-steps 6); nothing starts until
+// StartCoordinator. The cluster has credentials of its own, as a deployed
+// one does (mutual TLS, encrypted gossip).
 func New(t testing.TB, args ...string) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, Bin: Binaries(t), Dir: t.TempDir(), Workers: map[string]*Proc{}, Threads: 1}
+	var err error
+	if c.Creds, err = creds.Generate(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c.TLSDir = filepath.Join(c.Dir, "creds")
+	if _, err := c.Creds.Write(c.TLSDir, creds.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	c.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	c.gossip = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	c.CoordArg = append([]string{"serve", "--listen", c.Addr, "--http", "", "--gossip", c.gossip,
-		"--state-dir", filepath.Join(c.Dir, "state"), "--settle", "300ms", "--samples", "0"}, args...)
-	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		"--state-dir", filepath.Join(c.Dir, "state"), "--settle", "300ms", "--samples", "0", "--tls-dir", c.TLSDir}, args...)
+	conn, err := grpc.NewClient(c.Addr, c.Creds.DialOption(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +260,7 @@ func (c *Cluster) StartCoordinator() {
 func (c *Cluster) StartWorker(id string, extra ...string) *Proc {
 	c.t.Helper()
 	args := append([]string{"--id", id, "--coordinator", c.Addr, "--listen", "127.0.0.1:0",
-		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads)}, extra...)
+		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads), "--tls-dir", c.TLSDir}, extra...)
 	p := Start(c.t, id, filepath.Join(c.Bin, "nice-worker"), filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", id, time.Now().UnixNano())), c.Threads, args...)
 	c.Workers[id] = p
 	return p
@@ -323,7 +338,7 @@ func (c *Cluster) FetchState(addr string, pos *nicepb.Position) *train.State {
 	c.t.Helper()
 	conn := c.conn
 	if addr != c.Addr {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		cc, err := grpc.NewClient(addr, c.Creds.DialOption(),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*statexfer.ChunkBytes)))
 		if err != nil {
 			c.t.Fatal(err)
@@ -333,7 +348,9 @@ func (c *Cluster) FetchState(addr string, pos *nicepb.Position) *train.State {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	blob, err := statexfer.Fetch(ctx, conn, pos, false)
+	// The cluster's own processes, whatever model the test chose: bounded
+	// only by the largest state a test makes.
+	blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: addr, Position: pos, Size: statexfer.Expect{Min: 1, Max: 1 << 30}})
 	if err != nil {
 		c.t.Fatalf("fetching the state at step %d from %s: %v", pos.Step, addr, err)
 	}

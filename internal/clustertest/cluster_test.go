@@ -281,7 +281,7 @@ func TestCorruptNewestCheckpointFallsBack(t *testing.T) {
 	if st.Step != 4 {
 		t.Fatalf("resumed at step %d, want the previous checkpoint's 4", st.Step)
 	}
-	out, err := exec.Command(filepath.Join(c.Bin, "nice-coord"), "checkpoints", "--addr", c.Addr).CombinedOutput()
+	out, err := exec.Command(filepath.Join(c.Bin, "nice-coord"), "checkpoints", "--addr", c.Addr, "--tls-dir", c.TLSDir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nice-coord checkpoints: %v\n%s", err, out)
 	}
@@ -326,7 +326,7 @@ func TestStatusCommand(t *testing.T) {
 		return s.Phase == "running" && len(s.Ring) == 2 && s.LastCheckpointStep > 0
 	})
 	bin := filepath.Join(c.Bin, "nice-coord")
-	out, err := exec.Command(bin, "status", "--addr", c.Addr, "--json").Output()
+	out, err := exec.Command(bin, "status", "--addr", c.Addr, "--tls-dir", c.TLSDir, "--json").Output()
 	if err != nil {
 		t.Fatalf("status --json: %v", err)
 	}
@@ -351,7 +351,7 @@ func TestStatusCommand(t *testing.T) {
 			}
 		}
 	}
-	human, err := exec.Command(bin, "status", "--addr", c.Addr).Output()
+	human, err := exec.Command(bin, "status", "--addr", c.Addr, "--tls-dir", c.TLSDir).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +359,17 @@ func TestStatusCommand(t *testing.T) {
 		if !strings.Contains(string(human), want) {
 			t.Errorf("status output lacks %q:\n%s", want, human)
 		}
+	}
+	// With neither flag, the address and the credentials folder that serve
+	// noted in its state folder.
+	if out, err := exec.Command(bin, "status", "--state-dir", filepath.Join(c.Dir, "state"), "--quiet").CombinedOutput(); err != nil {
+		t.Errorf("status finding the coordinator and its credentials from --state-dir: %v\n%s", err, out)
+	}
+	// Without credentials the cluster does not answer, and status says what
+	// to pass.
+	out, err = exec.Command(bin, "status", "--addr", c.Addr, "--insecure").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no coordinator answers") || !strings.Contains(string(out), "--tls-dir") {
+		t.Errorf("status without credentials against a cluster with them: %v\n%s", err, out)
 	}
 
 	cmd := exec.Command(bin, "status", "--addr", fmt.Sprintf("127.0.0.1:%d", FreePort(t)))

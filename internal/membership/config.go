@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/nice-flow/nice/internal/creds"
 )
 
 // Config configures Join. Start from DefaultConfig.
@@ -50,6 +52,14 @@ type Config struct {
 
 	// Meta is announced to the cluster; Incarnation 0 means "now".
 	Meta Meta
+
+	// Creds, if non-nil, encrypts and authenticates every gossip packet and
+	// stream with its gossip key (AES-GCM), and refuses whatever is not: a
+	// node without the key, or with another, cannot join nor be joined.
+	// Nil means plaintext gossip that anyone who reaches the port can join.
+	// Either way every packet carries the label creds.GossipLabel
+	// (authenticated with the key), so nodes of another program are refused.
+	Creds *creds.Bundle
 
 	// Failure detection (SWIM, with memberlist's Lifeguard extensions).
 	//

@@ -34,6 +34,11 @@
 //     seed that restarts under a new name, on the same address or a new
 //     one, is seen by every member again, and sees every member, about 1-2 s
 //     after it starts under DefaultConfig.
+//   - With [Config.Creds], gossip is encrypted and authenticated with the
+//     cluster's gossip key and labelled; a node with another key, or none,
+//     can neither join nor be joined, and refusals are logged (a warning,
+//     at most one line a second per peer host). Without, anyone who
+//     reaches the port can join.
 //   - Metadata larger than [MaxMetaSize] bytes is refused at [Join].
 //   - Logs: memberlist's routine failure-detection chatter (suspicions,
 //     failed TCP fallback probes, timeouts talking to a slow peer) and

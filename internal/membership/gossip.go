@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/nice-flow/nice/internal/creds"
 )
 
 // Gossip is a Membership backed by a memberlist node.
@@ -77,6 +79,11 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 	mc.GossipInterval = cfg.GossipInterval
 	mc.PushPullInterval = cfg.PushPullInterval
 	mc.TCPTimeout = cfg.TCPTimeout
+	mc.Label = creds.GossipLabel
+	if key := cfg.Creds.GossipKey(); key != nil {
+		mc.SecretKey = key
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	mc.Delegate = g.delegate
 	mc.Events = eventDelegate{queue: g.queue, table: g.table, log: log}
 	mc.Ping = pingDelegate{table: g.table, log: log}
@@ -85,6 +92,7 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		log:       mlLog,
 		onSuspect: func(name string) { g.table.suspect(mlLog, name) },
 		quiet:     &g.quiet,
+		refused:   &creds.RefusalLimiter{Every: time.Second},
 	}.logger()
 
 	if cfg.wrapTransport != nil {
@@ -109,7 +117,8 @@ func Join(ctx context.Context, cfg Config) (*Gossip, error) {
 		g.queue.close()
 		return nil, fmt.Errorf("starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}
-	log.Info("gossip started", "addr", g.Local().Addr, "role", cfg.Meta.Role, "worker", cfg.Meta.WorkerID, "incarnation", cfg.Meta.Incarnation)
+	log.Info("gossip started", "addr", g.Local().Addr, "role", cfg.Meta.Role, "worker", cfg.Meta.WorkerID, "incarnation", cfg.Meta.Incarnation,
+		"encrypted", mc.SecretKey != nil)
 	if len(cfg.Seeds) == 0 {
 		return g, nil
 	}

@@ -4,8 +4,13 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
+
+	"github.com/nice-flow/nice/internal/creds"
 )
 
 // memberlistLog turns memberlist's *log.Logger output, lines such as
@@ -29,6 +34,32 @@ type memberlistLog struct {
 	// quiet is set once this node leaves or shuts down: from then on
 	// nothing memberlist says about the network concerns anyone.
 	quiet *atomic.Bool
+	// refused, if set, limits the lines about packets and streams refused
+	// for a wrong key or label (see refusalErrors), per peer host.
+	refused *creds.RefusalLimiter
+}
+
+// refusalErrors are what memberlist says when it refuses a packet or a
+// stream for its key or label: a node of another cluster, or one without
+// the key. Anyone who reaches the port can cause them, so they are
+// rate-limited.
+var refusalErrors = []string{
+	"no installed keys could decrypt",
+	"encryption is configured but remote state is not encrypted",
+	"remote state is encrypted and encryption is not configured",
+	"unacceptable label",
+}
+
+// refusalPeer finds the peer's address in a refusal message ("... from=IP:port"
+// on the refusing side, "failed to join IP:port: ..." on the refused one).
+var refusalPeer = regexp.MustCompile(`(?:from=|join )(\S+):\d+`)
+
+// peerHost is the host refusalPeer finds in msg, or "".
+func peerHost(msg string) string {
+	if m := refusalPeer.FindStringSubmatch(msg); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 func (w memberlistLog) logger() *log.Logger { return log.New(w, "", 0) }
@@ -38,6 +69,15 @@ func (w memberlistLog) Write(p []byte) (int, error) {
 	level = w.classify(level, msg)
 	if w.quiet != nil && w.quiet.Load() {
 		level = min(level, slog.LevelDebug)
+	}
+	if w.refused != nil && slices.ContainsFunc(refusalErrors, func(e string) bool { return strings.Contains(msg, e) }) {
+		ok, dropped := w.refused.Allow(peerHost(msg), time.Now())
+		if !ok {
+			return len(p), nil
+		}
+		w.log.Log(context.Background(), slog.LevelWarn, "refused gossip: the two ends do not share this cluster's gossip key: "+msg,
+			"more_refused_from_this_host_since_last_line", dropped)
+		return len(p), nil
 	}
 	w.log.Log(context.Background(), level, msg)
 	return len(p), nil

@@ -9,6 +9,7 @@
 package rpcopt
 
 import (
+	"context"
 	"time"
 
 	"google.golang.org/grpc"
@@ -51,3 +52,57 @@ const (
 	HeartbeatInterval     = 250 * time.Millisecond
 	DefaultSessionTimeout = 4 * time.Second
 )
+
+// Message and stream limits, sized from what the protocol needs, so that a
+// peer cannot make a server or client buffer more than that.
+const (
+	// MaxWorkerMessage bounds what a worker sends the coordinator (Hello,
+	// Ready, Report, ...: a few hundred bytes) and the requests of status
+	// clients and state receivers.
+	MaxWorkerMessage = 64 << 10
+	// MaxCoordinatorMessage bounds what the coordinator sends on a session
+	// or as a status or checkpoint listing: the largest is a Plan naming
+	// every ring member (an id and an address each) or the status of every
+	// worker, a few hundred bytes per worker.
+	MaxCoordinatorMessage = 1 << 20
+	// MaxStreamsPerConn bounds the calls open at once on one connection to
+	// a server. A peer needs a few: a session, a ring stream per
+	// generation while the next one opens, a state transfer, a status.
+	MaxStreamsPerConn = 32
+	// MaxHeaderBytes bounds the metadata of a call (the ring's hello, the
+	// largest, is well under 1 KiB).
+	MaxHeaderBytes = 16 << 10
+)
+
+// ServerLimits bounds what a client can make a server hold: messages of at
+// most maxRecv bytes in and maxSend out, MaxStreamsPerConn calls per
+// connection, MaxHeaderBytes of metadata per call.
+func ServerLimits(maxRecv, maxSend int) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxRecv),
+		grpc.MaxSendMsgSize(maxSend),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
+		grpc.MaxHeaderListSize(MaxHeaderBytes),
+	}
+}
+
+// WorkerCallLimits are the message limits of a worker's calls to the
+// coordinator (and of the status commands).
+func WorkerCallLimits() []grpc.CallOption {
+	return []grpc.CallOption{grpc.MaxCallRecvMsgSize(MaxCoordinatorMessage), grpc.MaxCallSendMsgSize(MaxWorkerMessage)}
+}
+
+// DefaultUnaryTimeout bounds a unary call on the server's side (a status,
+// a checkpoint listing that verifies every checkpoint): a client that set
+// no deadline does not hold the server's work for longer.
+const DefaultUnaryTimeout = 30 * time.Second
+
+// UnaryTimeout gives every unary call a deadline of d on the server's side
+// (the client's own deadline still applies when it is sooner).
+func UnaryTimeout(d time.Duration) grpc.ServerOption {
+	return grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return handler(ctx, req)
+	})
+}

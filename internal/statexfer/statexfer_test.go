@@ -40,18 +40,24 @@ func (f *fakeSource) WriteState(ctx context.Context, pos *nicepb.Position, snaps
 
 func serve(t *testing.T, src Source) *grpc.ClientConn {
 	t.Helper()
+	return serveWith(t, &Server{Src: src})
+}
+
+// serveWith serves srv on loopback until the test ends.
+func serveWith(t *testing.T, srv *Server) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := grpc.NewServer()
-	nicepb.RegisterStateServiceServer(s, &Server{Src: src})
+	nicepb.RegisterStateServiceServer(s, srv)
 	go s.Serve(lis)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(); s.Stop() })
+	t.Cleanup(func() { conn.Close(); s.Stop(); srv.Wait() })
 	return conn
 }
 
@@ -61,6 +67,7 @@ func TestFetch(t *testing.T) {
 	for i := range blob {
 		blob[i] = byte(i * 7)
 	}
+	blobRange := Expect{Min: 1, Max: int64(len(blob)) + 10}
 	cases := []struct {
 		name    string
 		src     *fakeSource
@@ -73,12 +80,12 @@ func TestFetch(t *testing.T) {
 		{"not held here", &fakeSource{blob: blob}, 8, ErrUnavailable, false},
 		{"announced longer than sent", &fakeSource{blob: blob, size: int64(len(blob) + 1)}, 7, nil, false},
 		{"announced shorter than sent", &fakeSource{blob: blob, size: int64(len(blob) - 1)}, 7, nil, false},
-		{"announced absurdly long", &fakeSource{blob: blob, size: MaxStateBytes + 1}, 7, nil, false},
+		{"announced longer than a state of the run", &fakeSource{blob: blob, size: blobRange.Max + 1}, 7, nil, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := serve(t, tc.src)
-			got, err := Fetch(context.Background(), conn, &nicepb.Position{Step: tc.step}, false)
+			got, err := Fetch(context.Background(), conn, Request{Source: "test", Position: &nicepb.Position{Step: tc.step}, Size: blobRange})
 			if tc.ok {
 				if err != nil || !bytes.Equal(got, tc.src.blob) {
 					t.Fatalf("got %d bytes, err %v; want the %d bytes sent", len(got), err, len(tc.src.blob))
@@ -130,7 +137,7 @@ func TestFetchStalledSource(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	_, err := Fetch(ctx, conn, &nicepb.Position{Step: 7}, false)
+	_, err := Fetch(ctx, conn, Request{Source: "test", Position: &nicepb.Position{Step: 7}, Size: Expect{Max: 3 * ChunkBytes}})
 	if err == nil || !strings.Contains(err.Error(), "no state from the source") {
 		t.Fatalf("a stalled transfer gave %v", err)
 	}

@@ -554,6 +554,12 @@ docker cp "$tmpc:/nice-coord" "$STATUS_BIN" >/dev/null || {
 }
 docker rm "$tmpc" >/dev/null
 
+# The cluster's credentials, which docker-compose.yml mounts as secrets; this
+# script's status calls present them too (NICE_TLS_DIR).
+"$STATUS_BIN" init --dir "$WORKDIR/secrets" --group-readable >/dev/null || die "nice-coord init --dir $WORKDIR/secrets failed"
+NICE_SECRETS=$WORKDIR/secrets NICE_TLS_DIR=$WORKDIR/secrets NICE_SECRETS_GID=$(id -g)
+export NICE_SECRETS NICE_TLS_DIR NICE_SECRETS_GID
+
 # 1. The reference: the same configuration, uninterrupted. ---------------------
 BASE=""
 if [ -n "$E2E_BASELINE" ] && [ -s "$E2E_BASELINE" ]; then

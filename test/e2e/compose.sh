@@ -2,8 +2,14 @@
 # compose.sh: end-to-end fault tests of the compose cluster (one coordinator,
 # four workers), run against docker-compose.yml as a user would run it.
 #
-#   1. build the images; bring up the coordinator and 4 workers
+#   1. build the images; write the cluster's credentials (nice-coord init), which
+#      compose mounts as secrets; bring up the coordinator and 4 workers
 #   2. wait for committed steps; status shows 4 workers (from the host and inside)
+#   2b. containers on the compose network without the secrets: one refuses to start
+#      (no credentials on a non-loopback address), one with --insecure and one
+#      with another cluster's credentials are refused at the handshake (TLS and
+#      gossip, in the coordinator's and in their own logs), never show in status,
+#      and training goes on
 #   3. docker kill a worker mid-training: 3 workers, steps continue, ledger exact,
 #      digests agree
 #   4. scale back to 4: the new worker joins with the same digest
@@ -117,6 +123,9 @@ hostname_of() { docker inspect -f '{{.Config.Hostname}}' "$1"; }
 
 cleanup() {
 	local rc=$?
+	if [ "${#INTRUDERS[@]}" -gt 0 ] || [ -n "$REFUSED_TO_START" ]; then
+		docker rm -f ${INTRUDERS[@]+"${INTRUDERS[@]}"} $REFUSED_TO_START >/dev/null 2>&1 || true
+	fi
 	if [ "$E2E_KEEP" = 1 ]; then
 		log "E2E_KEEP=1: leaving project $PROJECT up (remove it with: ${COMPOSE[*]} -p $PROJECT -f docker-compose.yml -f $OVERRIDE down -v)"
 	else
@@ -181,19 +190,13 @@ read -r -a worker_extra <<<"$E2E_WORKER_FLAGS"
 # ---------------------------------------------------------------------------
 # Status, and the invariants every observation must keep.
 
-# With E2E_BUILD=make the host has the static nice-coord that went into the
-# image; otherwise the image's own is run on the host's network. Either way it
-# goes through the published port, as a user's would.
-STATUS_BIN=""
+# The image's own nice-coord (static), run on the host through the published
+# port as a user's would, with the cluster's credentials (NICE_TLS_DIR).
+STATUS_BIN=$WORKDIR/nice-coord
 # status_json prints the coordinator's status through the published port, or
 # nothing when it does not answer.
 status_json() {
-	if [ -n "$STATUS_BIN" ]; then
-		timeout 5 "$STATUS_BIN" status --addr "127.0.0.1:$NICE_GRPC_PORT" --json 2>/dev/null || true
-	else
-		timeout 10 docker run --rm --network host "$NICE_IMAGE" \
-			/nice-coord status --addr "127.0.0.1:$NICE_GRPC_PORT" --json 2>/dev/null || true
-	fi
+	timeout 5 "$STATUS_BIN" status --addr "127.0.0.1:$NICE_GRPC_PORT" --json 2>/dev/null || true
 }
 
 S=""           # the latest status JSON ("" when the coordinator did not answer)
@@ -285,6 +288,32 @@ coordinator_answers() { true; }
 CKPT_MIN=0
 checkpointed() { (($(field '.last_checkpoint_step') >= CKPT_MIN)); }
 
+# Containers started outside compose (step 2b), removed at the end.
+INTRUDERS=()
+REFUSED_TO_START=""
+INTRUDERS_SINCE=""
+# intruders_refused: the coordinator logged a TLS and a gossip refusal from
+# every intruder address, and each intruder logged its failure to attach.
+# The logs read are kept in COORD_LOG and INTRUDER_LOGS for the report.
+INTRUDER_IPS=()
+COORD_LOG=""
+declare -A INTRUDER_LOGS=()
+intruders_refused() {
+	local ip c
+	COORD_LOG=$(docker logs --since "$INTRUDERS_SINCE" "$(containers coordinator | head -n 1)" 2>&1)
+	for ip in "${INTRUDER_IPS[@]}"; do
+		grep "refused a connection at the TLS handshake" <<<"$COORD_LOG" | grep -q "from=$ip:" || return 1
+		grep "refused gossip" <<<"$COORD_LOG" | grep -q "from=$ip:" || return 1
+	done
+	for c in "${INTRUDERS[@]}"; do
+		INTRUDER_LOGS[$c]=$(docker logs "$c" 2>&1)
+		grep -q "no session with the coordinator" <<<"${INTRUDER_LOGS[$c]}" || return 1
+		grep -q "joining cluster failed" <<<"${INTRUDER_LOGS[$c]}" || return 1
+	done
+}
+no_intruder_listed() { ! jq -e '[.workers[]?.id | select(startswith("intruder"))] | length > 0' >/dev/null <<<"$S"; }
+refused_and_going() { no_intruder_listed && intruders_refused && healthy_cluster; }
+
 # A phase checks that, with one coordinator running throughout, each step was
 # committed once: committed_steps and step advance together.
 PHASE_STEP=0
@@ -329,9 +358,18 @@ compose) dc build || die "${COMPOSE[*]} build failed" ;;
 none) docker image inspect "$NICE_IMAGE" >/dev/null 2>&1 || die "E2E_BUILD=none but there is no image $NICE_IMAGE" ;;
 *) die "E2E_BUILD=$E2E_BUILD: want make, compose or none" ;;
 esac
-if [ "$E2E_BUILD" = make ]; then
-	STATUS_BIN=$ROOT/bin/static/nice-coord
-fi
+tmpc=$(docker create "$NICE_IMAGE" /nice-coord) || die "docker create $NICE_IMAGE failed"
+docker cp "$tmpc:/nice-coord" "$STATUS_BIN" >/dev/null || {
+	docker rm "$tmpc" >/dev/null
+	die "could not copy /nice-coord out of $NICE_IMAGE"
+}
+docker rm "$tmpc" >/dev/null
+# The cluster's credentials, as the README has users write them: compose
+# mounts them as secrets (the containers' user gets this group, which may
+# read the keys), and status presents them.
+"$STATUS_BIN" init --dir "$WORKDIR/secrets" --group-readable || die "nice-coord init --dir $WORKDIR/secrets failed"
+NICE_SECRETS=$WORKDIR/secrets NICE_TLS_DIR=$WORKDIR/secrets NICE_SECRETS_GID=$(id -g)
+export NICE_SECRETS NICE_TLS_DIR NICE_SECRETS_GID
 t0=$(now_ms)
 # up waits for the coordinator's healthcheck before it starts the workers.
 timeout $((E2E_WAIT + 120)) "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" -f "$OVERRIDE" \
@@ -350,6 +388,62 @@ inside=$(timeout 30 "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" 
 jq -e '.workers | length >= 1' >/dev/null <<<"$inside" ||
 	fail "nice-coord status inside the coordinator container printed no workers: $inside"
 log "status from inside the coordinator container: ok"
+
+# 2b. Containers without the secrets. ------------------------------------------
+log "step 2b: containers on the compose network without the cluster's secrets"
+phase_begin
+fresh_status "before the intruders knocked"
+P0=$(cur_step) WANT=$WORKERS
+t0=$(now_ms)
+coord=$(containers coordinator --filter status=running | head -n 1)
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{"\n"}}{{end}}' "$coord" | grep -m 1 "^$PROJECT") ||
+	fail "the coordinator is on no network of project $PROJECT"
+intruder_cmd=(/nice-worker --coordinator=coordinator:7000 --join=coordinator:7946 --listen=:7100 --gossip=:7947)
+"$STATUS_BIN" init --dir "$WORKDIR/other-secrets" --group-readable >/dev/null || fail "nice-coord init of another cluster failed"
+other_mounts=()
+for f in ca.crt node.crt node.key gossip.key; do other_mounts+=(-v "$WORKDIR/other-secrets/$f:/run/secrets/$f:ro"); done
+# Three at once: without credentials and without --insecure (it must not
+# start at all), with --insecure (plaintext), and with another cluster's
+# credentials.
+INTRUDERS_SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+REFUSED_TO_START=${PROJECT}_intruder_none
+INTRUDERS=("${PROJECT}_intruder_plain" "${PROJECT}_intruder_foreign")
+pids=()
+docker run -d --name "$REFUSED_TO_START" --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-none >/dev/null &
+pids+=($!)
+docker run -d --name "${INTRUDERS[0]}" --network "$net" "$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-plain --insecure >/dev/null &
+pids+=($!)
+docker run -d --name "${INTRUDERS[1]}" --network "$net" --group-add "$NICE_SECRETS_GID" "${other_mounts[@]}" -e NICE_TLS_DIR=/run/secrets \
+	"$NICE_IMAGE" "${intruder_cmd[@]}" --id=intruder-foreign >/dev/null &
+pids+=($!)
+for p in "${pids[@]}"; do
+	wait "$p" || fail "could not start the containers without the secrets"
+done
+rc=$(timeout "$E2E_WAIT" docker wait "$REFUSED_TO_START") || fail "a worker without credentials on a non-loopback address did not exit"
+out=$(docker logs "$REFUSED_TO_START" 2>&1)
+docker rm -f "$REFUSED_TO_START" >/dev/null 2>&1 || true
+REFUSED_TO_START=""
+[ "$rc" != 0 ] || fail "a worker without credentials on a non-loopback address exited 0: $out"
+grep -q "listens beyond this host and no credentials were given" <<<"$out" ||
+	fail "a worker without credentials failed for another reason: $out"
+log "without credentials or --insecure, a worker refuses to start (exit $rc): $(tail -n 1 <<<"$out" | cut -c1-160)"
+for c in "${INTRUDERS[@]}"; do
+	INTRUDER_IPS+=("$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$c")")
+done
+wait_until "both intruders refused (TLS and gossip) and never listed, $E2E_PROGRESS more steps with $WORKERS workers" refused_and_going
+record "intruders refused, training unaffected" "$(secs_since "$t0")"
+for ip in "${INTRUDER_IPS[@]}"; do
+	log "coordinator: $(grep "refused a connection at the TLS handshake" <<<"$COORD_LOG" | grep -m 1 "from=$ip:" | cut -c1-260)"
+	log "coordinator: $(grep "refused gossip" <<<"$COORD_LOG" | grep -m 1 "from=$ip:" | cut -c1-260)"
+done
+for c in "${INTRUDERS[@]}"; do
+	log "intruder: $(grep -m 1 "no session with the coordinator" <<<"${INTRUDER_LOGS[$c]}" | cut -c1-300)"
+	log "intruder: $(grep -m 1 "joining cluster failed" <<<"${INTRUDER_LOGS[$c]}" | cut -c1-300)"
+done
+docker rm -f "${INTRUDERS[@]}" >/dev/null 2>&1 || true
+INTRUDERS=()
+phase_end "step 2b"
+log "$(summary)"
 
 # 3. Kill a worker mid-training. -----------------------------------------------
 log "step 3: docker kill a worker mid-training"

@@ -583,6 +583,12 @@ tmpc=$(docker create "$NICE_IMAGE" /nice-coord) || die "docker create $NICE_IMAG
 docker cp "$tmpc:/nice-coord" "$STATUS_BIN" >/dev/null || { docker rm "$tmpc" >/dev/null; die "could not copy /nice-coord out of $NICE_IMAGE"; }
 docker rm "$tmpc" >/dev/null
 
+# The cluster's credentials, which docker-compose.yml mounts as secrets; this
+# script's status calls present them too (NICE_TLS_DIR).
+"$STATUS_BIN" init --dir "$WORKDIR/secrets" --group-readable >/dev/null || die "nice-coord init --dir $WORKDIR/secrets failed"
+NICE_SECRETS=$WORKDIR/secrets NICE_TLS_DIR=$WORKDIR/secrets NICE_SECRETS_GID=$(id -g)
+export NICE_SECRETS NICE_TLS_DIR NICE_SECRETS_GID
+
 log "starting the coordinator and $WORKERS workers (hidden $E2E_HIDDEN x $E2E_LAYERS, batch $E2E_BATCH)"
 timeout $((E2E_WAIT + 120)) "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" -f "$OVERRIDE" \
 	up -d --scale "worker=$WORKERS" >"$WORKDIR/up.log" 2>&1 || fail "${COMPOSE[*]} up did not bring the cluster up: $(tail -n 5 "$WORKDIR/up.log")"
