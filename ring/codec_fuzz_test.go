@@ -227,6 +227,7 @@ func FuzzRingHello(f *testing.F) {
 		}
 		want := StreamID{Generation: gen, From: Peer{ID: "a"}, FromRank: int(rank), To: Peer{ID: "b"}, RingSize: int(size)}
 		q := newAcceptQueue()
+		defer q.shutdown(ErrClosed) // stops the wait timer of an offer left pending
 		var refused error
 		if err := q.offer(&offer{id: id, refuse: func(err error) { refused = err }}); err != nil {
 			t.Fatalf("a fresh queue refused an offer: %v", err)
