@@ -298,12 +298,26 @@ func (w *machineWatch) checkAgreed(v View) {
 		if slices.Contains(w.prev.Agreed, a) || a.Position == w.start && len(w.prev.Agreed) == 0 {
 			continue
 		}
-		for _, id := range v.Ring {
-			r := w.m.workers[id].ready
-			byReady := r != nil && r.HasState && statexfer.FromPB(r.Position) == a.Position && r.StateDigest == a.Digest
-			if !byReady && !slices.Contains(w.snaps[id], a) {
-				w.fail("agreed on %+v, which member %s did not vouch for (ready %v, snapshot %+v); ring %v", a, id, r, w.snaps[id], v.Ring)
+		// Vouched for by every member of the generation, by Ready or
+		// Snapshotted; or, for a snapshot, by every member still attached
+		// of the generation that asked for it, which its own commit may
+		// have ended (a hold for leavers).
+		vouched := func(members []string) string {
+			for _, id := range members {
+				r := w.m.workers[id].ready
+				byReady := r != nil && r.HasState && statexfer.FromPB(r.Position) == a.Position && r.StateDigest == a.Digest
+				if !byReady && !slices.Contains(w.snaps[id], a) {
+					return fmt.Sprintf("member %s did not vouch for it (ready %v, snapshot %+v)", id, r, w.snaps[id])
+				}
 			}
+			return ""
+		}
+		why := vouched(v.Ring)
+		if why != "" && a.Position == w.m.snapPos && len(w.m.snapRing) > 0 && vouched(w.m.snapRing) == "" {
+			why = ""
+		}
+		if why != "" {
+			w.fail("agreed on %+v, which %s; ring %v", a, why, v.Ring)
 		}
 	}
 }

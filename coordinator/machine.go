@@ -103,6 +103,11 @@ type Machine struct {
 	agreed      []Agreement
 	snapPos     train.Position
 	snapDigests map[string]uint64
+	// snapGen and snapRing are the generation and members of the commit
+	// that asked for the snapshot at snapPos: they vouch for it even when
+	// that same commit ended their generation (a hold for leaving workers).
+	snapGen  uint64
+	snapRing []string
 
 	stats Stats
 }
@@ -511,6 +516,11 @@ func (m *Machine) removeWorker(now time.Time, id string, out *Output) {
 	delete(m.blamed, id)
 	delete(m.snapDigests, id)
 	delete(m.evals, id)
+	if i := slices.Index(m.snapRing, id); i >= 0 {
+		// The others still vouch for the snapshot they kept.
+		m.snapRing = slices.Delete(m.snapRing, i, i+1)
+		m.snapAgreement(now, out)
+	}
 	if w == nil || !w.member {
 		return
 	}
@@ -542,7 +552,6 @@ func (m *Machine) abandonStep() {
 // idle if there are too few.
 func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	clear(m.reports)
-	clear(m.snapDigests)
 	clear(m.evals)
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
@@ -863,7 +872,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	out.Committed = c
 	m.next = after
 	if snapshot {
-		m.snapPos = after
+		m.snapPos, m.snapGen, m.snapRing = after, m.gen, slices.Clone(m.ring)
 		clear(m.snapDigests)
 		m.ask(now, out, &SnapshotRequest{Position: after, Addr: m.workers[m.ring[0]].addr, Generation: m.gen})
 		m.snapshotWanted = false
@@ -1137,34 +1146,47 @@ func (m *Machine) agree(pos train.Position, d uint64) {
 // diverged, and a new generation settles on the majority's state.
 func (m *Machine) Snapshotted(now time.Time, id string, sn *nicepb.Snapshotted) Output {
 	var out Output
-	if m.from(&out, id, "snapshot digest", sn.Generation) == nil {
+	switch pos := statexfer.FromPB(sn.Position); {
+	case m.workers[id] == nil || !slices.Contains(m.snapRing, id):
+		m.refuse(&out, &m.stats.Refused.NonMember, refusal("snapshot digest", id, "not a member of generation %d, which asked for the snapshot at step %d", m.snapGen, m.snapPos.Step))
 		return out
-	}
-	if pos := statexfer.FromPB(sn.Position); pos != m.snapPos || m.snapPos.Step == 0 {
-		m.refuse(&out, &m.stats.Refused.Stale, refusal("snapshot digest", id, "of step %d; the newest snapshot is at step %d", pos.Step, m.snapPos.Step))
+	case sn.Generation != m.snapGen || pos != m.snapPos || m.snapPos.Step == 0:
+		m.refuse(&out, &m.stats.Refused.Stale, refusal("snapshot digest", id, "of generation %d step %d; the newest snapshot is generation %d's at step %d", sn.Generation, pos.Step, m.snapGen, m.snapPos.Step))
 		return out
 	}
 	m.snapDigests[id] = sn.StateDigest
-	if len(m.snapDigests) < len(m.ring) {
-		return out
+	m.snapAgreement(now, &out)
+	return out
+}
+
+// snapAgreement records the agreement on the snapshot at snapPos once every
+// member of its generation still attached named its digest.
+func (m *Machine) snapAgreement(now time.Time, out *Output) {
+	if len(m.snapRing) == 0 {
+		return
 	}
-	first := m.snapDigests[m.ring[0]]
-	for _, rid := range m.ring {
-		if d, ok := m.snapDigests[rid]; !ok || d != first {
+	for _, rid := range m.snapRing {
+		if _, ok := m.snapDigests[rid]; !ok {
+			return
+		}
+	}
+	first := m.snapDigests[m.snapRing[0]]
+	for _, rid := range m.snapRing {
+		if d := m.snapDigests[rid]; d != first {
 			m.stats.DigestMismatch++
-			out.Logs = append(out.Logs, fmt.Sprintf("snapshot at step %d: worker %s's digest %016x differs from rank 0's %016x; no checkpoint of it, and the replicas settle on the majority's state",
-				m.snapPos.Step, rid, d, first))
+			out.Logs = append(out.Logs, fmt.Sprintf("snapshot at step %d: worker %s's digest %016x differs from %s's %016x; no checkpoint of it, and the replicas settle on the majority's state",
+				m.snapPos.Step, rid, d, m.snapRing[0], first))
 			clear(m.snapDigests)
-			if m.phase == Running || m.phase == Preparing {
+			m.snapRing = nil
+			if (m.phase == Running || m.phase == Preparing) && m.gen == m.snapGen {
 				m.abandonStep()
-				m.startGeneration(now, &out, "snapshot digests differ")
+				m.startGeneration(now, out, "snapshot digests differ")
 			}
-			return out
+			return
 		}
 	}
 	clear(m.snapDigests)
 	m.agree(m.snapPos, first)
-	return out
 }
 
 // Stored records that the checkpoint of the state at pos is on disk, and

@@ -558,7 +558,7 @@ func (c *simCluster) apply(out Output) {
 	}
 	c.checkSends(out)
 	if r := out.Snapshot; r != nil {
-		if r.Position != m.Next() || r.Generation == m.Generation() && r.Addr != m.Addr(m.Ring()[0]) {
+		if r.Position != m.Next() || r.Generation == m.Generation() && len(m.Ring()) > 0 && r.Addr != m.Addr(m.Ring()[0]) {
 			c.fail("snapshot request %+v; next %+v, ring %v", r, m.Next(), m.Ring())
 		}
 		var w *simWorker

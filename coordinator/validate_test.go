@@ -279,3 +279,31 @@ func TestServerStoresOnlyAgreedStates(t *testing.T) {
 		t.Errorf("no agreement before the stop: accepted")
 	}
 }
+
+// The compose down case: every member asks to leave mid-run. The commit
+// that holds for them ends their generation (no one is left to form
+// another), yet their snapshot digests must still make it agreed, so that
+// its checkpoint is stored and they are let go. (Before the fix the digests
+// were refused as stale, the checkpoint was refused, the leavers timed out,
+// and the steps since the last checkpoint were lost.)
+func TestMachineEveryMemberLeavesAndTheHoldIsStored(t *testing.T) {
+	c := newSimCluster(t, simConfig(), "w1", "w2")
+	c.start()
+	c.runUntilNext(3)
+	for _, id := range []string{"w1", "w2"} {
+		c.apply(c.m.Leave(c.now, id, "told to stop", c.m.Next()))
+	}
+	c.run(func() bool { return c.m.Next().Step > 3 })
+	c.run(func() bool { return c.own.pos.Step == 4 })
+	wantEq(t, "checkpoint", c.own.pos.Step, 4)
+	var dismissed []string
+	for _, out := range c.outs {
+		for _, s := range out.Sends {
+			if s.Msg.GetDismiss() != nil {
+				dismissed = append(dismissed, s.To)
+			}
+		}
+	}
+	slices.Sort(dismissed)
+	wantEq(t, "dismissed", strings.Join(dismissed, ","), "w1,w2")
+}

@@ -449,11 +449,11 @@ func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, snapDig
 	if m.applySnap {
 		// The snapshot is the state now held: its digest describes it.
 		m.digest, m.digestKnown = snapDigest, true
-		if m.plan != nil && m.plan.Generation == gen {
-			a.Send = append(a.Send, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{
-				Generation: gen, Position: statexfer.ToPB(pos), StateDigest: snapDigest,
-			}}})
-		}
+		// Even if a newer plan came meanwhile: the commit's generation
+		// vouches for the snapshot it asked for.
+		a.Send = append(a.Send, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Snapshotted{Snapshotted: &nicepb.Snapshotted{
+			Generation: gen, Position: statexfer.ToPB(pos), StateDigest: snapDigest,
+		}}})
 	}
 	m.next(&a)
 	return a
