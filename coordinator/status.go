@@ -21,6 +21,17 @@ type Status struct {
 	Ring          []string       `json:"ring"`
 	Workers       []WorkerStatus `json:"workers"`
 
+	// StepsTotal is epochs × steps per epoch. ETASeconds is the time until
+	// every epoch is trained and scored, at the speed of recent steady
+	// training (pauses while a generation restarts do not count, nor does a
+	// hold); 0 when unknown (before two commits of one generation) and when
+	// nothing is left. SecondsPerStep is the mean step time it is computed
+	// from (0 while unknown).
+	StepsTotal     int64     `json:"steps_total"`
+	ETASeconds     float64   `json:"eta_seconds"`
+	SecondsPerStep float64   `json:"seconds_per_step"`
+	clock          stepClock // the commits the ETA is estimated from
+
 	SamplesPerSec float64 `json:"samples_per_sec"`
 	TrainNLL      float64 `json:"train_nll"`
 	TestLL        float64 `json:"test_ll"`
@@ -182,6 +193,10 @@ func (s *Server) updateStatus() {
 	st.Step = next.Step
 	st.StepInEpoch = next.StepInEpoch
 	st.StepsPerEpoch = v.StepsPerEpoch
+	st.StepsTotal = int64(st.Epochs) * int64(st.StepsPerEpoch)
+	st.clock.observe(v.Stats.Committed, v.Stats.LastCommit, next, v.Generation, len(v.Ring))
+	st.SecondsPerStep = st.clock.secondsPerStep()
+	st.ETASeconds = st.clock.eta(time.Now(), st.StepsPerEpoch, st.Epochs, scoredEpochs(s.scores, st.Epochs))
 	st.Ring = v.Ring
 	st.Workers = ws
 	st.CommittedSteps = v.Stats.Committed
@@ -199,6 +214,17 @@ func (s *Server) updateStatus() {
 	}
 	st.ConfigHash = s.cfg.Train.Hash()
 	st.Incarnation = s.incarnation
+}
+
+// scoredEpochs counts the epochs 1..epochs that have their score.
+func scoredEpochs(scores []train.EpochResult, epochs int) int {
+	n := 0
+	for _, r := range scores {
+		if r.Epoch >= 1 && r.Epoch <= epochs {
+			n++
+		}
+	}
+	return n
 }
 
 // refusedHello counts a session refused at its first message.
