@@ -28,11 +28,16 @@ import (
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/clustertest"
+	"github.com/nice-flow/nice/internal/testwait"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
 	"github.com/nice-flow/nice/worker"
 )
+
+// statusWait bounds a wait on the status: three minutes, against a hang on
+// a loaded machine.
+const statusWait = 3 * time.Minute
 
 // The tests of this file run a coordinator and one worker in this process
 // (in-memory sessions, the state fetched over loopback gRPC) on a disk that
@@ -185,25 +190,6 @@ func (r *run) stop() error {
 	return r.serveErr
 }
 
-// waitStatus polls the coordinator's status until cond holds (three minutes
-// at most, against a hang on a loaded machine; the poll interval is not a
-// synchronisation, the condition is).
-func waitStatus(t *testing.T, srv *coordinator.Server, what string, cond func(coordinator.Status) bool) coordinator.Status {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		st := srv.Status()
-		if cond(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			b, _ := json.MarshalIndent(st, "", "  ")
-			t.Fatalf("no %s within three minutes: %s", what, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // health asks GET /healthz and the gRPC health service.
 func health(t *testing.T, srv *coordinator.Server) (code int, body string, grpcStatus healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
@@ -278,7 +264,7 @@ func TestCheckpointWriteFailuresShowAndClear(t *testing.T) {
 	cfg.Ledger = openLedger(t, dir, tr, &fullDisk{})
 	r := start(t, cfg)
 
-	st := waitStatus(t, r.srv, "checkpoint error", func(st coordinator.Status) bool { return st.LastCheckpointError != nil })
+	st := testwait.For(t, statusWait, "checkpoint error", r.srv.Status, func(st coordinator.Status) bool { return st.LastCheckpointError != nil })
 	if p := st.LastCheckpointError; !strings.Contains(p.Error, "no space left on device") || p.Step < 10 || p.Time.IsZero() {
 		t.Errorf("last_checkpoint_error %+v: want the write's error, its step and when", p)
 	}
@@ -288,7 +274,7 @@ func TestCheckpointWriteFailuresShowAndClear(t *testing.T) {
 	checkDegraded(t, r.srv, "checkpoint writes fail")
 
 	disk.full.Store(false)
-	st = waitStatus(t, r.srv, "hold at step 50 with its checkpoint, healthy", func(st coordinator.Status) bool {
+	st = testwait.For(t, statusWait, "hold at step 50 with its checkpoint, healthy", r.srv.Status, func(st coordinator.Status) bool {
 		return st.Phase == "holding" && st.Step == 50 && st.LastCheckpointStep == 50 && st.LastCheckpointError == nil
 	})
 	if st.Health != "ok" {
@@ -368,14 +354,14 @@ func TestLedgerWriteFailuresShowAndClear(t *testing.T) {
 	cfg.Ledger = openLedger(t, dir, tr, disk)
 	r := start(t, cfg)
 
-	st := waitStatus(t, r.srv, "ledger error", func(st coordinator.Status) bool { return st.LedgerError != nil })
+	st := testwait.For(t, statusWait, "ledger error", r.srv.Status, func(st coordinator.Status) bool { return st.LedgerError != nil })
 	if p := st.LedgerError; !strings.Contains(p.Error, "no space left on device") || p.Time.IsZero() {
 		t.Errorf("ledger_error %+v: want the write's error and when", p)
 	}
 	checkDegraded(t, r.srv, "ledger writes fail")
 
 	disk.full.Store(false)
-	waitStatus(t, r.srv, "hold at step 30 with the ledger written", func(st coordinator.Status) bool {
+	testwait.For(t, statusWait, "hold at step 30 with the ledger written", r.srv.Status, func(st coordinator.Status) bool {
 		return st.Phase == "holding" && st.Step == 30 && st.LastCheckpointStep == 30 && st.LedgerError == nil
 	})
 	checkHealthy(t, r.srv)

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/rpcopt"
+	"github.com/nice-flow/nice/internal/testwait"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
 )
@@ -68,13 +70,7 @@ func openSession(ctx context.Context, conn *grpc.ClientConn, id string) (nicepb.
 // waitOpenSessions waits until the server counts n Session calls.
 func waitOpenSessions(t *testing.T, s *Server, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for s.openSessions.Load() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions open, want %d", s.openSessions.Load(), n)
-		}
-		time.Sleep(10 * time.Millisecond) // a poll: the condition is what is waited for
-	}
+	testwait.For(t, 30*time.Second, fmt.Sprintf("%d sessions open", n), s.openSessions.Load, func(open int64) bool { return open == n })
 }
 
 // At most MaxSessions sessions are open at once: one more is refused with

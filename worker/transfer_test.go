@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,11 +10,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/nice-flow/nice/coordinator"
-	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/statexfer"
-	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
-	"github.com/nice-flow/nice/train"
 	"github.com/nice-flow/nice/worker"
 )
 
@@ -51,12 +47,7 @@ func stallTransfer(t *testing.T, addr string, req *nicepb.FetchStateRequest, sta
 // three chunks long, so a receiver that does not read blocks its source
 // before the state is written.
 func TestStalledStateTransferDoesNotStopTraining(t *testing.T) {
-	if testing.Short() {
-		t.Skip("trains a small model on MNIST")
-	}
-	if _, err := mnist.FindDir(""); err != nil {
-		t.Skipf("real MNIST not available: %v", err)
-	}
+	needMNIST(t)
 	cases := []struct {
 		name string
 		req  *nicepb.FetchStateRequest
@@ -70,43 +61,25 @@ func TestStalledStateTransferDoesNotStopTraining(t *testing.T) {
 			t.Cleanup(func() {
 				goleak.VerifyNone(t, goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
 			})
-			tc2 := train.DefaultConfig()
+			tc2, mc := tinyRun(350, 4)
 			// About 800,000 parameters: 9.6 MB of state, three chunks, so
 			// that a source sends a second one before its state is written.
-			tc2.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 350, HiddenLayers: 2, Prior: flow.Logistic}
+			tc2.Model.HiddenLayers = 2
 			tc2.Batch = 8
-			mc := coordinator.DefaultMachine()
-			mc.Settle = 100 * time.Millisecond
 			mc.MinWorkers = 2
-			mc.StopAt = 4
 			mc.CheckpointEvery = 2
-			srv, err := coordinator.New(coordinator.Config{Train: tc2, Listen: "127.0.0.1:0", StateDir: t.TempDir(), Machine: mc})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer cancel()
-			wg.Add(1)
-			go func() { defer wg.Done(); srv.Serve(ctx) }()
+			c := startCoordinator(t, coordinator.Config{Train: tc2, Machine: mc})
+			defer c.stop()
 			start := func(id string) *worker.Worker {
-				cfg := worker.DefaultConfig()
-				cfg.ID, cfg.Coordinator = id, srv.Addr()
-				// The stalled transfer neither crowds out the checkpoints nor
-				// ends (by the source's limits) before the run gets to its hold.
-				cfg.StateTransfers = statexfer.ServeLimits{MaxTransfers: 4, TransferTimeout: time.Hour, SendTimeout: time.Hour}
-				w, err := worker.New(cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				wg.Add(1)
-				go func() { defer wg.Done(); w.Run(ctx) }()
-				return w
+				return c.startWorker(id, func(cfg *worker.Config) {
+					// The stalled transfer neither crowds out the checkpoints nor
+					// ends (by the source's limits) before the run gets to its hold.
+					cfg.StateTransfers = statexfer.ServeLimits{MaxTransfers: 4, TransferTimeout: time.Hour, SendTimeout: time.Hour}
+				})
 			}
 			a := start("a")
-			waitStatus(t, srv, "worker a alone, waiting for a second", func(st coordinator.Status) bool { return len(st.Workers) == 1 })
-			waitStatus(t, srv, "worker a to load its configuration", func(coordinator.Status) bool { return a.State() != nil })
+			c.waitStatus("worker a alone, waiting for a second", func(st coordinator.Status) bool { return len(st.Workers) == 1 })
+			c.waitStatus("worker a to load its configuration", func(coordinator.Status) bool { return a.State() != nil })
 			stalled := make(chan error, 1)
 			stallTransfer(t, a.Addr(), tc.req, stalled)
 			if !tc.req.Snapshot {
@@ -121,7 +94,7 @@ func TestStalledStateTransferDoesNotStopTraining(t *testing.T) {
 					t.Fatalf("the transfer to stall did not start: %v", err)
 				}
 			}
-			waitStatus(t, srv, "both workers trained to the hold at step 4, its checkpoint taken", func(st coordinator.Status) bool {
+			c.waitStatus("both workers trained to the hold at step 4, its checkpoint taken", func(st coordinator.Status) bool {
 				return st.Phase == "holding" && st.Step == 4 && st.LastCheckpointStep == 4
 			})
 			if s := a.Stats(); s.Applied != 4 {

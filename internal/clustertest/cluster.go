@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/statexfer"
+	"github.com/nice-flow/nice/internal/testwait"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
 )
@@ -278,19 +280,22 @@ func (c *Cluster) Status() (*coordinator.Status, error) {
 	return &st, json.Unmarshal(r.Json, &st)
 }
 
+// errNotYet is a condition not met yet.
+var errNotYet = errors.New("not yet")
+
 // WaitStatus polls the status until cond holds, and returns that status.
 func (c *Cluster) WaitStatus(what string, timeout time.Duration, cond func(*coordinator.Status) bool) *coordinator.Status {
 	c.t.Helper()
-	deadline := time.Now().Add(timeout)
 	var last *coordinator.Status
 	var lastErr error
-	for time.Now().Before(deadline) {
-		st, err := c.Status()
-		if err == nil && cond(st) {
-			return st
+	if testwait.Poll(timeout, what, func() error {
+		last, lastErr = c.Status()
+		if lastErr == nil && cond(last) {
+			return nil
 		}
-		last, lastErr = st, err
-		time.Sleep(20 * time.Millisecond)
+		return errNotYet
+	}) == nil {
+		return last
 	}
 	b, _ := json.MarshalIndent(last, "", "  ")
 	c.t.Fatalf("waiting %v for %s: last status %s (err %v)\ncoordinator output:\n%s", timeout, what, b, lastErr, c.Coord.Output())

@@ -28,6 +28,7 @@ import (
 	"github.com/nice-flow/nice/internal/logbuf"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/statexfer"
+	"github.com/nice-flow/nice/internal/testwait"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
@@ -436,17 +437,10 @@ func startSecureCluster(t *testing.T) *secureCluster {
 	// pool lives for the process; everything else must end (memberlist may
 	// take a probe interval to let its last goroutines go).
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := goleak.Find(goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error(err)
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := testwait.Poll(10*time.Second, "goroutines to end", func() error {
+			return goleak.Find(goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+		}); err != nil {
+			t.Error(err)
 		}
 	})
 	e := &secureCluster{t: t, coordLog: &logbuf.Buffer{}, workerLog: &logbuf.Buffer{}}
@@ -513,21 +507,13 @@ func startSecureCluster(t *testing.T) *secureCluster {
 // workers training.
 func (e *secureCluster) waitHeld(t *testing.T, n int) coordinator.Status {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st := e.srv.Status()
+	return testwait.For(t, 2*time.Minute, fmt.Sprintf("a hold at step 3 with %d workers training", n), e.srv.Status, func(st coordinator.Status) bool {
 		training := 0
 		for _, w := range st.Workers {
 			if w.State == string(coordinator.Training) && w.Rank >= 0 {
 				training++
 			}
 		}
-		if st.Phase == "holding" && st.Step == 3 && st.LastCheckpointStep == 3 && training == n {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no hold at step 3 with %d workers training within 2 minutes: %+v", n, st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return st.Phase == "holding" && st.Step == 3 && st.LastCheckpointStep == 3 && training == n
+	})
 }

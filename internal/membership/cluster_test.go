@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go.uber.org/goleak"
 	"net"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/nice-flow/nice/internal/testwait"
 )
 
 // loopbackConfig is a node on 127.0.0.1 with a free port chosen by the
@@ -129,14 +132,7 @@ func (n *node) waitMembers(t *testing.T, want int) {
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("waited %v for %s", timeout, what)
-		}
-		<-tick.C
-	}
+	testwait.Until(t, timeout, what, cond)
 	return time.Since(start)
 }
 

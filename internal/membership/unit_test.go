@@ -17,6 +17,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/goleak"
+
+	"github.com/nice-flow/nice/internal/testwait"
 )
 
 func TestMain(m *testing.M) {
@@ -36,14 +38,7 @@ func TestMain(m *testing.M) {
 // and then returns. That is bounded, not a leak, but it outlasts goleak's own
 // retries (well under a second), so keep asking until the deadline.
 func settledLeaks(wait time.Duration, opts ...goleak.Option) error {
-	deadline := time.Now().Add(wait)
-	for {
-		err := goleak.Find(opts...)
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return testwait.Poll(wait, "goroutines to end", func() error { return goleak.Find(opts...) })
 }
 
 // testLogger logs into the test's output until the test ends, and drops
