@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,6 +58,7 @@ type coordinatorClient struct {
 	nicepb.CoordinatorClient
 	addr   string
 	secure bool
+	reach  reach
 }
 
 func dialCoordinator(addr string, b *creds.Bundle) (*coordinatorClient, func(), error) {
@@ -64,21 +66,18 @@ func dialCoordinator(addr string, b *creds.Bundle) (*coordinatorClient, func(), 
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator address %q: %w", addr, err)
 	}
-	return &coordinatorClient{CoordinatorClient: nicepb.NewCoordinatorClient(conn), addr: addr, secure: b != nil},
+	return &coordinatorClient{CoordinatorClient: nicepb.NewCoordinatorClient(conn), addr: addr, secure: b != nil,
+			reach: reach{addr: addr, bundle: b, timeout: reachTimeout}},
 		func() { conn.Close() }, nil
 }
 
 func fetchStatus(ctx context.Context, c *coordinatorClient) (*coordinator.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, c.reach.timeout)
 	defer cancel()
 	addr := c.addr
-	r, err := c.Status(ctx, &nicepb.StatusRequest{}, grpc.WaitForReady(false))
+	r, err := c.Status(cctx, &nicepb.StatusRequest{}, grpc.WaitForReady(false))
 	if err != nil {
-		hint := "pass --tls-dir DIR if the cluster runs with credentials"
-		if c.secure {
-			hint = "this client presents the credentials of --tls-dir; pass --insecure if the cluster runs without any"
-		}
-		return nil, fmt.Errorf("no coordinator answers at %s (start one with `nice-coord up` or `nice-coord serve`, or pass --addr; %s): %w", addr, hint, err)
+		return nil, c.reach.explainCallError(ctx, err)
 	}
 	var st coordinator.Status
 	if err := json.Unmarshal(r.Json, &st); err != nil {
@@ -90,15 +89,19 @@ func fetchStatus(ctx context.Context, c *coordinatorClient) (*coordinator.Status
 func runStatus(ctx context.Context, args []string) error {
 	fs := newFlagSet("status", "[--addr host:port] [--tls-dir DIR] [--json] [--watch]",
 		"Shows the coordinator's workers (id, address, state, rank, gossip state), the generation and\n"+
-			"ring order, epoch and step with progress, samples/s, the last training NLL, the last test\n"+
-			"log-likelihood and bits/dim, the all-reduce bus bandwidth, and the last checkpoint. Failing\n"+
-			"checkpoint writes or ledger writes come first, as DEGRADED lines. A cluster with credentials\n"+
-			"answers only a client that presents them: --tls-dir (or NICE_TLS_DIR), else the folder serve\n"+
-			"or up noted in --state-dir.")
+			"ring order, epoch and step, a progress bar with the time left (ETA, at the speed of recent\n"+
+			"steady training), samples/s, the last training NLL, the last test log-likelihood and\n"+
+			"bits/dim, the all-reduce bus bandwidth, and the last checkpoint. Failing checkpoint writes or\n"+
+			"ledger writes come first, as DEGRADED lines. A cluster with credentials answers only a client\n"+
+			"that presents them: --tls-dir (or NICE_TLS_DIR), else the folder serve or up noted in\n"+
+			"--state-dir. When no answer comes, it says why: nothing listens there, refused at the TLS\n"+
+			"handshake (which credentials to pass), timed out, not a gRPC server, or the coordinator's\n"+
+			"own error.")
 	addr := fs.String("addr", "", "coordinator gRPC address (default: the one noted in --state-dir by serve or up, else 127.0.0.1:7000)")
 	stateDir := fs.String("state-dir", "nice-state", "folder where serve or up noted their address")
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	watch := fs.Bool("watch", false, "refresh every --every until interrupted")
+	asJSON := fs.Bool("json", false, "print one JSON object (with --watch, one a line per refresh)")
+	watch := fs.Bool("watch", false, "refresh every --every until interrupted: redrawn in place on a terminal, else a new block "+
+		"per refresh; an error is shown and the watch goes on")
 	every := fs.Duration("every", 2*time.Second, "refresh interval for --watch")
 	quiet := fs.Bool("quiet", false, "print nothing; exit 0 if the coordinator answers (for health checks)")
 	tlsFlags := creds.AddFlags(fs, false)
@@ -117,31 +120,82 @@ func runStatus(ctx context.Context, args []string) error {
 		return err
 	}
 	defer closeConn()
+	client.reach.tlsDir = tlsFlags.Dir
+	v := statusView{addr: a, json: *asJSON, quiet: *quiet, watch: *watch, every: *every, terminal: isTerminal(os.Stdout)}
+	if v.watch && v.every <= 0 {
+		return fmt.Errorf("--every %v: the refresh interval must be positive (e.g. --every 2s)", v.every)
+	}
+	return v.show(ctx, os.Stdout, os.Stderr, func(ctx context.Context) (*coordinator.Status, error) { return fetchStatus(ctx, client) })
+}
+
+// statusView is how runStatus shows the status.
+type statusView struct {
+	addr               string
+	json, quiet, watch bool
+	every              time.Duration
+	terminal           bool // stdout is a terminal: --watch redraws in place
+}
+
+// Clearing a terminal: cursor home, then erase to the end of the screen.
+const clearScreen = "\033[H\033[J"
+
+// show fetches and prints the status once, or with watch every interval
+// until ctx ends. A failed fetch ends a single show with its error; while
+// watching it is printed (to errOut, or in place on a terminal) and the
+// watch goes on, since a coordinator that restarts answers again.
+func (v statusView) show(ctx context.Context, out, errOut io.Writer, fetch func(context.Context) (*coordinator.Status, error)) error {
+	tick := time.NewTicker(max(v.every, time.Millisecond))
+	defer tick.Stop()
 	for {
-		st, err := fetchStatus(ctx, client)
-		if err != nil {
+		st, err := fetch(ctx)
+		if ctx.Err() != nil {
+			return nil // interrupted
+		}
+		if err != nil && !v.watch {
 			return err
 		}
-		switch {
-		case *quiet:
-		case *asJSON:
-			b, _ := json.Marshal(st)
-			fmt.Println(string(b))
-		default:
-			if *watch {
-				fmt.Print("\033[H\033[2J")
-			}
-			printStatus(os.Stdout, a, st)
-		}
-		if !*watch {
+		v.print(out, errOut, st, err)
+		if !v.watch {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(*every):
+		case <-tick.C:
 		}
 	}
+}
+
+// print shows one fetch's status, or its error (while watching).
+func (v statusView) print(out, errOut io.Writer, st *coordinator.Status, err error) {
+	now := time.Now().UTC().Format(time.RFC3339)
+	switch {
+	case v.quiet:
+	case err != nil && v.watch && v.terminal && !v.json:
+		fmt.Fprintf(out, "%s%s  (refreshed every %v; Ctrl-C ends)\n%v\n", clearScreen, now, v.every, err)
+	case err != nil:
+		fmt.Fprintf(errOut, "%s: %v\n", now, err)
+	case v.json:
+		b, _ := json.Marshal(st)
+		fmt.Fprintln(out, string(b))
+	case v.watch && v.terminal:
+		var buf bytes.Buffer // drawn at once, so the screen does not flicker
+		fmt.Fprintf(&buf, "%s%s  (refreshed every %v; Ctrl-C ends)\n", clearScreen, now, v.every)
+		printStatus(&buf, v.addr, st)
+		out.Write(buf.Bytes())
+	case v.watch:
+		fmt.Fprintf(out, "--- %s\n", now)
+		printStatus(out, v.addr, st)
+	default:
+		printStatus(out, v.addr, st)
+	}
+}
+
+// isTerminal reports whether f is a terminal (a character device), where
+// redrawing in place is possible.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func printStatus(w io.Writer, addr string, st *coordinator.Status) {
@@ -153,6 +207,7 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	}
 	fmt.Fprintf(w, "epoch %d/%d  step %d (%d/%d of the epoch, %.1f%%)  %.0f samples/s  train NLL %.2f nats\n",
 		min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.StepInEpoch, st.StepsPerEpoch, pct, st.SamplesPerSec, st.TrainNLL)
+	fmt.Fprintln(w, progressLine(st))
 	if n := len(st.Scores); n > 0 {
 		fmt.Fprintf(w, "test log-likelihood %.2f nats per image, %.4f bits/dim (after epoch %d)\n", st.TestLL, st.BitsPerDim, st.Scores[n-1].Epoch)
 	} else {
@@ -202,6 +257,45 @@ func printStatus(w io.Writer, addr string, st *coordinator.Status) {
 	if len(st.Workers) == 0 {
 		fmt.Fprintln(w, "(no workers attached)")
 	}
+}
+
+// progressBarWidth is the number of cells of the progress bar.
+const progressBarWidth = 30
+
+// progressLine is the run's progress over all its steps as a bar, and the
+// time left.
+func progressLine(st *coordinator.Status) string {
+	if st.StepsTotal <= 0 {
+		return "progress: unknown (the coordinator reports no step count)"
+	}
+	frac := min(1, max(0, float64(st.Step)/float64(st.StepsTotal)))
+	full := int(frac * progressBarWidth)
+	bar := strings.Repeat("#", full) + strings.Repeat("-", progressBarWidth-full)
+	line := fmt.Sprintf("progress [%s] %5.1f%%  step %d/%d  ", bar, 100*frac, st.Step, st.StepsTotal)
+	switch {
+	case st.Phase == string(coordinator.Finished):
+		return line + "done"
+	case st.ETASeconds <= 0:
+		return line + "ETA unknown (measured once two steps of one generation are committed)"
+	}
+	line += fmt.Sprintf("ETA %s (%.2f s a step)", formatETA(st.ETASeconds), st.SecondsPerStep)
+	if st.Phase != string(coordinator.Running) && st.Phase != string(coordinator.Preparing) {
+		line += fmt.Sprintf(" once training goes on: %s now", st.Phase)
+	}
+	return line
+}
+
+// formatETA writes seconds as 1h02m, 4m05s or 12s.
+func formatETA(sec float64) string {
+	d := time.Duration(sec * float64(time.Second)).Round(time.Second)
+	h, m, s := int(d.Hours()), int(d.Minutes())%60, int(d.Seconds())%60
+	switch {
+	case h > 0:
+		return fmt.Sprintf("%dh%02dm", h, m)
+	case m > 0:
+		return fmt.Sprintf("%dm%02ds", m, s)
+	}
+	return fmt.Sprintf("%ds", s)
 }
 
 // printProblems shows what makes the coordinator degraded, first thing.
