@@ -63,7 +63,12 @@ func (r reach) explainCallError(ctx context.Context, callErr error) error {
 		return ctx.Err()
 	}
 	st, _ := status.FromError(callErr)
-	if code := st.Code(); code != codes.Unavailable && code != codes.DeadlineExceeded {
+	switch code := st.Code(); code {
+	case codes.Unavailable, codes.DeadlineExceeded:
+	case codes.Unimplemented:
+		return fmt.Errorf("%w: the server at %s answered %s: %s: a gRPC server other than the coordinator listens there "+
+			"(a worker's?); pass the coordinator's gRPC address with --addr", errAnswered, addr, code, st.Message())
+	default:
 		return fmt.Errorf("%w: the coordinator at %s answered %s: %s", errAnswered, addr, code, st.Message())
 	}
 	if err := r.diagnose(ctx); err != nil {
@@ -103,7 +108,7 @@ func (r reach) dialTCP(ctx context.Context) (net.Conn, error) {
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return nil, fmt.Errorf("%w: nothing listens at %s (connection refused): is the coordinator running? "+
+		return nil, fmt.Errorf("%w: %s refused the connection: is the coordinator running? "+
 			"start it with `nice-coord up` or `nice-coord serve`, or pass --addr (or set NICE_ADDR) with its gRPC address", errNothingListens, addr)
 	case errors.As(err, &dnsErr):
 		return nil, fmt.Errorf("%w: the host of %s is not known (%v): check --addr (or NICE_ADDR)", errTimedOut, addr, dnsErr)
@@ -124,7 +129,7 @@ func isTimeout(err error) bool {
 // silent is the error of a peer that took the connection and said nothing.
 func (r reach) silent(during string) error {
 	return fmt.Errorf("%w: %s took the connection but did not answer %s within %v: is it the coordinator's gRPC address "+
-		"(not its HTTP or gossip port), and is the coordinator frozen?", errTimedOut, r.addr, during, r.timeout)
+		"(not its HTTP or gossip port), or is the coordinator frozen?", errTimedOut, r.addr, during, r.timeout)
 }
 
 // diagnoseTLS completes a TLS handshake with the cluster's client
@@ -162,7 +167,7 @@ func (r reach) diagnoseTLS(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("%w: %s refused this client's certificate from %s (%v): the credentials are another cluster's; "+
 			"pass the --tls-dir of this cluster (or set NICE_TLS_DIR)", errRefusedTLS, addr, dir, opErr.Err)
 	case errors.As(err, &recErr) && bytes.HasPrefix(recErr.RecordHeader[:], []byte("HTTP/")):
-		return notGRPC(addr, "an HTTP/1 answer")
+		return notGRPC(addr, "in HTTP/1")
 	case errors.As(err, &recErr), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.ErrUnexpectedEOF):
 		// Not TLS: is it a gRPC server without credentials?
 		if perr := (reach{addr: addr, timeout: r.timeout}).diagnose(ctx); perr == nil {
@@ -172,7 +177,7 @@ func (r reach) diagnoseTLS(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("%w: %s does not speak TLS (%v): check --addr (the coordinator's gRPC address); "+
 			"if the cluster runs without credentials, pass --insecure", errRefusedTLS, addr, err)
 	case errors.As(err, new(*notHTTP2)):
-		return notGRPC(addr, "TLS, but not HTTP/2")
+		return notGRPC(addr, "in TLS but not in HTTP/2")
 	case isTimeout(err) && tc.ConnectionState().HandshakeComplete:
 		return r.silent("an HTTP/2 greeting after the TLS handshake")
 	case isTimeout(err):
@@ -196,9 +201,10 @@ func (r reach) diagnosePlaintext(ctx context.Context, conn net.Conn) error {
 	case errors.As(err, &notH2) && notH2.got[0] == 0x15 || errors.As(err, &notH2) && notH2.got[0] == 0x16:
 		return requiresTLS(addr)
 	case errors.As(err, &notH2) && bytes.HasPrefix(notH2.got, []byte("HTTP/")):
-		return notGRPC(addr, "an HTTP/1 answer")
+		return notGRPC(addr, "in HTTP/1")
 	case errors.As(err, &notH2):
-		return notGRPC(addr, fmt.Sprintf("%q", notH2.got))
+		return fmt.Errorf("%w: %s answered %q, not as a gRPC server: is it the coordinator's gRPC address "+
+			"(serve's --listen, 7000 by default)?", errNotGRPC, addr, notH2.got)
 	case isTimeout(err):
 		return r.silent("a plaintext HTTP/2 greeting")
 	}
@@ -216,7 +222,7 @@ func requiresTLS(addr string) error {
 }
 
 func notGRPC(addr, answer string) error {
-	return fmt.Errorf("%w: %s answered with %s, not as a gRPC server: is that the coordinator's HTTP port? "+
+	return fmt.Errorf("%w: %s answered %s, not as a gRPC server: is that the coordinator's HTTP port? "+
 		"status asks its gRPC address (serve's --listen, 7000 by default)", errNotGRPC, addr, answer)
 }
 

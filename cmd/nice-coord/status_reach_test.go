@@ -148,8 +148,8 @@ func TestStatusSaysWhyTheCoordinatorDoesNotAnswer(t *testing.T) {
 		says  []string
 	}{
 		{"closed port, plaintext", closedPort(t), nil, errNothingListens,
-			[]string{"nothing listens at", "connection refused", "is the coordinator running?", "--addr"}},
-		{"closed port, TLS", closedPort(t), ours, errNothingListens, []string{"nothing listens at"}},
+			[]string{"refused the connection", "is the coordinator running?", "--addr"}},
+		{"closed port, TLS", closedPort(t), ours, errNothingListens, []string{"refused the connection"}},
 		{"TLS to a plain TCP listener that closes", serveTCP(t, closingTCP), ours, errRefusedTLS,
 			[]string{"does not speak TLS", "--insecure"}},
 		{"TLS to a plain TCP listener that answers in plain text", serveTCP(t, garbageTCP), ours, errRefusedTLS,
@@ -169,13 +169,13 @@ func TestStatusSaysWhyTheCoordinatorDoesNotAnswer(t *testing.T) {
 		{"TLS to a plaintext server", serveGRPC(t, nil, &fakeCoordinator{}), ours, errRefusedTLS,
 			[]string{"runs without credentials", "--insecure"}},
 		{"plaintext to an HTTP server", strings.TrimPrefix(httpSrv.URL, "http://"), nil, errNotGRPC,
-			[]string{"HTTP/1", "HTTP port"}},
+			[]string{"answered in HTTP/1, not as a gRPC server", "HTTP port"}},
 		{"a coordinator answering with an error", serveGRPC(t, ours, &fakeCoordinator{err: status.Error(codes.FailedPrecondition, "the dog ate the status")}),
 			ours, errAnswered, []string{"answered FailedPrecondition: the dog ate the status"}},
 		{"a coordinator answering Unavailable", serveGRPC(t, nil, &fakeCoordinator{err: status.Error(codes.Unavailable, "stopping")}),
 			nil, errAnswered, []string{"answered Unavailable: stopping"}},
 		{"a gRPC server without the coordinator's service", serveGRPC(t, nil, nil), nil, errAnswered,
-			[]string{"answered Unimplemented"}},
+			[]string{"answered Unimplemented", "other than the coordinator"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
