@@ -345,7 +345,7 @@ func runCheckpoints(ctx context.Context, args []string) error {
 	} else {
 		path := *stateDir + "/nice.db"
 		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("no coordinator answers at %s and there is no checkpoint file %s", a, path)
+			return fmt.Errorf("no coordinator answers at %s and there is no checkpoint file %s; the coordinator: %w", a, path, serr)
 		}
 		store, err := checkpoint.OpenBolt(path, checkpoint.BoltOptions{ReadOnly: true})
 		if err != nil {
