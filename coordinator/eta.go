@@ -45,8 +45,8 @@ func (c *stepClock) observe(committed int64, at time.Time, next train.Position, 
 	}
 	prev := *c
 	c.seen, c.committed, c.at, c.next, c.gen, c.ring = true, committed, at, next, gen, ring
-	if !prev.seen {
-		return
+	if !prev.seen || prev.at.IsZero() {
+		return // no commit before this one to measure from
 	}
 	if ring != prev.ring {
 		c.n, c.head = 0, 0 // another ring, another speed

@@ -19,8 +19,12 @@ type etaRun struct {
 	spe       int
 }
 
+// newETARun starts as the server can: its status is updated while the
+// first generation runs and before its first commit (no commit time yet).
 func newETARun(spe int) *etaRun {
-	return &etaRun{at: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), gen: 1, ring: 2, spe: spe}
+	r := &etaRun{at: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), gen: 1, ring: 2, spe: spe}
+	r.c.observe(0, time.Time{}, r.next, r.gen, r.ring)
+	return r
 }
 
 // commit commits one step that took d.
