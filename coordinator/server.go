@@ -273,6 +273,10 @@ func New(cfg Config) (*Server, error) {
 	adv := cfg.Advertise
 	if adv == "" {
 		adv = s.lis.Addr().String()
+	} else if h, port, err := net.SplitHostPort(adv); err == nil && port == "0" {
+		// Listening on port 0 picks a port: advertise the one picked.
+		_, bound, _ := net.SplitHostPort(s.lis.Addr().String())
+		adv = net.JoinHostPort(h, bound)
 	}
 	s.advertise = adv
 	s.m = NewMachine(mc, st.Position, s.own.digest, adv)
@@ -363,6 +367,10 @@ func (s *Server) InmemSessions() session.Dialer { return session.Inmem((&rpc{s: 
 
 // Addr is the coordinator's gRPC address.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Advertised returns the gRPC address workers are told to reach: the
+// configured one, with the port picked when it listened on port 0.
+func (s *Server) Advertised() string { return s.advertise }
 
 // HTTPAddr is the status HTTP address ("" if none).
 func (s *Server) HTTPAddr() string {

@@ -173,7 +173,7 @@ func (sf *serveFlags) start(store checkpoint.Store) (*coordinator.Server, coordi
 	if err != nil {
 		return nil, cfg, err
 	}
-	if err := writeAddrFile(sf.stateDir, cfg.Advertise, cfg.Creds); err != nil {
+	if err := writeAddrFile(sf.stateDir, srv.Advertised(), cfg.Creds); err != nil {
 		cfg.Logger.Warn("status address file not written", "err", err)
 	}
 	return srv, cfg, nil
