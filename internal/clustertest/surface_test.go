@@ -485,7 +485,7 @@ func startSecureCluster(t *testing.T) *secureCluster {
 	addWorker := func(id string) {
 		cfg := worker.DefaultConfig()
 		cfg.ID, cfg.Coordinator, cfg.Creds = id, e.srv.Addr(), e.ours
-		cfg.Logger = slog.New(slog.NewTextHandler(e.workerLog, nil))
+		cfg.Logger = slog.New(slog.NewTextHandler(e.workerLog, &slog.HandlerOptions{Level: slog.LevelDebug})) // "fetched state" is debug
 		w, err := worker.New(cfg)
 		if err != nil {
 			t.Fatal(err)
