@@ -121,7 +121,7 @@ var (
 	descSPS         = desc("nice_coordinator_samples_per_second", "Training throughput, smoothed over the last commits.")
 	descTrainNLL    = desc("nice_coordinator_train_nll_nats", "Mean negative log-likelihood per image of the last committed batch, in nats.")
 	descTestLL      = desc("nice_coordinator_test_log_likelihood_nats", "Mean log-likelihood per image of the newest scored epoch on the test (or validation) set, in nats.")
-	descBPD         = desc("nice_coordinator_test_bits_per_dim", "Bits per dimension of the newest scored epoch: 8 - LL / (784 ln 2).")
+	descBPD         = desc("nice_coordinator_test_bpd", "Bits per dimension (bpd) of the newest scored epoch: 8 - LL / (784 ln 2).")
 	descEpochsDone  = desc("nice_coordinator_epochs_scored", "Epochs whose test log-likelihood is known.")
 	descBusBW       = desc("nice_coordinator_allreduce_bus_bandwidth_bytes_per_second",
 		"Bus bandwidth of the last step's all-reduce: bytes / time * 2(N-1)/N, with the slowest member's time.")
