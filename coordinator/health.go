@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -11,11 +12,21 @@ import (
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
-// The coordinator is degraded while checkpoint writes or the ledger fail
-// (Status.Problems): GET /healthz answers 503 naming the problems, and the
-// gRPC health service says NOT_SERVING, until a later write succeeds. A
-// failed checkpoint write is retried by the next commit; a held or finished
-// run retries on its own (MachineConfig.SaveRetry).
+// Health has two questions, as Kubernetes asks them:
+//
+//   - Alive (GET /healthz): the process answers, and is not degraded. It is
+//     degraded while checkpoint writes or the ledger fail (Status.Problems):
+//     /healthz answers 503 naming the problems until a later write succeeds.
+//     A failed checkpoint write is retried by the next commit; a held or
+//     finished run retries on its own (MachineConfig.SaveRetry).
+//   - Ready (GET /readyz): it does what it is for (Status.Readiness):
+//     training (preparing or running a generation), or holding or finished
+//     as it was asked to, and not degraded, so its newest checkpoint is
+//     written. Idle (too few workers) or held on a step that is not finite,
+//     it is not ready.
+//
+// The gRPC health service (service "" and nice.v1.Coordinator) says SERVING
+// exactly when /readyz answers 200.
 
 // serveHealthz answers GET /healthz: 200 "ok", or 503 with the problems.
 func (s *Server) serveHealthz(w http.ResponseWriter, _ *http.Request) {
@@ -33,20 +44,60 @@ func (s *Server) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-// refreshHealth sets the gRPC health service from the problems standing now.
+// serveReadyz answers GET /readyz: 200 "ready: " and what it does, or 503
+// "not ready: " and why.
+func (s *Server) serveReadyz(w http.ResponseWriter, _ *http.Request) {
+	st := s.Status()
+	ready, why := st.Readiness()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if ready {
+		fmt.Fprintf(w, "ready: %s\n", why)
+		return
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprintf(w, "not ready: %s\n", why)
+}
+
+// Readiness says whether the coordinator is ready (see GET /readyz) and
+// why, in a sentence.
+func (st *Status) Readiness() (bool, string) {
+	if p := st.Problems(); len(p) > 0 {
+		return false, "degraded: " + strings.Join(p, "; ")
+	}
+	switch Phase(st.Phase) {
+	case Running, Preparing:
+		return true, fmt.Sprintf("%s generation %d with %d workers, step %d", st.Phase, st.Generation, len(st.Ring), st.Step)
+	case Holding:
+		if st.NonFiniteSteps > 0 {
+			return false, fmt.Sprintf("training holds at step %d because a gradient or log-likelihood was not finite; restart with a lower --lr or with --clip 1", st.Step)
+		}
+		return true, fmt.Sprintf("holding at step %d as asked, the checkpoint at step %d stored", st.Step, st.LastCheckpointStep)
+	case Finished:
+		return true, fmt.Sprintf("finished all %d epochs at step %d, the checkpoint at step %d stored", st.Epochs, st.Step, st.LastCheckpointStep)
+	case Idle:
+		return false, fmt.Sprintf("idle at step %d: waiting for enough workers (%d attached)", st.Step, len(st.Workers))
+	}
+	return false, fmt.Sprintf("phase %q", st.Phase)
+}
+
+// refreshHealth sets the gRPC health service to the readiness standing now
+// (it changes only when the verdict does).
 func (s *Server) refreshHealth() {
-	if s.health == nil {
+	if s.health == nil || s.obs == nil {
 		return
 	}
 	s.healthMu.Lock()
 	defer s.healthMu.Unlock()
-	s.mu.Lock()
-	degraded := s.status.LastCheckpointError != nil || s.status.LedgerError != nil
-	s.mu.Unlock()
-	v := healthpb.HealthCheckResponse_SERVING
-	if degraded {
-		v = healthpb.HealthCheckResponse_NOT_SERVING
+	st := s.Status()
+	ready, _ := st.Readiness()
+	v := healthpb.HealthCheckResponse_NOT_SERVING
+	if ready {
+		v = healthpb.HealthCheckResponse_SERVING
 	}
+	if s.obs.verdictSet && s.obs.verdict == v {
+		return
+	}
+	s.obs.verdict, s.obs.verdictSet = v, true
 	for _, service := range []string{"", nicepb.Coordinator_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(service, v)
 	}
@@ -59,6 +110,7 @@ func (s *Server) noteCheckpointFailure(step uint64, err error) {
 	s.status.LastCheckpointError = s.status.LastCheckpointError.again(int64(step), err, time.Now())
 	s.retryCheckpoint = true
 	s.mu.Unlock()
+	s.obs.ckptErrors.Inc()
 	s.refreshHealth()
 }
 

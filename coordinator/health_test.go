@@ -46,8 +46,13 @@ func grpcHealth(t *testing.T, s *Server) healthpb.HealthCheckResponse_ServingSta
 
 func healthz(t *testing.T, s *Server) (int, string) {
 	t.Helper()
+	return get(t, s, "/healthz")
+}
+
+func get(t *testing.T, s *Server, path string) (int, string) {
+	t.Helper()
 	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + s.HTTPAddr() + "/healthz")
+	resp, err := client.Get("http://" + s.HTTPAddr() + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +84,13 @@ func TestCheckpointResultsDriveHealth(t *testing.T) {
 		}
 	}()
 
-	if code, body := healthz(t, s); code != http.StatusOK || body != "ok\n" || grpcHealth(t, s) != healthpb.HealthCheckResponse_SERVING {
+	// Alive, but idle without workers: not ready, and gRPC says so.
+	if code, body := healthz(t, s); code != http.StatusOK || body != "ok\n" {
 		t.Fatalf("a fresh coordinator is not healthy: %d %q", code, body)
+	}
+	if code, body := get(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: idle") ||
+		grpcHealth(t, s) != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("a coordinator without workers: /readyz %d %q, gRPC %v; want not ready", code, body, grpcHealth(t, s))
 	}
 	full := fmt.Errorf("writing chunk 3: %w", syscall.ENOSPC)
 	steps := []struct {
@@ -101,7 +111,7 @@ func TestCheckpointResultsDriveHealth(t *testing.T) {
 		code, body := healthz(t, s)
 		gs := grpcHealth(t, s)
 		if !step.degraded {
-			if st.LastCheckpointError != nil || code != http.StatusOK || gs != healthpb.HealthCheckResponse_SERVING || st.Health != "ok" {
+			if st.LastCheckpointError != nil || code != http.StatusOK || gs != healthpb.HealthCheckResponse_NOT_SERVING || st.Health != "ok" {
 				t.Errorf("%s: still degraded: %+v, /healthz %d %q, gRPC %v", step.name, st.LastCheckpointError, code, body, gs)
 			}
 			continue
@@ -114,6 +124,9 @@ func TestCheckpointResultsDriveHealth(t *testing.T) {
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, fmt.Sprintf("the checkpoint at step %d was not written", p.Step)) ||
 			gs != healthpb.HealthCheckResponse_NOT_SERVING || !strings.HasPrefix(st.Health, "degraded: ") {
 			t.Errorf("%s: /healthz %d %q, gRPC %v, status health %q; want degraded", step.name, code, body, gs, st.Health)
+		}
+		if code, body := get(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: degraded: checkpoint writes fail") {
+			t.Errorf("%s: /readyz %d %q; want not ready, degraded", step.name, code, body)
 		}
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +45,8 @@ type Config struct {
 	// gossip encrypt with its key (it fills in Gossip.Creds when that is
 	// nil). Nil means plaintext everywhere.
 	Creds *creds.Bundle
-	// HTTP, if set, serves GET /healthz and GET /status.
+	// HTTP, if set, serves GET /healthz, /readyz, /status and /metrics
+	// (Prometheus).
 	HTTP string
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
 	// sample grids.
@@ -129,6 +129,7 @@ type Server struct {
 	writer  *checkpoint.Writer
 	ledger  *ledger
 	health  *health.Server
+	obs     *observability // metrics and the gRPC health verdict
 	// healthMu orders health updates, so that an older verdict never
 	// overwrites a newer one.
 	healthMu sync.Mutex
@@ -227,6 +228,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, incarnation: uint64(time.Now().UnixNano()), store: store,
 		events: make(chan event, 256), sessions: map[string]*workerSession{}, stopped: make(chan struct{}), loopDone: make(chan struct{}), agreedChanged: make(chan struct{})}
+	s.obs = newObservability(s)
 	if cfg.Ledger != nil {
 		s.ledger = &ledger{f: cfg.Ledger} // set at once: closeAll closes it if New fails
 	}
@@ -306,6 +308,8 @@ func New(cfg Config) (*Server, error) {
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", s.serveHealthz)
+		mux.HandleFunc("GET /readyz", s.serveReadyz)
+		mux.Handle("GET /metrics", s.metricsHandler())
 		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 			b, err := json.Marshal(s.Status())
 			if err != nil {
@@ -536,6 +540,7 @@ func (s *Server) loop(ctx context.Context) {
 		}
 		s.apply(out)
 		s.updateStatus()
+		s.refreshHealth()
 		s.retryFailedCheckpoint(now)
 	}
 }
@@ -627,11 +632,7 @@ func (s *Server) closeStopped() {
 // apply carries out a machine output.
 func (s *Server) apply(out Output) {
 	for _, l := range out.Logs {
-		if strings.HasPrefix(l, "refused ") {
-			s.log.Warn(l)
-			continue
-		}
-		s.log.Info(l)
+		s.log.Log(context.Background(), machineLogLevel(l), l)
 	}
 	for _, snd := range out.Sends {
 		ss := s.sessions[snd.To]
@@ -706,6 +707,7 @@ func (s *Server) recordCommit(c *Commit) {
 	}
 	s.noteLedger(c.Position.Step, err)
 	stats := s.m.View().Stats
+	s.obs.observeCommit(c, stats.LastStepSeconds)
 	s.mu.Lock()
 	st := &s.status
 	n := float64(c.Batch)

@@ -32,7 +32,7 @@ func (s *Server) startSnapshot(r *SnapshotRequest) {
 			// A newer one waits already.
 		default:
 			if s.nextSnap != nil {
-				s.log.Info("a newer checkpoint replaces one still waiting", "step", r.Position.Step, "replaced", s.nextSnap.Position.Step)
+				s.log.Debug("a newer checkpoint replaces one still waiting", "step", r.Position.Step, "replaced", s.nextSnap.Position.Step)
 			}
 			s.nextSnap = r
 		}
@@ -85,6 +85,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 		return err
 	}
 	fetched := time.Since(t0)
+	s.obs.fetchSeconds.Observe(fetched.Seconds())
 	st, err := train.DecodeState(blob)
 	if err != nil {
 		return fmt.Errorf("state from %s: %w", r.Addr, err)
@@ -202,6 +203,8 @@ func (s *Server) onSaved(r checkpoint.Result) {
 		s.noteCheckpointFailure(r.Meta.Step, r.Err)
 		return
 	}
+	s.obs.ckptSeconds.Observe(r.Duration.Seconds())
+	s.obs.ckptBytes.Add(float64(r.Info.Size))
 	s.mu.Lock()
 	s.status.LastCheckpointStep = int64(r.Meta.Step)
 	s.status.lastCheckpointTime = r.Meta.Time

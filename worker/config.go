@@ -24,6 +24,9 @@ type Config struct {
 	Advertise string
 	// AdvertiseHost is used when Advertise is empty.
 	AdvertiseHost string
+	// HTTP, if set, is where GET /healthz, /readyz and /metrics are served
+	// (host:port; port 0 picks one).
+	HTTP string
 	// Coordinator is the coordinator's gRPC address.
 	Coordinator string
 	// Creds, if non-nil, is used on every gRPC connection of the worker:

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,11 @@ type Worker struct {
 
 	lis       net.Listener
 	srv       *grpc.Server
+	health    *health.Server
+	httpLis   net.Listener
+	httpSrv   *http.Server
+	obs       *observability
+	turn      lastTurn // when the loop last turned (GET /healthz)
 	states    *statexfer.Server
 	transport *ring.GRPCTransport
 	ring      *ring.Member
@@ -101,16 +107,28 @@ func New(cfg Config) (*Worker, error) {
 	rc.Logger = log
 	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
 	var rt ring.RingTransport = tp
-	w := &Worker{}
+	w := &Worker{log: log}
+	obs := newObservability(w)
 	if cfg.Fault.Phase == "ring" {
 		rt = ring.WithFaults(tp, w.ringFault(&w.ringArmed))
 	}
+	rt = &countingTransport{RingTransport: rt, sent: obs.ringSent, received: obs.ringReceived}
 	member, err := ring.NewMember(rt, rc)
 	if err != nil {
 		lis.Close()
 		return nil, err
 	}
+	var httpLis net.Listener
+	if cfg.HTTP != "" {
+		if httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			lis.Close()
+			member.Close()
+			return nil, fmt.Errorf("worker %s: listening on %s (HTTP): %w", cfg.ID, cfg.HTTP, err)
+		}
+	}
 	*w = Worker{
+		obs:         obs,
+		httpLis:     httpLis,
 		cfg:         cfg,
 		log:         log,
 		incarnation: uint64(time.Now().UnixNano()),
@@ -129,9 +147,21 @@ func New(cfg Config) (*Worker, error) {
 	tp.RegisterServer(w.srv)
 	w.states = &statexfer.Server{Src: w, Limits: cfg.StateTransfers, Logger: log}
 	nicepb.RegisterStateServiceServer(w.srv, w.states)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(w.srv, hs)
+	w.health = health.NewServer()
+	healthpb.RegisterHealthServer(w.srv, w.health)
+	w.noteStanding()
+	if httpLis != nil {
+		w.httpSrv = w.newHTTPServer()
+	}
 	return w, nil
+}
+
+// HTTPAddr is the address of the worker's HTTP port ("" if none).
+func (w *Worker) HTTPAddr() string {
+	if w.httpLis == nil {
+		return ""
+	}
+	return w.httpLis.Addr().String()
 }
 
 // Addr is the address the worker advertises for its gRPC server.
@@ -175,8 +205,17 @@ type sessionEvent struct {
 // it go once its state is checkpointed (Leave) and waits for that, at most
 // Config.LeaveTimeout; then it stops everything it started.
 func (w *Worker) Run(ctx context.Context) error {
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- w.srv.Serve(w.lis) }()
+	w.turn.mark(time.Now())
+	if w.httpSrv != nil {
+		go func() { serveErr <- w.httpSrv.Serve(w.httpLis) }()
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			w.httpSrv.Shutdown(ctx)
+			cancel()
+		}()
+	}
 	defer func() {
 		w.ring.Close()
 		w.transport.Close()
@@ -201,7 +240,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer conn.Close()
 		dialer = session.GRPC(conn)
 	}
-	w.log.Info("worker started", "addr", w.addr, "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
+	w.log.Info("worker started", "addr", w.addr, "http", w.HTTPAddr(), "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
 
 	life, endLife := context.WithCancel(context.Background())
 	sess := make(chan sessionEvent, 64)
@@ -241,7 +280,7 @@ func (w *Worker) loop(ctx context.Context, sess <-chan sessionEvent, serveErr <-
 			w.log.Warn("not dismissed by the coordinator in time; stopping anyway", "waited", w.cfg.LeaveTimeout)
 			return nil
 		case err := <-serveErr:
-			return fmt.Errorf("worker %s: gRPC server stopped: %w", w.cfg.ID, err)
+			return fmt.Errorf("worker %s: gRPC or HTTP server stopped: %w", w.cfg.ID, err)
 		case ev := <-sess:
 			now := time.Now()
 			switch {
@@ -259,6 +298,7 @@ func (w *Worker) loop(ctx context.Context, sess <-chan sessionEvent, serveErr <-
 		case now := <-tick.C:
 			a = w.m.Tick(now)
 		}
+		w.turn.mark(time.Now())
 		if w.carryOut(a, out) {
 			return nil
 		}
@@ -273,6 +313,9 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 	for _, msg := range a.Send {
 		if out == nil {
 			continue
+		}
+		if msg.GetReport() != nil {
+			w.obs.reportedAt = time.Now()
 		}
 		select {
 		case out <- msg:
@@ -308,6 +351,10 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 		})
 	case a.Apply != nil:
 		o := *a.Apply
+		if !w.obs.reportedAt.IsZero() {
+			w.obs.commitWait.Observe(time.Since(w.obs.reportedAt).Seconds())
+			w.obs.reportedAt = time.Time{}
+		}
 		w.startWork(func(context.Context) func(time.Time) Actions {
 			pos, snapDigest, err := w.apply(o.Commit)
 			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, snapDigest, err) }
@@ -324,6 +371,7 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 	w.statsMu.Lock()
 	w.stats = Stats{Generation: ms.Generation, Rank: ms.Rank, Size: ms.Size, Position: pos, Applied: ms.Applied}
 	w.statsMu.Unlock()
+	w.noteStanding()
 	return a.Exit
 }
 
@@ -534,6 +582,7 @@ func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, ui
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	blob, err := statexfer.Fetch(fctx, conn, statexfer.Request{Source: f.SourceAddr, Position: f.Position, Size: size})
+	w.obs.transferDone("fetched", len(blob), err)
 	if err != nil {
 		return train.Position{}, 0, fmt.Errorf("from %s: %w", f.SourceAddr, err)
 	}
@@ -551,7 +600,7 @@ func (w *Worker) fetch(ctx context.Context, f *nicepb.Fetch) (train.Position, ui
 	if err != nil {
 		return train.Position{}, 0, fmt.Errorf("state from %s: %w", f.SourceAddr, err)
 	}
-	w.log.Info("fetched state", "step", s.Position.Step, "from", f.SourceAddr, "bytes", len(blob), "seconds", time.Since(t0).Seconds())
+	w.log.Debug("fetched state", "step", s.Position.Step, "from", f.SourceAddr, "bytes", len(blob), "seconds", time.Since(t0).Seconds())
 	return s.Position, d, nil
 }
 
@@ -576,6 +625,7 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	r.SumLL = tr.ComputeGradient(idx[r.Lo:r.Hi], o.Position.Epoch)
 	r.ComputeSeconds = time.Since(t0).Seconds()
 	w.mu.Unlock()
+	w.obs.computeSeconds.Observe(r.ComputeSeconds)
 
 	t1 := time.Now()
 	w.ringArmed.Store(w.cfg.Fault.Phase == "ring" && w.cfg.Fault.Step == o.Position.Step)
@@ -585,9 +635,14 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 		if errors.As(err, &be) && be.PeerRank >= 0 {
 			r.Peer = be.Peer.ID
 		}
+		if ctx.Err() == nil {
+			w.obs.allreduceFails.Inc() // not a step its generation abandoned
+		}
 		return r
 	}
 	r.AllreduceSeconds = time.Since(t1).Seconds()
+	w.obs.allreduceSeconds.Observe(r.AllreduceSeconds)
+	w.obs.computed.Inc()
 	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
 	// and the update after the commit reuses it.
 	w.norm = tr.Opt.GradNorm(tr.Grad)
@@ -600,8 +655,10 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 // apply applies a committed step with the norm of its reduced gradient,
 // and keeps a snapshot if the commit asks for one, returning its digest.
 func (w *Worker) apply(c *nicepb.Commit) (train.Position, uint64, error) {
+	t0 := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	defer func() { w.obs.applySeconds.Observe(time.Since(t0).Seconds()) }()
 	tr := w.tr
 	if tr.Position.Step != c.Step {
 		return tr.Position, 0, fmt.Errorf("commit of step %d, the trainer is at step %d", c.Step, tr.Position.Step)
@@ -657,7 +714,14 @@ func (w *Worker) evaluate(o EvalOrder) (sum float64, lo, hi int) {
 // snapshot to a peer or the coordinator. The live state is copied under
 // the trainer's lock and sent without it, a snapshot is sent from itself:
 // a receiver that stops reading never holds up training.
-func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) error {
+func (w *Worker) WriteState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) (err error) {
+	var n int64
+	counted := func(v int64) { n = v; size(v) }
+	defer func() { w.obs.transferDone("served", int(n), err) }()
+	return w.writeState(ctx, pos, snapshot, counted, out)
+}
+
+func (w *Worker) writeState(ctx context.Context, pos *nicepb.Position, snapshot bool, size func(int64), out io.Writer) error {
 	want := statexfer.FromPB(pos)
 	if snapshot {
 		return w.writeSnapshot(ctx, want, size, out)

@@ -16,6 +16,7 @@ import (
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/logging"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
 	"github.com/nice-flow/nice/internal/rpcopt"
@@ -44,13 +45,14 @@ type serveFlags struct {
 	maxSteps  int64
 	finalWait time.Duration
 	verbose   bool
+	logFormat func() logging.Format // --log-format, read once parsed
 	tls       *creds.Flags
 }
 
 func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip string) {
 	addTrainFlags(fs, &sf.tf)
 	fs.StringVar(&sf.listen, "listen", listen, "gRPC address workers and `nice-coord status` connect to")
-	fs.StringVar(&sf.http, "http", httpAddr, "HTTP address for GET /healthz and GET /status (empty: none)")
+	fs.StringVar(&sf.http, "http", httpAddr, "HTTP address for GET /healthz, /readyz, /status and /metrics (Prometheus), plaintext (empty: none)")
 	fs.StringVar(&sf.gossip, "gossip", gossip, "gossip (memberlist) address workers join through (empty: no gossip)")
 	fs.StringVar(&sf.advertise, "advertise", "", "host or IP others reach this coordinator at (default: this host's first non-loopback IPv4, or 127.0.0.1 for loopback listeners)")
 	fs.StringVar(&sf.stateDir, "state-dir", "nice-state", "folder of the checkpoint file (nice.db), the ledger and the sample grids")
@@ -66,6 +68,7 @@ func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip st
 	fs.DurationVar(&sf.finalWait, "final-checkpoint-timeout", coordinator.DefaultFinalCheckpointTimeout,
 		"how long to wait for the final checkpoint (of a stop, or of the end of training with up) before exiting with an error that says which checkpoint stands")
 	fs.BoolVar(&sf.verbose, "v", false, "log debug details")
+	sf.logFormat = func() logging.Format { return logFormat(fs) }
 	sf.tls = creds.AddFlags(fs, true)
 }
 
@@ -132,12 +135,14 @@ func (sf *serveFlags) config(log *slog.Logger) (coordinator.Config, error) {
 	return c, nil
 }
 
-func newLogger(verbose bool) *slog.Logger {
-	level := slog.LevelInfo
-	if verbose {
-		level = slog.LevelDebug
+// newLogger is the logger of the coordinator's commands, in the format of
+// --log-format.
+func (sf *serveFlags) newLogger() *slog.Logger {
+	f := logging.Text
+	if sf.logFormat != nil {
+		f = sf.logFormat()
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return logging.New(os.Stderr, f, logging.Level(sf.verbose))
 }
 
 func runServe(ctx context.Context, args []string) error {
@@ -164,7 +169,7 @@ func runServe(ctx context.Context, args []string) error {
 // start opens the coordinator and notes its address in the state folder for
 // `nice-coord status`. A nil store means the bbolt file in the state folder.
 func (sf *serveFlags) start(store checkpoint.Store) (*coordinator.Server, coordinator.Config, error) {
-	cfg, err := sf.config(newLogger(sf.verbose))
+	cfg, err := sf.config(sf.newLogger())
 	if err != nil {
 		return nil, cfg, err
 	}

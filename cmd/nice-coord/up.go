@@ -66,7 +66,7 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	for i := 1; i <= *n; i++ {
 		wargs := []string{
 			"--id", fmt.Sprintf("w%d", i), "--coordinator", srv.Addr(), "--listen", "127.0.0.1:0",
-			"--threads", strconv.Itoa(threads),
+			"--threads", strconv.Itoa(threads), "--http", "127.0.0.1:0", "--log-format", string(sf.logFormat()),
 		}
 		if sf.gossip != "" {
 			wargs = append(wargs, "--join", cfg.Gossip.AdvertiseAddr+":"+strconv.Itoa(cfg.Gossip.BindPort), "--gossip", "127.0.0.1:0")

@@ -3,6 +3,7 @@
 // trains its share of every global batch.
 //
 //	nice-worker --coordinator host:7000 --join host:7946
+//	nice-worker probe --url http://127.0.0.1:7081/readyz
 //	nice-worker health --addr 127.0.0.1:7100
 package main
 
@@ -25,8 +26,10 @@ import (
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/envflag"
+	"github.com/nice-flow/nice/internal/logging"
 	"github.com/nice-flow/nice/internal/membership"
 	"github.com/nice-flow/nice/internal/netaddr"
+	"github.com/nice-flow/nice/internal/probe"
 	"github.com/nice-flow/nice/worker"
 )
 
@@ -34,9 +37,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == "health" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "health":
 		err = health(ctx, os.Args[2:])
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == "probe":
+		err = probe.Command(ctx, "nice-worker", "http://127.0.0.1:7081/healthz", os.Args[2:], os.Stdout)
+	default:
 		err = run(ctx, os.Args[1:])
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -51,7 +57,7 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("nice-worker", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: nice-worker [flags]\n       nice-worker health [--addr host:port]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: nice-worker [flags]\n       nice-worker probe [--url http://127.0.0.1:7081/readyz]\n       nice-worker health [--addr host:port]\n\n"+
 			"Attaches to the coordinator, joins its gossip and trains its share of every global batch.\n"+
 			"It keeps its state while the coordinator is away and reattaches by itself. Listening beyond\n"+
 			"loopback needs the cluster's credentials (--tls-dir, written by `nice-coord init`) or --insecure.\n\n"+
@@ -65,6 +71,7 @@ func run(ctx context.Context, args []string) error {
 	join := fs.String("join", "", "gossip address of the coordinator to join (empty: no gossip)")
 	listen := fs.String("listen", ":7100", "gRPC address for the ring and state transfer (port 0: any free port)")
 	gossip := fs.String("gossip", ":7947", "gossip address of this worker (used with --join)")
+	httpAddr := fs.String("http", ":7081", "HTTP address for GET /healthz, /readyz and /metrics (Prometheus), plaintext (empty: none)")
 	advertise := fs.String("advertise", "", "host or IP others reach this worker at (default: this host's first non-loopback IPv4; 127.0.0.1 for loopback listeners)")
 	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
 	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
@@ -72,6 +79,7 @@ func run(ctx context.Context, args []string) error {
 	leaveTimeout := fs.Duration("leave-timeout", d.LeaveTimeout, "on SIGTERM, wait at most this long for the coordinator to checkpoint this worker's state and let it go (keep below the container's stop grace period)")
 	sessionTimeout := fs.Duration("session-timeout", d.SessionTimeout, "reconnect when the coordinator has sent nothing, not even a heartbeat, for this long")
 	verbose := fs.Bool("v", false, "log debug details")
+	logFormat := logging.Flag(fs)
 	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring or report (e.g. ring@5:500ms)")
 	tlsFlags := creds.AddFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
@@ -83,11 +91,7 @@ func run(ctx context.Context, args []string) error {
 	if _, err := envflag.Apply(fs); err != nil {
 		return err
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := logging.New(os.Stderr, *logFormat, logging.Level(*verbose))
 	if *threads > 0 {
 		flow.SetBLASThreads(*threads)
 	}
@@ -113,6 +117,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	cfg := d
 	cfg.ID, cfg.Coordinator, cfg.Listen, cfg.AdvertiseHost, cfg.DataDir = *id, *coord, *listen, advHost, *data
+	cfg.HTTP = *httpAddr
 	cfg.Creds = bundle
 	cfg.DigestEvery = *digestEvery
 	cfg.LeaveTimeout = *leaveTimeout
@@ -178,6 +183,7 @@ func joinGossip(ctx context.Context, seed, bind, advHost string, w *worker.Worke
 func health(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("nice-worker health", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:7100", "worker gRPC address")
+	logging.Flag(fs) // accepted for uniformity: health logs nothing
 	tlsFlags := creds.AddFlags(fs, false)
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -164,7 +164,7 @@ func (w *Writer) report(r Result) {
 	switch {
 	case r.Err == nil:
 		mbps := float64(r.Info.Size) / 1e6 / max(r.Duration.Seconds(), 1e-9)
-		w.log.Info("checkpoint saved", "step", r.Meta.Step, "bytes", r.Info.Size,
+		w.log.Debug("checkpoint saved", "step", r.Meta.Step, "bytes", r.Info.Size,
 			"duration", r.Duration, "MB/s", fmt.Sprintf("%.0f", mbps), "waited", r.Waited)
 	case errors.Is(r.Err, ErrSuperseded):
 		w.log.Debug("checkpoint superseded before writing", "step", r.Meta.Step)

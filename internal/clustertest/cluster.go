@@ -262,7 +262,8 @@ func (c *Cluster) StartCoordinator() {
 func (c *Cluster) StartWorker(id string, extra ...string) *Proc {
 	c.t.Helper()
 	args := append([]string{"--id", id, "--coordinator", c.Addr, "--listen", "127.0.0.1:0",
-		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads), "--tls-dir", c.TLSDir}, extra...)
+		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads), "--tls-dir", c.TLSDir,
+		"--http", "127.0.0.1:0"}, extra...)
 	p := Start(c.t, id, filepath.Join(c.Bin, "nice-worker"), filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", id, time.Now().UnixNano())), c.Threads, args...)
 	c.Workers[id] = p
 	return p

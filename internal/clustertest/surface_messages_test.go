@@ -246,7 +246,9 @@ func messageSurfaces() []messageSurface {
 				h := ringHello(e, e.srv.Status().Generation)
 				h.SenderId = "intruder"
 				o := ringStream(ctx, e, c, h, nanFrame(h.Generation, 1024))
-				if ctx.Err() != nil {
+				// The server may end the stream at the deadline (RST_STREAM,
+				// DeadlineExceeded) a moment before this side's timer fires.
+				if ctx.Err() != nil || strings.HasPrefix(o.text, "DeadlineExceeded:") {
 					o.text = "never accepted (no member expects sender \"intruder\"; dropped after 1 min): " + o.text
 				}
 				return o

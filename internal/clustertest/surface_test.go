@@ -192,6 +192,7 @@ func surfaces() []surface {
 		}},
 		{"gossip (memberlist)", probeGossip},
 		{"HTTP status port", probeHTTP},
+		{"HTTP port (worker)", probeWorkerHTTP},
 	}
 }
 
@@ -225,6 +226,10 @@ func surfaceWant() map[string]map[string]expect {
 		},
 		// Plain HTTP by design, read-only: see the README's security model.
 		"HTTP status port": {
+			"cluster credentials": {true, "read-only"}, "no credentials": {true, "read-only"},
+			"wrong CA": {true, "read-only"}, "wrong gossip key": {true, "read-only"},
+		},
+		"HTTP port (worker)": {
 			"cluster credentials": {true, "read-only"}, "no credentials": {true, "read-only"},
 			"wrong CA": {true, "read-only"}, "wrong gossip key": {true, "read-only"},
 		},
@@ -386,7 +391,16 @@ func probeGossip(ctx context.Context, e *secureCluster, c column) outcome {
 // probeHTTP reads the status over plain HTTP (no credentials apply) and
 // checks that the port offers nothing but reading.
 func probeHTTP(ctx context.Context, e *secureCluster, _ column) outcome {
-	get, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.srv.HTTPAddr()+"/status", nil)
+	return probeReadOnly(ctx, e.srv.HTTPAddr(), "/status")
+}
+
+// probeWorkerHTTP reads a worker's /metrics and tries to post to it.
+func probeWorkerHTTP(ctx context.Context, e *secureCluster, _ column) outcome {
+	return probeReadOnly(ctx, e.workers[0].HTTPAddr(), "/metrics")
+}
+
+func probeReadOnly(ctx context.Context, addr, path string) outcome {
+	get, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		return outcome{false, err.Error()}
 	}
@@ -396,7 +410,7 @@ func probeHTTP(ctx context.Context, e *secureCluster, _ column) outcome {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	post, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.srv.HTTPAddr()+"/status", strings.NewReader("{}"))
+	post, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader("{}"))
 	if err != nil {
 		return outcome{false, err.Error()}
 	}
@@ -406,9 +420,9 @@ func probeHTTP(ctx context.Context, e *secureCluster, _ column) outcome {
 	}
 	presp.Body.Close()
 	if resp.StatusCode != http.StatusOK || presp.StatusCode != http.StatusMethodNotAllowed {
-		return outcome{true, fmt.Sprintf("GET /status %d, POST /status %d: not read-only", resp.StatusCode, presp.StatusCode)}
+		return outcome{true, fmt.Sprintf("GET %s %d, POST %s %d: not read-only", path, resp.StatusCode, path, presp.StatusCode)}
 	}
-	return outcome{true, fmt.Sprintf("plain HTTP, read-only: GET /status 200 (%d bytes of JSON), POST 405", len(body))}
+	return outcome{true, fmt.Sprintf("plain HTTP, read-only: GET %s 200 (%d bytes), POST 405", path, len(body))}
 }
 
 // secureCluster is a coordinator and its workers in this process, all with
@@ -478,8 +492,8 @@ func startSecureCluster(t *testing.T) *secureCluster {
 	go func() { defer wg.Done(); e.srv.Serve(ctx) }()
 	addWorker := func(id string) {
 		cfg := worker.DefaultConfig()
-		cfg.ID, cfg.Coordinator, cfg.Creds = id, e.srv.Addr(), e.ours
-		cfg.Logger = slog.New(slog.NewTextHandler(e.workerLog, nil))
+		cfg.ID, cfg.Coordinator, cfg.Creds, cfg.HTTP = id, e.srv.Addr(), e.ours, "127.0.0.1:0"
+		cfg.Logger = slog.New(slog.NewTextHandler(e.workerLog, &slog.HandlerOptions{Level: slog.LevelDebug})) // "fetched state" is debug
 		w, err := worker.New(cfg)
 		if err != nil {
 			t.Fatal(err)

@@ -388,6 +388,32 @@ inside=$(timeout 30 "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" 
 jq -e '.workers | length >= 1' >/dev/null <<<"$inside" ||
 	fail "nice-coord status inside the coordinator container printed no workers: $inside"
 log "status from inside the coordinator container: ok"
+# Health: docker counts every container healthy (their checks run
+# `probe --url .../healthz`), and the coordinator and a worker say they are
+# ready (/readyz) while training; the coordinator's /metrics, published on
+# the host, counts the steps /status shows.
+all_healthy() {
+	local c h
+	for c in $(containers coordinator) $(containers worker); do
+		h=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c")
+		[ "$h" = healthy ] || return 1
+	done
+}
+wait_until "docker to count the coordinator and the $WORKERS workers healthy" all_healthy
+coord=$(containers coordinator | head -n 1)
+ready=$(timeout 30 docker exec "$coord" /nice-coord probe --url http://127.0.0.1:7080/readyz 2>&1) ||
+	fail "the coordinator is not ready while training: $ready"
+log "coordinator /readyz: $ready"
+w1=$(containers worker --filter status=running | head -n 1)
+ready=$(timeout 30 docker exec "$w1" /nice-worker probe --url http://127.0.0.1:7081/readyz 2>&1) ||
+	fail "worker $(hostname_of "$w1") is not ready while training: $ready"
+log "worker $(hostname_of "$w1") /readyz: $ready"
+if command -v curl >/dev/null 2>&1; then
+	metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$NICE_HTTP_PORT/metrics") || fail "GET /metrics on the published HTTP port failed"
+	committed=$(awk '$1 == "nice_coordinator_steps_committed_total" { print $2 }' <<<"$metrics")
+	[ -n "$committed" ] || fail "the coordinator's /metrics has no nice_coordinator_steps_committed_total"
+	log "coordinator /metrics: nice_coordinator_steps_committed_total $committed ($(grep -c '^nice_' <<<"$metrics") nice_ series)"
+fi
 
 # 2b. Containers without the secrets. ------------------------------------------
 log "step 2b: containers on the compose network without the cluster's secrets"
