@@ -204,6 +204,7 @@ func (s *Server) updateStatus() {
 // refusedHello counts a session refused at its first message.
 func (s *Server) refusedHello(err error) {
 	s.log.Warn("refused a session", "err", err)
+	s.dash.hist.AddEvent(time.Now(), EventRefused, "refused a session: "+err.Error())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.hellos++
