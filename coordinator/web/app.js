@@ -157,7 +157,7 @@ function drawHistory(h) {
 function drawCheckpoints() {
   const tb = $('checkpoints').tBodies[0];
   const now = Date.now();
-  const cs = (hist.checkpoints || []).slice().reverse();
+  const cs = (hist.checkpoints || []).slice(-8).reverse();
   tb.innerHTML = cs.length ? cs.map((c) => '<tr><td class="num">' + c.step + '</td><td class="num">' + fmtDur((now - c.t) / 1000) + '</td><td class="num">' + fmtBytes(c.bytes) +
     '</td><td><span class="state ' + esc(c.outcome) + '" title="' + esc(c.error || (c.outcome === 'stored' ? 'the replicas agreed on its digest; written and checksummed in ' + fmt(c.write_seconds, 2) + ' s' : 'verified when loaded')) + '">' +
     esc(c.outcome === 'stored' ? 'agreed · stored' : c.outcome) + '</span></td><td class="mono">' + esc(c.sha256 || '') + '</td></tr>').join('')
@@ -208,12 +208,21 @@ function chart(svg, series, opt) {
   let x0 = Math.min(...fin.map((p) => p[0])), x1 = Math.max(...fin.map((p) => p[0]));
   let y0 = Math.min(...fin.map((p) => Math.min(p[1], p[2]))), y1 = Math.max(...fin.map((p) => Math.max(p[1], p[2])));
   if (opt.zero) y0 = Math.min(0, y0);
+  // A few long pauses (a generation change, an evaluation) would flatten
+  // everything else: with opt.clip the axis ends well above the 95th
+  // percentile and higher points are drawn at its top.
+  let clipped = 0;
+  if (opt.clip && fin.length >= 20) {
+    const ys = fin.map((p) => Math.max(p[1], p[2])).sort((a, b) => a - b);
+    const cap = ys[Math.floor(0.95 * (ys.length - 1))] * 2;
+    if (cap > 0 && y1 > cap) { y1 = cap; clipped = ys.filter((v) => v > cap).length; }
+  }
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   if (y1 === y0) { y0 -= 1; y1 += 1; }
   const pad = (y1 - y0) * 0.06;
   y1 += pad; if (!opt.zero) y0 -= pad;
   const X = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
-  const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const Y = (y) => T + (1 - (Math.min(y, y1) - y0) / (y1 - y0)) * (H - T - B);
   let out = '';
   const yt = niceTicks(y0, y1, 5);
   for (const v of yt) {
@@ -236,6 +245,7 @@ function chart(svg, series, opt) {
   }
   out += '<line class="axis" x1="' + L + '" x2="' + (W - R) + '" y1="' + (H - B) + '" y2="' + (H - B) + '"/><line class="axis" x1="' + L + '" x2="' + L + '" y1="' + T + '" y2="' + (H - B) + '"/>';
   out += '<text x="' + (W - R) + '" y="' + (H - 2) + '" text-anchor="end">' + (opt.xTime ? 'wall clock' : 'step') + '</text>';
+  if (clipped) out += '<text x="' + (W - R) + '" y="' + (T + 10) + '" text-anchor="end">' + clipped + (clipped === 1 ? ' point' : ' points') + ' above ' + tickLabel(y1, y1 - y0) + ' drawn at the top</text>';
   for (const s of series) {
     const pts = s.pts.filter((p) => isFinite(p[0]) && isFinite(p[1]));
     if (pts.length === 0) continue;
@@ -282,7 +292,7 @@ function drawCurves() {
     keys.forEach((k, i) => { stacks[i].push([xOf(p), base + p[k], base]); base += p[k]; });
   }
   chart($('ch-time'), keys.map((k, i) => ({ pts: stacks[i], color: col('--s' + (i + 1)), kind: 'area' }))
-    .concat([{ pts: pts.filter((p) => p.wall > 0).map((p) => [xOf(p), p.wall]), color: col('--c5'), width: 1.2 }]), { xTime: time, zero: true, empty: emptyNote });
+    .concat([{ pts: pts.filter((p) => p.wall > 0).map((p) => [xOf(p), p.wall]), color: col('--c5'), width: 1.2 }]), { xTime: time, zero: true, clip: true, empty: emptyNote });
   chart($('ch-sps'), [{ pts: pts.filter((p) => p.sps > 0).map((p) => [xOf(p), p.sps]), color: col('--c3') }], { xTime: time, zero: true, empty: emptyNote });
   $('bucket-note').textContent = hist.bucket > 1 ? 'each point is the mean of ' + hist.bucket + ' steps' : (pts.length ? 'one point per committed step' : '');
 }
@@ -360,14 +370,17 @@ function connect() {
   };
 }
 
-for (const [id, a] of [['ax-step', 'step'], ['ax-time', 'time']]) {
-  $(id).addEventListener('click', () => {
-    axis = a;
-    $('ax-step').classList.toggle('on', a === 'step');
-    $('ax-time').classList.toggle('on', a === 'time');
-    drawCurves();
-  });
+function setAxis(a) {
+  axis = a;
+  $('ax-step').classList.toggle('on', a === 'step');
+  $('ax-time').classList.toggle('on', a === 'time');
+  // The choice stays in the address (#time), for links and reloads.
+  history.replaceState(null, '', a === 'time' ? '#time' : location.pathname);
+  drawCurves();
 }
+$('ax-step').addEventListener('click', () => setAxis('step'));
+$('ax-time').addEventListener('click', () => setAxis('time'));
+if (location.hash === '#time') setAxis('time');
 window.addEventListener('resize', drawCurves);
 poll();
 connect();
