@@ -12,6 +12,10 @@ let wantVersion = -1;   // history version the newest frame names
 let fetching = false;
 let samplesStep = -1;
 let axis = 'step';      // 'step' or 'time'
+// Options in the address, read only here: #time (wall-clock axis), #poll
+// (poll /status instead of the event stream, as a proxy that buffers
+// streams needs, or a headless browser that waits for the page to go idle).
+const hashOpts = new Set(location.hash.slice(1).split(',').filter((o) => o));
 
 function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
@@ -349,6 +353,10 @@ async function poll() {
       drawStatus(st);
       fetchHistory();
     }
+    // Without the stream's frames, the grid's step comes from its header.
+    const g = await fetch('/api/samples.png', { method: 'HEAD', cache: 'no-store' });
+    const step = g.ok ? parseInt(g.headers.get('X-Nice-Step'), 10) : -1;
+    drawSamples(isFinite(step) ? step : -1);
   } catch (e) { /* the next poll tries again */ }
 }
 
@@ -375,12 +383,19 @@ function setAxis(a) {
   $('ax-step').classList.toggle('on', a === 'step');
   $('ax-time').classList.toggle('on', a === 'time');
   // The choice stays in the address (#time), for links and reloads.
-  history.replaceState(null, '', a === 'time' ? '#time' : location.pathname);
+  if (a === 'time') hashOpts.add('time'); else hashOpts.delete('time');
+  history.replaceState(null, '', hashOpts.size ? '#' + [...hashOpts].join(',') : location.pathname);
   drawCurves();
 }
 $('ax-step').addEventListener('click', () => setAxis('step'));
 $('ax-time').addEventListener('click', () => setAxis('time'));
-if (location.hash === '#time') setAxis('time');
+if (hashOpts.has('time')) setAxis('time');
 window.addEventListener('resize', drawCurves);
 poll();
-connect();
+if (hashOpts.has('poll')) {
+  $('live').textContent = 'polling';
+  $('live').className = 'pill ok';
+  pollTimer = setInterval(poll, 2000);
+} else {
+  connect();
+}

@@ -65,6 +65,7 @@ func TestDashboardInChromium(t *testing.T) {
 		go func() { defer wg.Done(); w.Run(ctx) }()
 	}
 	url := "http://" + srv.HTTPAddr() + "/"
+	t.Logf("dashboard at %s", url)
 	profile := t.TempDir()
 
 	// The page is ready when the members table lists both workers, the
@@ -80,7 +81,7 @@ func TestDashboardInChromium(t *testing.T) {
 		{"the throughput curve", regexp.MustCompile(`(?s)id="ch-sps"[^>]*>.*?<polyline points="[0-9.]+,[0-9.]+ [0-9.]+,`)},
 		{"the sample grid", regexp.MustCompile(`<img id="samples"[^>]*src="/api/samples.png\?step=\d+"`)},
 		{"a generation in the events", regexp.MustCompile(`<span class="kind generation">generation</span>`)},
-		{"the live stream", regexp.MustCompile(`id="live" class="pill ok"`)},
+		{"the polling", regexp.MustCompile(`id="live" class="pill ok"[^>]*>polling<`)},
 	}
 	var dom string
 	var missing []string
@@ -88,7 +89,11 @@ func TestDashboardInChromium(t *testing.T) {
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
 	for {
-		dom, err = runChromium(ctx, browser, profile, url, "--dump-dom")
+		// --dump-dom returns at the page's load event unless virtual time
+		// runs, and virtual time stands still while a request is open, as
+		// the event stream always is: the DOM is read with the page polling
+		// (#poll). The stream itself is TestDashboardEventStream's.
+		dom, err = runChromium(ctx, browser, profile, url+"#poll", "--dump-dom", "--virtual-time-budget=10000")
 		missing = missing[:0]
 		if err == nil {
 			for _, c := range checks {
@@ -112,7 +117,9 @@ func TestDashboardInChromium(t *testing.T) {
 	} else if shot, err = filepath.Abs(shot); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := runChromium(ctx, browser, profile, url, "--screenshot="+shot, "--window-size=1400,1800"); err != nil {
+	// The screenshot is taken when --timeout ends, with the page live on
+	// its event stream.
+	if out, err := runChromium(ctx, browser, profile, url, "--screenshot="+shot, "--window-size=1400,1800", "--timeout=5000"); err != nil {
 		t.Fatalf("screenshot: %v\n%s", err, out)
 	}
 	b, err := os.ReadFile(shot)
@@ -129,19 +136,28 @@ func TestDashboardInChromium(t *testing.T) {
 	t.Logf("screenshot of the dashboard at step %d: %s", srv.Status().Step, shot)
 }
 
-// runChromium runs headless Chromium on url with a fresh page, lets the
-// page run for 5 s and returns its output. (--virtual-time-budget would
-// wait for the event stream, which never ends, and never return.)
+// runChromium runs headless Chromium on url with a fresh page and returns
+// its output, or the page's console messages as an error.
 func runChromium(ctx context.Context, browser, profile, url string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	all := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-		"--no-first-run", "--user-data-dir=" + profile, "--timeout=5000"}, args...)
+		"--no-first-run", "--user-data-dir=" + profile, "--enable-logging=stderr", "--v=0"}, args...)
 	cmd := exec.CommandContext(ctx, browser, append(all, url)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
 		return out.String(), fmt.Errorf("%v: %s", err, lastLines(errOut.String(), 5))
+	}
+	// The page's own errors, if any, say why it shows nothing.
+	var console []string
+	for _, l := range strings.Split(errOut.String(), "\n") {
+		if strings.Contains(l, "CONSOLE") {
+			console = append(console, l)
+		}
+	}
+	if len(console) > 0 {
+		return out.String(), fmt.Errorf("the page logged:\n%s", strings.Join(console, "\n"))
 	}
 	return out.String(), nil
 }
