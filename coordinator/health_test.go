@@ -46,21 +46,12 @@ func grpcHealth(t *testing.T, s *Server) healthpb.HealthCheckResponse_ServingSta
 
 func healthz(t *testing.T, s *Server) (int, string) {
 	t.Helper()
-	return get(t, s, "/healthz")
+	return getPath(t, s, "/healthz")
 }
 
-func get(t *testing.T, s *Server, path string) (int, string) {
+func getPath(t *testing.T, s *Server, path string) (int, string) {
 	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + s.HTTPAddr() + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, b := get(t, "http://"+s.HTTPAddr()+path)
 	return resp.StatusCode, string(b)
 }
 
@@ -88,7 +79,7 @@ func TestCheckpointResultsDriveHealth(t *testing.T) {
 	if code, body := healthz(t, s); code != http.StatusOK || body != "ok\n" {
 		t.Fatalf("a fresh coordinator is not healthy: %d %q", code, body)
 	}
-	if code, body := get(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: idle") ||
+	if code, body := getPath(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: idle") ||
 		grpcHealth(t, s) != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("a coordinator without workers: /readyz %d %q, gRPC %v; want not ready", code, body, grpcHealth(t, s))
 	}
@@ -125,7 +116,7 @@ func TestCheckpointResultsDriveHealth(t *testing.T) {
 			gs != healthpb.HealthCheckResponse_NOT_SERVING || !strings.HasPrefix(st.Health, "degraded: ") {
 			t.Errorf("%s: /healthz %d %q, gRPC %v, status health %q; want degraded", step.name, code, body, gs, st.Health)
 		}
-		if code, body := get(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: degraded: checkpoint writes fail") {
+		if code, body := getPath(t, s, "/readyz"); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: degraded: checkpoint writes fail") {
 			t.Errorf("%s: /readyz %d %q; want not ready, degraded", step.name, code, body)
 		}
 	}

@@ -223,6 +223,16 @@ type Commit struct {
 	// Compute and Allreduce are the slowest member's gradient and all-reduce
 	// times, in seconds.
 	Compute, Allreduce float64
+	// Times are each member's reported times, in rank order.
+	Times []MemberTimes
+}
+
+// MemberTimes are one member's reported times in a committed step, in
+// seconds: its gradient and all-reduce in this step, and its commit wait
+// and update in the step before (a report carries them one step late).
+type MemberTimes struct {
+	Worker                                 string
+	Compute, Allreduce, CommitWait, Update float64
 }
 
 // Shard is the part of a global batch one worker computed.
@@ -830,6 +840,8 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		sum += r.SumLl
 		slowest = max(slowest, r.AllreduceSeconds)
 		c.Compute = max(c.Compute, r.ComputeSeconds)
+		c.Times = append(c.Times, MemberTimes{Worker: id, Compute: r.ComputeSeconds, Allreduce: r.AllreduceSeconds,
+			CommitWait: r.CommitWaitSeconds, Update: r.UpdateSeconds})
 	}
 	if !ledgerOK || pos != batch {
 		m.stats.LedgerErrors++

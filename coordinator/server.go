@@ -162,6 +162,8 @@ type Server struct {
 	agreedChanged chan struct{}
 
 	loopDone chan struct{} // closed when the loop goroutine ends
+
+	dash *dashboard // the HTTP port's dashboard and its history
 }
 
 // ownState is the newest state the coordinator holds, served to workers when
@@ -232,6 +234,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ledger != nil {
 		s.ledger = &ledger{f: cfg.Ledger} // set at once: closeAll closes it if New fails
 	}
+	s.dash = newDashboard(s)
 	fail := func(err error) (*Server, error) {
 		s.closeAll()
 		return nil, err
@@ -244,6 +247,8 @@ func New(cfg Config) (*Server, error) {
 		s.status.LastCheckpointStep = int64(from.Step)
 		s.status.lastCheckpointTime = from.Time
 		s.status.LastCheckpointBytes = from.Size
+		s.dash.noteResumed(from)
+		s.dash.drawSamples(st)
 	}
 	s.cfg.Train = st.Config
 	if s.configJSON, err = json.Marshal(st.Config); err != nil {
@@ -320,9 +325,11 @@ func New(cfg Config) (*Server, error) {
 			w.Header().Set("Content-Type", "application/json")
 			w.Write(append(b, '\n'))
 		})
+		s.dash.routes(mux)
 		// A client holds a connection only for bounded times.
 		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 			WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: rpcopt.MaxHeaderBytes}
+		s.httpSrv.RegisterOnShutdown(s.dash.close)
 	}
 	s.updateStatus()
 	s.refreshHealth()
@@ -631,6 +638,7 @@ func (s *Server) closeStopped() {
 
 // apply carries out a machine output.
 func (s *Server) apply(out Output) {
+	s.dash.noteLogs(time.Now(), out.Logs)
 	for _, l := range out.Logs {
 		s.log.Log(context.Background(), machineLogLevel(l), l)
 	}
@@ -708,6 +716,7 @@ func (s *Server) recordCommit(c *Commit) {
 	s.noteLedger(c.Position.Step, err)
 	stats := s.m.View().Stats
 	s.obs.observeCommit(c, stats.LastStepSeconds)
+	s.dash.noteCommit(time.Now(), c, stats.LastStepSeconds)
 	s.mu.Lock()
 	st := &s.status
 	n := float64(c.Batch)
@@ -738,6 +747,7 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 	s.scores = mergeScores(s.scores, []train.EpochResult{r})
 	kept := slices.Clone(s.scores)
 	s.mu.Unlock()
+	s.dash.noteScore(time.Now(), r)
 	if err := saveScores(s.cfg.StateDir, s.cfg.Train.Hash(), kept); err != nil {
 		s.log.Warn("epoch scores not kept on disk; the checkpoints still carry them", "err", err)
 	}

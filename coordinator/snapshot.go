@@ -98,6 +98,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 		s.mu.Lock()
 		s.status.CheckpointsRefused++
 		s.mu.Unlock()
+		s.dash.noteRefusedCheckpoint(st.Position.Step, err)
 		return fmt.Errorf("checkpoint of the state from %s refused: %w", r.Addr, err)
 	}
 	// Scores of finished epochs are known here first: put them in the
@@ -132,6 +133,7 @@ func (s *Server) takeSnapshot(r *SnapshotRequest) error {
 	s.status.LastSnapshotFetchSeconds = fetched.Seconds()
 	s.mu.Unlock()
 	s.post(event{saved: &savedState{pos: st.Position, digest: digest}})
+	s.dash.drawSamples(st)
 	if st.Position.StepInEpoch == 0 && s.cfg.Samples > 0 {
 		if err := s.writeImages(st); err != nil {
 			s.log.Warn("sample grid not written", "err", err)
@@ -198,6 +200,7 @@ func (s *Server) onSaved(r checkpoint.Result) {
 	if errors.Is(r.Err, checkpoint.ErrSuperseded) {
 		return // a newer checkpoint took its place before it was written
 	}
+	s.dash.noteSaved(r)
 	if r.Err != nil {
 		s.log.Error("checkpoint write failed; the previous ones stand, and health is degraded until one is written", "step", r.Meta.Step, "err", r.Err)
 		s.noteCheckpointFailure(r.Meta.Step, r.Err)

@@ -230,6 +230,7 @@ func scoredEpochs(scores []train.EpochResult, epochs int) int {
 // refusedHello counts a session refused at its first message.
 func (s *Server) refusedHello(err error) {
 	s.log.Warn("refused a session", "err", err)
+	s.dash.hist.AddEvent(time.Now(), EventRefused, "refused a session: "+err.Error())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.hellos++

@@ -103,6 +103,12 @@ func checkReport(r *nicepb.Report, batch int) error {
 	if err := seconds(msg, "allreduce_seconds", r.AllreduceSeconds); err != nil {
 		return err
 	}
+	if err := seconds(msg, "commit_wait_seconds", r.CommitWaitSeconds); err != nil {
+		return err
+	}
+	if err := seconds(msg, "update_seconds", r.UpdateSeconds); err != nil {
+		return err
+	}
 	return span(msg, r.Lo, r.Hi, batch)
 }
 

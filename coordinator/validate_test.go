@@ -58,6 +58,8 @@ func TestMachineRefusesInvalidMessages(t *testing.T) {
 		{"report: sum_ll infinite", "sum_ll", report(func(r *nicepb.Report) { r.SumLl = -inf })},
 		{"report: allreduce_seconds NaN", "allreduce_seconds", report(func(r *nicepb.Report) { r.AllreduceSeconds = nan })},
 		{"report: compute_seconds negative", "compute_seconds", report(func(r *nicepb.Report) { r.ComputeSeconds = -1 })},
+		{"report: commit_wait_seconds infinite", "commit_wait_seconds", report(func(r *nicepb.Report) { r.CommitWaitSeconds = inf })},
+		{"report: update_seconds negative", "update_seconds", report(func(r *nicepb.Report) { r.UpdateSeconds = -0.5 })},
 		{"report: shard past the batch", "lo/hi", report(func(r *nicepb.Report) { r.Hi = 1 << 30 })},
 		{"report: shard reversed", "lo/hi", report(func(r *nicepb.Report) { r.Lo, r.Hi = 6, 3 })},
 		{"evaluation: sum_ll NaN", "sum_ll", eval(func(e *nicepb.EvalReport) { e.SumLl = nan })},

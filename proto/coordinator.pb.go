@@ -479,8 +479,11 @@ type Report struct {
 	ComputeSeconds   float64                `protobuf:"fixed64,8,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"` // gradient on the shard
 	AllreduceSeconds float64                `protobuf:"fixed64,9,opt,name=allreduce_seconds,json=allreduceSeconds,proto3" json:"allreduce_seconds,omitempty"`
 	NonFinite        bool                   `protobuf:"varint,10,opt,name=non_finite,json=nonFinite,proto3" json:"non_finite,omitempty"` // the reduced gradient holds NaN or Inf: do not commit
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The previous committed step's times on this worker (0: none yet):
+	CommitWaitSeconds float64 `protobuf:"fixed64,11,opt,name=commit_wait_seconds,json=commitWaitSeconds,proto3" json:"commit_wait_seconds,omitempty"` // from sending its report to receiving the commit
+	UpdateSeconds     float64 `protobuf:"fixed64,12,opt,name=update_seconds,json=updateSeconds,proto3" json:"update_seconds,omitempty"`               // applying the committed update (and any snapshot)
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Report) Reset() {
@@ -581,6 +584,20 @@ func (x *Report) GetNonFinite() bool {
 		return x.NonFinite
 	}
 	return false
+}
+
+func (x *Report) GetCommitWaitSeconds() float64 {
+	if x != nil {
+		return x.CommitWaitSeconds
+	}
+	return 0
+}
+
+func (x *Report) GetUpdateSeconds() float64 {
+	if x != nil {
+		return x.UpdateSeconds
+	}
+	return 0
 }
 
 // EvalReport carries a worker's part of an evaluation of the scored set.
@@ -1829,7 +1846,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x12\x1b\n" +
 	"\thas_state\x18\x02 \x01(\bR\bhasState\x12-\n" +
 	"\bposition\x18\x03 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
-	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\xae\x02\n" +
+	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\x85\x03\n" +
 	"\x06Report\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1845,7 +1862,9 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x11allreduce_seconds\x18\t \x01(\x01R\x10allreduceSeconds\x12\x1d\n" +
 	"\n" +
 	"non_finite\x18\n" +
-	" \x01(\bR\tnonFinite\"y\n" +
+	" \x01(\bR\tnonFinite\x12.\n" +
+	"\x13commit_wait_seconds\x18\v \x01(\x01R\x11commitWaitSeconds\x12%\n" +
+	"\x0eupdate_seconds\x18\f \x01(\x01R\rupdateSeconds\"y\n" +
 	"\n" +
 	"EvalReport\x12\x1e\n" +
 	"\n" +

@@ -59,6 +59,12 @@ type Machine struct {
 	reported  int64 // the step reported
 	evalEpoch int   // > 0: evaluate this epoch before the next step
 
+	// The previous committed step's times, sent with the next report:
+	// reportedAt is when its report went out, committedAt when its commit
+	// came.
+	reportedAt, committedAt time.Time
+	commitWait, update      float64 // seconds
+
 	leaving   bool // told to stop: asked the coordinator to let it go
 	dismissed bool
 
@@ -273,7 +279,7 @@ func (m *Machine) Message(now time.Time, msg *nicepb.CoordinatorMessage) Actions
 	case *nicepb.CoordinatorMessage_Start:
 		m.onStart(k.Start, &a)
 	case *nicepb.CoordinatorMessage_Commit:
-		m.onCommit(k.Commit, &a)
+		m.onCommit(now, k.Commit, &a)
 	case *nicepb.CoordinatorMessage_Dismiss:
 		if m.leaving && !m.dismissed {
 			m.dismissed = true
@@ -328,7 +334,7 @@ func (m *Machine) onStart(s *nicepb.Start, a *Actions) {
 	m.next(a)
 }
 
-func (m *Machine) onCommit(c *nicepb.Commit, a *Actions) {
+func (m *Machine) onCommit(now time.Time, c *nicepb.Commit, a *Actions) {
 	if m.plan == nil || c.Generation != m.plan.Generation || !m.started || m.broken {
 		return
 	}
@@ -337,6 +343,8 @@ func (m *Machine) onCommit(c *nicepb.Commit, a *Actions) {
 		return
 	}
 	m.awaiting = false
+	m.committedAt = now
+	m.commitWait = elapsed(m.reportedAt, now)
 	if c.EvalEpoch > 0 {
 		m.evalEpoch = int(c.EvalEpoch)
 	}
@@ -413,11 +421,12 @@ func (m *Machine) Computed(now time.Time, r ComputeResult) Actions {
 		a.Logs = append(a.Logs, fmt.Sprintf("all-reduce of step %d failed: %v", r.Step, r.Err))
 		return a
 	}
-	m.awaiting, m.reported = true, r.Step
+	m.awaiting, m.reported, m.reportedAt = true, r.Step, now
 	a.Send = append(a.Send, &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: &nicepb.Report{
 		Generation: r.Generation, Step: r.Step, GradDigest: r.GradDigest, SumLl: r.SumLL,
 		Lo: int32(r.Lo), Hi: int32(r.Hi), ParamsDigest: r.ParamsDigest,
 		ComputeSeconds: r.ComputeSeconds, AllreduceSeconds: r.AllreduceSeconds, NonFinite: r.NonFinite,
+		CommitWaitSeconds: m.commitWait, UpdateSeconds: m.update,
 	}}})
 	return a
 }
@@ -446,6 +455,7 @@ func (m *Machine) Applied(now time.Time, gen uint64, pos train.Position, snapDig
 	m.pos = pos
 	m.digestKnown = false
 	m.stats.Applied++
+	m.update = elapsed(m.committedAt, now)
 	if m.applySnap {
 		// The snapshot is the state now held: its digest describes it.
 		m.digest, m.digestKnown = snapDigest, true
@@ -552,4 +562,13 @@ func (m *Machine) readyMsg() *nicepb.WorkerMessage {
 	return &nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Ready{Ready: &nicepb.Ready{
 		Generation: m.plan.Generation, HasState: true, Position: statexfer.ToPB(m.pos), StateDigest: m.digest,
 	}}}
+}
+
+// elapsed is the seconds from a to b, 0 when a is unset or after b (a
+// report never carries a duration the coordinator would refuse).
+func elapsed(a, b time.Time) float64 {
+	if a.IsZero() || b.Before(a) {
+		return 0
+	}
+	return b.Sub(a).Seconds()
 }

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -78,6 +79,26 @@ func TestMachineStepCycle(t *testing.T) {
 	}
 	if got := m.Stats().Applied; got != 1 {
 		t.Fatalf("applied %d steps, want 1", got)
+	}
+}
+
+// A report carries the previous step's commit wait (report to commit) and
+// update (commit to applied); the first report has none.
+func TestMachineReportsStepTimes(t *testing.T) {
+	m := started(t)
+	a := m.Computed(t0, ComputeResult{Generation: 1, Step: 0, Lo: 0, Hi: 4})
+	if r := a.Send[0].GetReport(); r.CommitWaitSeconds != 0 || r.UpdateSeconds != 0 {
+		t.Fatalf("the first report carries commit wait %g s, update %g s, want none", r.CommitWaitSeconds, r.UpdateSeconds)
+	}
+	m.Message(t0.Add(250*time.Millisecond), commit(1, 0, false))
+	m.Applied(t0.Add(300*time.Millisecond), 1, train.Position{Step: 1, StepInEpoch: 1}, 0, nil)
+	a = m.Computed(t0.Add(2*time.Second), ComputeResult{Generation: 1, Step: 1, Lo: 0, Hi: 4})
+	r := a.Send[0].GetReport()
+	if r == nil || r.Step != 1 {
+		t.Fatalf("after step 1 it sends %v, want its report", a.Send)
+	}
+	if math.Abs(r.CommitWaitSeconds-0.25) > 1e-9 || math.Abs(r.UpdateSeconds-0.05) > 1e-9 {
+		t.Fatalf("the report of step 1 carries commit wait %g s, update %g s; want step 0's 0.25 s and 0.05 s", r.CommitWaitSeconds, r.UpdateSeconds)
 	}
 }
 
