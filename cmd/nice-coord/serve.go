@@ -51,8 +51,8 @@ type serveFlags struct {
 
 func addServeFlags(fs *flag.FlagSet, sf *serveFlags, listen, httpAddr, gossip string) {
 	addTrainFlags(fs, &sf.tf)
-	fs.StringVar(&sf.listen, "listen", listen, "gRPC address workers and `nice-coord status` connect to")
-	fs.StringVar(&sf.http, "http", httpAddr, "HTTP address for GET /healthz, /readyz, /status and /metrics (Prometheus), plaintext (empty: none)")
+	fs.StringVar(&sf.listen, "listen", listen, "gRPC `address` that workers and nice-coord status connect to")
+	fs.StringVar(&sf.http, "http", httpAddr, "HTTP `address` of the dashboard (/), /healthz, /readyz, /status and Prometheus /metrics, plaintext (empty: none)")
 	fs.StringVar(&sf.gossip, "gossip", gossip, "gossip (memberlist) address workers join through (empty: no gossip)")
 	fs.StringVar(&sf.advertise, "advertise", "", "host or IP others reach this coordinator at (default: this host's first non-loopback IPv4, or 127.0.0.1 for loopback listeners)")
 	fs.StringVar(&sf.stateDir, "state-dir", "nice-state", "folder of the checkpoint file (nice.db), the ledger and the sample grids")
