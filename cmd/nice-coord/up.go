@@ -106,8 +106,12 @@ loop:
 			break loop
 		case now := <-tick.C:
 			st := srv.Status()
-			fmt.Printf("epoch %d/%d  step %d  %s  %d workers  %.0f samples/s  train NLL %.2f  checkpoint at step %d\n",
-				min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.Phase, len(st.Workers), st.SamplesPerSec, st.TrainNLL, st.LastCheckpointStep)
+			eta := ""
+			if st.ETASeconds > 0 {
+				eta = "  ETA " + formatETA(st.ETASeconds)
+			}
+			fmt.Printf("epoch %d/%d  step %d  %s  %d workers  %.0f samples/s  train NLL %.2f  checkpoint at step %d%s\n",
+				min(st.Epoch, st.Epochs), st.Epochs, st.Step, st.Phase, len(st.Workers), st.SamplesPerSec, st.TrainNLL, st.LastCheckpointStep, eta)
 			printProblems(os.Stdout, &st)
 			if stopping {
 				continue
