@@ -65,7 +65,7 @@ func (l *loadedModel) describe() string {
 	if l.saved.State == nil {
 		kind = "exported model"
 	}
-	return fmt.Sprintf("model: step %d (epoch %d, step %d of it), %s from %s", p.Step, p.Epoch+1, p.StepInEpoch, kind, l.from)
+	return fmt.Sprintf("model: step %d (%d epochs + %d steps), %s from %s", p.Step, p.Epoch, p.StepInEpoch, kind, l.from)
 }
 
 // model builds the flow model of the loaded parameters.

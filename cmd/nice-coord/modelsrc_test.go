@@ -140,7 +140,7 @@ func TestSourceFromAFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameState(t, "state file", l.saved.State, st)
-	if d := l.describe(); !strings.Contains(d, "step 3 (epoch 1, step 3 of it), training state from file "+statePath) {
+	if d := l.describe(); !strings.Contains(d, "step 3 (0 epochs + 3 steps), training state from file "+statePath) {
 		t.Fatalf("describe: %q", d)
 	}
 
