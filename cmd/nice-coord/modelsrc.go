@@ -65,7 +65,15 @@ func (l *loadedModel) describe() string {
 	if l.saved.State == nil {
 		kind = "exported model"
 	}
-	return fmt.Sprintf("model: step %d (%d epochs + %d steps), %s from %s", p.Step, p.Epoch, p.StepInEpoch, kind, l.from)
+	return fmt.Sprintf("model: step %d (%s + %s), %s from %s", p.Step, count(p.Epoch, "epoch"), count(p.StepInEpoch, "step"), kind, l.from)
+}
+
+// count is "1 epoch", "2 epochs".
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // model builds the flow model of the loaded parameters.
