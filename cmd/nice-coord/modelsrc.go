@@ -211,8 +211,14 @@ func loadFromCoordinator(ctx context.Context, addr string, b *creds.Bundle) (*lo
 	client := nicepb.NewCoordinatorClient(conn)
 	retry := time.NewTicker(time.Second)
 	defer retry.Stop()
+	// lagged says why the last try found the coordinator holding a newer
+	// state than it lists: the error to give if time runs out.
+	var lagged error
 	for {
 		newest, err := newestVerified(ctx, client, addr, b != nil)
+		if err != nil && lagged != nil && ctx.Err() != nil {
+			return nil, lagged
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -223,12 +229,16 @@ func loadFromCoordinator(ctx context.Context, addr string, b *creds.Bundle) (*lo
 		limit := statexfer.Expect{Min: 1, Max: min(newest.Bytes+1<<16, maxFetchedState)}
 		blob, err := statexfer.Fetch(ctx, conn, statexfer.Request{Source: addr, Position: pos, Size: limit})
 		if errors.Is(err, statexfer.ErrUnavailable) {
+			lagged = fmt.Errorf("the coordinator at %s holds a newer state than its newest stored checkpoint (step %d) and did not store it in time (%v); try again, or see `nice-coord status`", addr, newest.Step, err)
 			select {
 			case <-retry.C:
 				continue
 			case <-ctx.Done():
-				return nil, fmt.Errorf("the coordinator at %s holds a newer state than its newest stored checkpoint (step %d) and did not store it in time (%v); try again, or see `nice-coord status`", addr, newest.Step, err)
+				return nil, lagged
 			}
+		}
+		if err != nil && lagged != nil && ctx.Err() != nil {
+			return nil, lagged
 		}
 		if err != nil {
 			return nil, explainRPCError(addr, b != nil, err)

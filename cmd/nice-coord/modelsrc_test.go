@@ -102,7 +102,12 @@ func wantErr(t *testing.T, err error, parts ...string) {
 // test ends.
 func serveTiny(t *testing.T, b *creds.Bundle, seed ...*train.State) *coordinator.Server {
 	t.Helper()
-	store := checkpoint.NewMemory(checkpoint.MemoryOptions{})
+	return serveTinyStore(t, checkpoint.NewMemory(checkpoint.MemoryOptions{}), b, seed...)
+}
+
+// serveTinyStore is serveTiny with the store given.
+func serveTinyStore(t *testing.T, store checkpoint.Store, b *creds.Bundle, seed ...*train.State) *coordinator.Server {
+	t.Helper()
 	for _, st := range seed {
 		blob, err := st.Encode()
 		if err != nil {
@@ -390,4 +395,42 @@ func TestContinuingThroughTheOtherKindIsExact(t *testing.T) {
 			t.Fatalf("%s: history %v vs %v", name, got.History.Points, want.History.Points)
 		}
 	}
+}
+
+// lagging lists its checkpoints without the newest until it has been
+// listed hide times: as a coordinator's store looks between a snapshot
+// taken (and served) and its write.
+type lagging struct {
+	checkpoint.Store
+	mu   sync.Mutex
+	hide int
+}
+
+func (l *lagging) List(ctx context.Context) ([]checkpoint.Listing, error) {
+	list, err := l.Store.List(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.hide > 0 && len(list) > 0 {
+		l.hide--
+		list = list[:len(list)-1]
+	}
+	return list, err
+}
+
+// The coordinator serves only the state it holds: a client that asked for
+// an older checkpoint lists again and gets the newest, or, when the store
+// never catches up, says so when its time is up.
+func TestSourceFromACoordinatorWhoseStoreLags(t *testing.T) {
+	ctx := context.Background()
+	older, st := trained(t, 2).State(), trained(t, 5).State()
+	srv := serveTinyStore(t, &lagging{Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), hide: 2}, nil, older, st)
+	l, err := (&modelSource{addr: srv.Addr(), tls: &creds.Flags{}, wait: time.Minute}).load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, "after the store caught up", l.saved.State, st)
+
+	stuck := serveTinyStore(t, &lagging{Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), hide: 1 << 30}, nil, older, st)
+	_, err = (&modelSource{addr: stuck.Addr(), tls: &creds.Flags{}, wait: 3 * time.Second}).load(ctx)
+	wantErr(t, err, "holds a newer state than its newest stored checkpoint (step 2)")
 }
