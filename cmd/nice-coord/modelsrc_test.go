@@ -402,12 +402,16 @@ func TestContinuingThroughTheOtherKindIsExact(t *testing.T) {
 // taken (and served) and its write.
 type lagging struct {
 	checkpoint.Store
-	mu   sync.Mutex
-	hide int
+	mu     sync.Mutex
+	hide   int
+	listed chan struct{} // a send after each listing, if not nil
 }
 
 func (l *lagging) List(ctx context.Context) ([]checkpoint.Listing, error) {
 	list, err := l.Store.List(ctx)
+	if l.listed != nil {
+		defer func() { l.listed <- struct{}{} }()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.hide > 0 && len(list) > 0 {
@@ -430,7 +434,17 @@ func TestSourceFromACoordinatorWhoseStoreLags(t *testing.T) {
 	}
 	sameState(t, "after the store caught up", l.saved.State, st)
 
-	stuck := serveTinyStore(t, &lagging{Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), hide: 1 << 30}, nil, older, st)
-	_, err = (&modelSource{addr: stuck.Addr(), tls: &creds.Flags{}, wait: 3 * time.Second}).load(ctx)
+	// The client gives up (its context ends) after the third listing.
+	listed := make(chan struct{}, 8)
+	stuck := serveTinyStore(t, &lagging{Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), hide: 1 << 30, listed: listed}, nil, older, st)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for range 3 {
+			<-listed
+		}
+		cancel()
+	}()
+	_, err = (&modelSource{addr: stuck.Addr(), tls: &creds.Flags{}, wait: time.Minute}).load(cctx)
 	wantErr(t, err, "holds a newer state than its newest stored checkpoint (step 2)")
 }
