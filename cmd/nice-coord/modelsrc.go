@@ -116,7 +116,11 @@ func (s *modelSource) load(ctx context.Context) (*loadedModel, error) {
 	}
 	switch {
 	case s.addr != "":
-		b, err := s.tls.Select(nil)
+		tls := s.tls
+		if tls == nil {
+			tls = &creds.Flags{}
+		}
+		b, err := tls.Select(nil)
 		if err != nil {
 			return nil, err
 		}
