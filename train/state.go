@@ -153,7 +153,7 @@ func ReadState(r io.Reader) (*State, error) {
 	if h.Version != stateVersion {
 		return nil, fmt.Errorf("training state version %d: this build reads version %d", h.Version, stateVersion)
 	}
-	if err := checkHeader(&h, int64(hl)); err != nil {
+	if err := checkHeader(h.Config, h.Floats, int64(hl)); err != nil {
 		return nil, err
 	}
 	s := &State{Config: h.Config, Position: h.Position, AdamStep: h.AdamStep, History: h.History, LossSum: h.LossSum, LossN: h.LossN}
@@ -176,19 +176,19 @@ func ReadState(r io.Reader) (*State, error) {
 // checkHeader refuses a header whose configuration is invalid, whose float
 // count is not its model's, or that is larger than a run of its
 // configuration can make.
-func checkHeader(h *header, size int64) error {
-	if err := h.Config.Validate(); err != nil {
+func checkHeader(c Config, floats int, size int64) error {
+	if err := c.Validate(); err != nil {
 		return fmt.Errorf("%w: the header's configuration: %v", ErrCorruptState, err)
 	}
-	want, err := ModelFloats(h.Config.Model)
+	want, err := ModelFloats(c.Model)
 	if err != nil {
 		return fmt.Errorf("%w: the header's model: %v", ErrCorruptState, err)
 	}
-	if h.Floats != want {
+	if floats != want {
 		return fmt.Errorf("%w: the header announces %d floats per buffer, its model (%d couplings of %d hidden layers of %d) has %d",
-			ErrCorruptState, h.Floats, h.Config.Model.Couplings, h.Config.Model.HiddenLayers, h.Config.Model.Hidden, want)
+			ErrCorruptState, floats, c.Model.Couplings, c.Model.HiddenLayers, c.Model.Hidden, want)
 	}
-	most, err := MaxHeaderLen(h.Config)
+	most, err := MaxHeaderLen(c)
 	if err != nil {
 		return fmt.Errorf("%w: the header's configuration: %v", ErrCorruptState, err)
 	}
@@ -242,6 +242,12 @@ func DecodeState(b []byte) (*State, error) { return ReadState(bytes.NewReader(b)
 // leaves the old state or the new one, never a mix, and once SaveFile
 // returns nil the new one survives a power cut. Every error names path.
 func (s *State) SaveFile(path string) error {
+	return saveFile(path, s.WriteTo)
+}
+
+// saveFile writes what write writes to path, atomically and durably (see
+// State.SaveFile).
+func saveFile(path string, write func(io.Writer) (int64, error)) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*")
 	if err != nil {
@@ -249,7 +255,7 @@ func (s *State) SaveFile(path string) error {
 	}
 	defer os.Remove(f.Name()) // no-op after the rename
 	bw := bufio.NewWriterSize(f, 1<<20)
-	if _, err := s.WriteTo(bw); err != nil {
+	if _, err := write(bw); err != nil {
 		f.Close()
 		return fmt.Errorf("saving state to %s: %w", path, err)
 	}

@@ -17,26 +17,12 @@ func init() {
 	register("eval", command{summary: "score a saved model on the MNIST test (or validation) set", run: runEval})
 }
 
-// loadModel reads a saved training state and returns its model.
-func loadModel(path string) (*train.State, *flow.Model, error) {
-	s, err := train.LoadFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	m, err := flow.New(s.Config.Model)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(s.Params) != m.NumParams() {
-		return nil, nil, fmt.Errorf("%s holds %d parameters, its model needs %d", path, len(s.Params), m.NumParams())
-	}
-	copy(m.Params, s.Params)
-	return s, m, nil
-}
-
 func runSample(ctx context.Context, args []string) error {
-	fs := newFlagSet("sample", "[flags]", "Draws samples x = f⁻¹(h), h from the prior, from a saved model and writes them as a PNG grid.")
-	state := fs.String("state", "run/state.nice", "saved training state (train's --out folder holds state.nice)")
+	fs := newFlagSet("sample", "[--addr host:port | --state-dir DIR | --state FILE] [flags]",
+		"Draws samples x = f⁻¹(h), h from the prior, from a model and writes them as a PNG grid. The model\n"+
+			"comes from a running coordinator (--addr), a stopped one's state folder (--state-dir), or a file\n"+
+			"(--state: a state.nice or an exported model).")
+	src := addSourceFlags(fs)
 	n := fs.Int("n", 100, "number of samples")
 	cols := fs.Int("cols", 10, "samples per row of the grid")
 	seed := fs.Uint64("seed", 1, "seed of the prior draws")
@@ -51,7 +37,12 @@ func runSample(ctx context.Context, args []string) error {
 		return fmt.Errorf("--n %d and --cols %d must be at least 1", *n, *cols)
 	}
 	noteBLAS(*threads)
-	_, m, err := loadModel(*state)
+	l, err := src.load(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Println(l.describe())
+	m, err := l.model()
 	if err != nil {
 		return err
 	}
@@ -66,8 +57,11 @@ func runSample(ctx context.Context, args []string) error {
 }
 
 func runEval(ctx context.Context, args []string) error {
-	fs := newFlagSet("eval", "[flags]", "Scores a saved model: mean log-likelihood in nats per image and bits/dim = 8 - LL/(784 ln 2),\nwith the run's fixed evaluation noise.")
-	state := fs.String("state", "run/state.nice", "saved training state")
+	fs := newFlagSet("eval", "[--addr host:port | --state-dir DIR | --state FILE] [flags]",
+		"Scores a model: mean log-likelihood in nats per image and bits/dim = 8 - LL/(784 ln 2), with the\n"+
+			"run's fixed evaluation noise. The model comes from a running coordinator (--addr), a stopped one's\n"+
+			"state folder (--state-dir), or a file (--state: a state.nice or an exported model).")
+	src := addSourceFlags(fs)
 	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
 	set := fs.String("set", "", "test or validation (default: what the run scored on)")
 	limit := fs.Int("n", 0, "score only the first n images (0: all)")
@@ -78,11 +72,16 @@ func runEval(ctx context.Context, args []string) error {
 		return err
 	}
 	noteBLAS(*threads)
-	s, m, err := loadModel(*state)
+	l, err := src.load(ctx)
 	if err != nil {
 		return err
 	}
-	c := s.Config
+	fmt.Println(l.describe())
+	m, err := l.model()
+	if err != nil {
+		return err
+	}
+	c := l.saved.Model.Config
 	switch *set {
 	case "":
 	case "test":
@@ -103,7 +102,7 @@ func runEval(ctx context.Context, args []string) error {
 	ws := flow.NewWorkspace(m.Config, 256)
 	x := make([]float32, 256*m.Config.Dim)
 	ll := train.EvalSum(m, ws, x, d.Eval, 0, n, c.EvalSeed) / float64(n)
-	fmt.Printf("%s: step %d, %s set (%d images): log-likelihood %.2f nats per image, %.4f bits/dim\n",
-		*state, s.Position.Step, d.EvalName, n, ll, train.BitsPerDim(ll, m.Config.Dim))
+	fmt.Printf("step %d, %s set (%d images): log-likelihood %.2f nats per image, %.4f bits/dim\n",
+		l.saved.Model.Position.Step, d.EvalName, n, ll, train.BitsPerDim(ll, m.Config.Dim))
 	return nil
 }

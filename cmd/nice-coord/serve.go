@@ -154,10 +154,20 @@ func runServe(ctx context.Context, args []string) error {
 			"written by `nice-coord init`) or --insecure.")
 	var sf serveFlags
 	addServeFlags(fs, &sf, ":7000", ":7080", ":7946")
+	resumeFrom := fs.String("resume-from", "", "start a new --state-dir from another run: a state.nice of `nice-coord train`, another coordinator's state folder, or a running coordinator's host:port; it becomes the first checkpoint")
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	if *resumeFrom != "" {
+		st, err := loadResumable(ctx, *resumeFrom, sf.tls)
+		if err != nil {
+			return err
+		}
+		if _, err := seedStore(ctx, sf.stateDir, sf.keep, st); err != nil {
+			return fmt.Errorf("--resume-from: %w", err)
+		}
 	}
 	srv, _, err := sf.start(nil)
 	if err != nil {

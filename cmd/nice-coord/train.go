@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/mnist"
 	"github.com/nice-flow/nice/train"
 )
@@ -82,6 +83,8 @@ func runTrain(ctx context.Context, args []string) error {
 	addTrainFlags(fs, &tf)
 	out := fs.String("out", "run", "folder for the state, sample grids and learning curves")
 	resume := fs.Bool("resume", false, "continue the run saved in --out")
+	resumeFrom := fs.String("resume-from", "", "continue, into an empty --out, the run of another kind of checkpoint: a coordinator's state folder (its newest checkpoint that verifies), a running coordinator's address host:port, or a state.nice")
+	tlsFlags := creds.AddFlags(fs, false)
 	maxSteps := fs.Int("max-steps", 0, "stop after this many steps in this invocation (0: train to the last epoch)")
 	progress := fs.Duration("progress", 5*time.Second, "interval between progress lines")
 	saveEvery := fs.Duration("save-every", 10*time.Minute, "also save the state this often (0: only at epoch ends and on exit)")
@@ -104,10 +107,21 @@ func runTrain(ctx context.Context, args []string) error {
 	statePath := filepath.Join(*out, "state.nice")
 
 	var tr *train.Trainer
-	if *resume {
-		s, err := train.LoadFile(statePath)
-		if errors.Is(err, iofs.ErrNotExist) {
-			return fmt.Errorf("nothing to resume: %s does not exist (run without --resume to start)", statePath)
+	if *resume && *resumeFrom != "" {
+		return fmt.Errorf("--resume continues the run in --out, --resume-from another one into --out: choose one")
+	}
+	if *resume || *resumeFrom != "" {
+		var s *train.State
+		if *resume {
+			s, err = train.LoadFile(statePath)
+			if errors.Is(err, iofs.ErrNotExist) {
+				return fmt.Errorf("nothing to resume: %s does not exist (run without --resume to start)", statePath)
+			}
+		} else {
+			if _, serr := os.Stat(statePath); serr == nil {
+				return fmt.Errorf("%s already holds a run: --resume continues it; --resume-from needs another --out", statePath)
+			}
+			s, err = loadResumable(ctx, *resumeFrom, tlsFlags)
 		}
 		if err != nil {
 			return err
@@ -126,6 +140,12 @@ func runTrain(ctx context.Context, args []string) error {
 		}
 		if tr, err = train.Restore(s, d); err != nil {
 			return err
+		}
+		if *resumeFrom != "" {
+			// Saved at once: from here on --resume continues it.
+			if err := tr.State().SaveFile(statePath); err != nil {
+				return err
+			}
 		}
 		fmt.Printf("resuming %s at epoch %d, step %d\n", statePath, s.Position.Epoch+1, s.Position.Step)
 	} else {

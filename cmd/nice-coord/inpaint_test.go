@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"image/png"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nice-flow/nice/internal/plot"
+	"github.com/nice-flow/nice/mnist"
+)
+
+// inpaint and eval run end to end on an export of a tiny model and the
+// real test set: the PNG holds three rows (originals, masked starts,
+// results) per band of digits.
+func TestInpaintAndEvalCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads MNIST")
+	}
+	if _, err := mnist.FindDir(""); err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	statePath, modelPath := filepath.Join(dir, "state.nice"), filepath.Join(dir, "model.nice")
+	if err := trained(t, 3).State().SaveFile(statePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := runExport(ctx, []string{"--state", statePath, "--out", modelPath}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "inpaint.png")
+	for _, mask := range []string{"left", "right", "top", "bottom", "random", "square"} {
+		if err := runInpaint(ctx, []string{"--state", modelPath, "--mask", mask, "--n", "5", "--cols", "3", "--steps", "3", "--out", out}); err != nil {
+			t.Fatalf("--mask %s: %v", mask, err)
+		}
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pitch = plot.TileSide + plot.Gap
+	// 5 digits in rows of 3: two bands of three rows.
+	if w, h := img.Bounds().Dx(), img.Bounds().Dy(); w != plot.Scale*(3*pitch+plot.Gap) || h != plot.Scale*(6*pitch+plot.Gap) {
+		t.Fatalf("PNG of %dx%d pixels", w, h)
+	}
+	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--mask", "diagonal"}), "--mask", `"diagonal"`, "square")
+	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--mask", "random", "--fraction", "1.5"}), "fraction", "between 0 and 1")
+	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--lr", "0"}), "--lr", "positive")
+	if err := runEval(ctx, []string{"--state", modelPath, "--n", "50"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// train --resume-from refuses what it cannot continue, before loading data.
+func TestTrainResumeFromErrors(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	statePath, modelPath := filepath.Join(dir, "state.nice"), filepath.Join(dir, "model.nice")
+	if err := trained(t, 1).State().SaveFile(statePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := runExport(ctx, []string{"--state", statePath, "--out", modelPath}); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, runTrain(ctx, []string{"--out", dir, "--resume-from", statePath}), "already holds a run", "another --out")
+	wantErr(t, runTrain(ctx, []string{"--out", t.TempDir(), "--resume", "--resume-from", statePath}), "choose one")
+	wantErr(t, runTrain(ctx, []string{"--out", t.TempDir(), "--resume-from", modelPath}), "exported model", "no optimiser state")
+	wantErr(t, runServe(ctx, []string{"--state-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--http", "", "--gossip", "", "--resume-from", modelPath}),
+		"exported model", "no optimiser state")
+}

@@ -1,0 +1,141 @@
+package train
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/mnist"
+)
+
+func TestMasks(t *testing.T) {
+	const w = 6
+	count := func(m []bool) int {
+		k := 0
+		for _, v := range m {
+			if v {
+				k++
+			}
+		}
+		return k
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		mask    Mask
+		missing int
+		at      []int // pixels that must be missing
+		kept    []int // pixels that must be observed
+	}{
+		{Mask{Kind: MaskLeft}, 18, []int{0, 2, 32}, []int{3, 35}},
+		{Mask{Kind: MaskRight}, 18, []int{3, 35}, []int{0, 32}},
+		{Mask{Kind: MaskTop}, 18, []int{0, 17}, []int{18, 35}},
+		{Mask{Kind: MaskBottom}, 18, []int{18, 35}, []int{0, 17}},
+		{Mask{Kind: MaskSquare, Side: 2}, 4, []int{14, 15, 20, 21}, []int{0, 13, 22}},
+	} {
+		m, err := tc.mask.Missing(2, w, rng)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.mask.Kind, err)
+		}
+		if got := count(m[:w*w]); got != tc.missing || count(m[w*w:]) != tc.missing {
+			t.Fatalf("%s: %d missing, want %d", tc.mask.Kind, got, tc.missing)
+		}
+		for _, i := range tc.at {
+			if !m[i] {
+				t.Errorf("%s: pixel %d observed, should be missing", tc.mask.Kind, i)
+			}
+		}
+		for _, i := range tc.kept {
+			if m[i] {
+				t.Errorf("%s: pixel %d missing, should be observed", tc.mask.Kind, i)
+			}
+		}
+	}
+	m, err := Mask{Kind: MaskRandom, Fraction: 0.25}.Missing(100, 28, rng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := float64(count(m)) / float64(len(m)); f < 0.24 || f > 0.26 {
+		t.Fatalf("random mask of fraction 0.25: %.3f missing", f)
+	}
+	if slices.Equal(m[:784], m[784:2*784]) {
+		t.Fatal("random mask: two images have the same missing pixels")
+	}
+	for _, bad := range []Mask{{Kind: "diagonal"}, {Kind: MaskRandom}, {Kind: MaskRandom, Fraction: 1}, {Kind: MaskSquare}, {Kind: MaskSquare, Side: 29}} {
+		if _, err := bad.Missing(1, 28, rng); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+// Inpainting a briefly trained tiny model raises the log-likelihood of the
+// images: the result's beats the masked start's, the trace rises overall,
+// and the observed pixels are untouched while the filled ones stay in
+// [0, 1].
+func TestInpaintRaisesLogLikelihood(t *testing.T) {
+	c, d := tinyConfig(), syntheticData()
+	tr := mustTrainer(t, c, d)
+	steps(t, tr, 10)
+	m := tr.Model
+	const n = 6
+	D := m.Config.Dim
+	x := make([]float32, n*D)
+	idx := []int32{0, 1, 2, 3, 4, 5}
+	d.Eval.FillBatch(x, idx, c.EvalSeed, 0)
+	orig := slices.Clone(x)
+	missing, err := Mask{Kind: MaskBottom}.Missing(n, mnist.Cols, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := flow.NewWorkspace(m.Config, 4) // two batches, the second partial
+	res, err := Inpaint(m, ws, x, missing, n, InpaintConfig{Steps: 30, LR: 1e-2, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, final := Mean(res.Start), Mean(res.Final)
+	t.Logf("mean log-likelihood: masked start %.2f, after 30 steps %.2f; trace %.1f", start, final, res.Trace)
+	if !(final > start) {
+		t.Fatalf("inpainting lowered the log-likelihood: %.3f -> %.3f", start, final)
+	}
+	for i := range res.Start {
+		if !(res.Final[i] > res.Start[i]) {
+			t.Errorf("image %d: %.3f -> %.3f", i, res.Start[i], res.Final[i])
+		}
+	}
+	close := func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Abs(b) }
+	if len(res.Trace) != 31 || !close(res.Trace[0], start) || !close(res.Trace[30], final) {
+		t.Fatalf("trace of %d entries from %v to %v; start %v final %v", len(res.Trace), res.Trace[0], res.Trace[len(res.Trace)-1], start, final)
+	}
+	for s := 10; s <= 30; s += 10 {
+		if !(res.Trace[s] > res.Trace[s-10]) {
+			t.Errorf("mean log-likelihood did not rise from step %d (%.3f) to %d (%.3f)", s-10, res.Trace[s-10], s, res.Trace[s])
+		}
+	}
+	for i := range x {
+		if !missing[i] && x[i] != orig[i] {
+			t.Fatalf("observed pixel %d changed: %v -> %v", i, orig[i], x[i])
+		}
+		if x[i] < 0 || x[i] > 1 {
+			t.Fatalf("pixel %d = %v, outside [0, 1]", i, x[i])
+		}
+	}
+}
+
+func TestInpaintRefusesBadSettings(t *testing.T) {
+	m, err := flow.New(tinyConfig().Model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := flow.NewWorkspace(m.Config, 1)
+	x := make([]float32, m.Config.Dim)
+	miss := make([]bool, m.Config.Dim)
+	for _, c := range []InpaintConfig{{Steps: -1, LR: 1}, {Steps: 1}, {Steps: 1, LR: -1}} {
+		if _, err := Inpaint(m, ws, x, miss, 1, c); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	if _, err := Inpaint(m, ws, x, miss, 2, InpaintConfig{Steps: 1, LR: 1}); err == nil {
+		t.Error("two images of one image's buffer accepted")
+	}
+}
