@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
@@ -219,7 +217,7 @@ func loadFromCoordinator(ctx context.Context, addr string, b *creds.Bundle) (*lo
 	// state than it lists: the error to give if time runs out.
 	var lagged error
 	for {
-		newest, err := newestVerified(ctx, client, addr, b != nil)
+		newest, err := newestVerified(ctx, client, addr, b)
 		if err != nil && lagged != nil && ctx.Err() != nil {
 			return nil, lagged
 		}
@@ -245,7 +243,7 @@ func loadFromCoordinator(ctx context.Context, addr string, b *creds.Bundle) (*lo
 			return nil, lagged
 		}
 		if err != nil {
-			return nil, explainRPCError(addr, b != nil, err)
+			return nil, explainRPCError(addr, b, err)
 		}
 		st, err := train.DecodeState(blob)
 		if err != nil {
@@ -260,10 +258,10 @@ func loadFromCoordinator(ctx context.Context, addr string, b *creds.Bundle) (*lo
 
 // newestVerified asks the coordinator for its checkpoints and returns the
 // newest that verifies.
-func newestVerified(ctx context.Context, client nicepb.CoordinatorClient, addr string, secure bool) (coordinator.CheckpointInfo, error) {
+func newestVerified(ctx context.Context, client nicepb.CoordinatorClient, addr string, b *creds.Bundle) (coordinator.CheckpointInfo, error) {
 	r, err := client.Checkpoints(ctx, &nicepb.CheckpointsRequest{}, grpc.WaitForReady(false))
 	if err != nil {
-		return coordinator.CheckpointInfo{}, explainRPCError(addr, secure, err)
+		return coordinator.CheckpointInfo{}, explainRPCError(addr, b, err)
 	}
 	var list []coordinator.CheckpointInfo
 	if err := json.Unmarshal(r.Json, &list); err != nil {
@@ -286,30 +284,14 @@ func newestVerified(ctx context.Context, client nicepb.CoordinatorClient, addr s
 	return coordinator.CheckpointInfo{}, fmt.Errorf("the coordinator at %s has no checkpoint yet (it takes one every --checkpoint-every steps, at each epoch end and when it stops): try again later", addr)
 }
 
-// explainRPCError turns a failed call to addr into what a person can act
-// on: nothing listens there, the TLS handshake was refused, the call timed
-// out, or the coordinator answered with an error.
-func explainRPCError(addr string, secure bool, err error) error {
-	st, _ := status.FromError(err)
-	msg := st.Message()
-	lower := strings.ToLower(msg)
-	hint := "pass --tls-dir DIR (the cluster's credentials, from `nice-coord init`) if the cluster runs with them"
-	if secure {
-		hint = "this client presents the credentials of --tls-dir: check they are this cluster's, or pass --insecure if the cluster runs without any"
-	}
-	switch {
-	case st.Code() == codes.Unavailable && (strings.Contains(lower, "connection refused") || strings.Contains(lower, "no such host")):
-		return fmt.Errorf("nothing listens at %s: start the coordinator (`nice-coord serve` or `up`), fix --addr, or read a stopped coordinator's --state-dir: %w", addr, err)
-	case st.Code() == codes.Unavailable && (strings.Contains(lower, "handshake") || strings.Contains(lower, "tls") ||
-		strings.Contains(lower, "certificate") || strings.Contains(lower, "x509") || strings.Contains(lower, "server preface") ||
-		strings.Contains(lower, "eof") || strings.Contains(lower, "connection reset")):
-		return fmt.Errorf("%s refused the connection at the TLS handshake (credentials): %s: %w", addr, hint, err)
-	case st.Code() == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("no answer from %s in time (is it a coordinator, and reachable?): %w", addr, err)
-	case st.Code() == codes.Unavailable:
-		return fmt.Errorf("cannot reach a coordinator at %s: %w", addr, err)
-	}
-	return fmt.Errorf("the coordinator at %s answered with an error: %w", addr, err)
+// explainRPCError turns a failed call to the coordinator at addr into what
+// a person can act on, as status does (status_reach.go): nothing listens
+// there, refused at the TLS handshake and which credentials to pass, timed
+// out, not a gRPC server, or the coordinator's own answer.
+func explainRPCError(addr string, b *creds.Bundle, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*reachTimeout)
+	defer cancel()
+	return reach{addr: addr, bundle: b, timeout: reachTimeout}.explainCallError(ctx, err)
 }
 
 // parseSourceSpec reads a --resume-from value: an existing file (a
