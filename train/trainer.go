@@ -249,11 +249,16 @@ func BitsPerDim(ll float64, dim int) float64 {
 
 // Samples draws n samples from m in batches that fit ws.
 func Samples(m *flow.Model, ws *flow.Workspace, n int, seed uint64) []float32 {
+	return SamplesAt(m, ws, n, seed, 1)
+}
+
+// SamplesAt is Samples at a temperature of the prior (flow.Model.SampleAt).
+func SamplesAt(m *flow.Model, ws *flow.Workspace, n int, seed uint64, temperature float64) []float32 {
 	D := m.Config.Dim
 	out := make([]float32, n*D)
 	for start, k := 0, uint64(0); start < n; start, k = start+ws.Max, k+1 {
 		c := min(ws.Max, n-start)
-		m.Sample(ws, c, seed+k, out[start*D:(start+c)*D])
+		m.SampleAt(ws, c, seed+k, temperature, out[start*D:(start+c)*D])
 	}
 	return out
 }
