@@ -136,6 +136,15 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return time.Since(start)
 }
 
+// failureBound bounds how long a member takes to declare a stopped peer
+// dead. Suspicion lasts SuspicionMult × ProbeInterval (6 s under
+// DefaultConfig) once another member confirms it, but memberlist waits up
+// to 6 times that when none does, as when only one other member is left to
+// suspect the peer: 36 s, after the probes that start the suspicion, plus
+// slack for a loaded machine. (30 s failed when the confirmation did not
+// come.)
+const failureBound = 60 * time.Second
+
 // sees reports whether n lists a member of that name in that state.
 func (n *node) sees(name string, state State) bool {
 	for _, m := range n.Members() {
@@ -208,7 +217,7 @@ func TestCrashDetected(t *testing.T) {
 			})
 			sawSuspect := coord.sees(gone, StateSuspect)
 			for _, n := range nodes[:len(nodes)-1] {
-				e := n.waitEvent(t, 30*time.Second, "failure of "+gone, leaveOf(gone, CauseFailed))
+				e := n.waitEvent(t, failureBound, "failure of "+gone, leaveOf(gone, CauseFailed))
 				t.Logf("%s declared %s dead after %v", n.Local().Name, gone, e.at.Sub(crashed).Round(10*time.Millisecond))
 			}
 			if !sawSuspect {
@@ -264,7 +273,7 @@ func TestRestartedWorkerRejoins(t *testing.T) {
 		t.Errorf("rejoined as %+v, want worker 2 with incarnation above %d", e.Member.Meta, old.Meta.Incarnation)
 	}
 	// The old incarnation is still declared dead although its address answers.
-	coord.waitEvent(t, 30*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
+	coord.waitEvent(t, failureBound, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
 	coord.waitMembers(t, 3)
 }
 

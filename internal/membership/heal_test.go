@@ -66,7 +66,7 @@ func TestSeedRestartHeals(t *testing.T) {
 	t.Logf("healed %v after the new seed started", took.Round(10*time.Millisecond))
 	// The old seed is still declared dead in the end.
 	for _, m := range members {
-		m.waitEvent(t, 30*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
+		m.waitEvent(t, failureBound, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
 	}
 }
 
@@ -84,7 +84,7 @@ func TestSeedRestartAfterDeathHeals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range members {
-		m.waitEvent(t, 30*time.Second, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
+		m.waitEvent(t, failureBound, "failure of "+old.Name, leaveOf(old.Name, CauseFailed))
 	}
 	cfg := loopbackConfig(t, "", nil)
 	cfg.BindPort = port
