@@ -209,9 +209,9 @@ func TestCrashDetected(t *testing.T) {
 			if err := victim.Shutdown(); err != nil { // no Leave: a crash
 				t.Fatal(err)
 			}
-			// The coordinator's own probes must find it suspect before anyone
-			// declares it dead: with a single other prober to confirm,
-			// memberlist waits for the coordinator's suspicion.
+			// With 2 workers the coordinator's own probes must find it suspect
+			// before anyone declares it dead: with a single other prober to
+			// confirm, memberlist waits for the coordinator's suspicion.
 			suspectAfter := waitFor(t, 30*time.Second, gone+" suspect or gone at the coordinator", func() bool {
 				return coord.sees(gone, StateSuspect) || !coord.sees(gone, StateAlive)
 			})
@@ -220,8 +220,14 @@ func TestCrashDetected(t *testing.T) {
 				e := n.waitEvent(t, failureBound, "failure of "+gone, leaveOf(gone, CauseFailed))
 				t.Logf("%s declared %s dead after %v", n.Local().Name, gone, e.at.Sub(crashed).Round(10*time.Millisecond))
 			}
-			if !sawSuspect {
+			// With more probers, the others' verdict can reach the
+			// coordinator before any suspicion does (gossip sends each
+			// message to a few random members): seeing it suspect first is
+			// then likely, not guaranteed.
+			if !sawSuspect && workers == 2 {
 				t.Errorf("the coordinator never listed %s as suspect before it was gone", gone)
+			} else if !sawSuspect {
+				t.Logf("the coordinator learnt of %s's failure before any suspicion of it", gone)
 			}
 			t.Logf("suspect at the coordinator after %v", suspectAfter.Round(10*time.Millisecond))
 			coord.waitMembers(t, len(nodes)-1)
