@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"github.com/nice-flow/nice/internal/testwait"
 	"io"
 	"log/slog"
 	"net"
@@ -49,22 +50,19 @@ func TestWorkerWithoutCoordinatorIsAliveNotReady(t *testing.T) {
 	get := func(path string) (int, string) {
 		t.Helper()
 		// The HTTP server starts with Run: retry until it answers.
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			resp, err := client.Get("http://" + w.HTTPAddr() + path)
-			if err == nil {
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return resp.StatusCode, string(b)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("GET %s: %v", path, err)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var resp *http.Response
+		if err := testwait.Poll(30*time.Second, "GET "+path, func() (err error) {
+			resp, err = client.Get("http://" + w.HTTPAddr() + path)
+			return err
+		}); err != nil {
+			t.Fatal(err)
 		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(b)
 	}
 	if code, body := get("/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)

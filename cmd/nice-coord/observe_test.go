@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/nice-flow/nice/internal/testwait"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -47,16 +48,14 @@ func TestJSONLogsAndProbe(t *testing.T) {
 	}
 	// Wait (bounded) until the coordinator holds at step 2: /readyz then
 	// says so.
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	if err := testwait.Poll(3*time.Minute, "nice-coord probe of /readyz to say ready, holding at step 2", func() error {
 		out, err := probe(filepath.Join(bin, "nice-coord"), "http://"+httpAddr+"/readyz")
 		if err == nil && strings.HasPrefix(out, "ready: holding at step 2 as asked") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nice-coord probe of /readyz: %v %q; want ready, holding at step 2\ncoordinator:\n%s", err, out, coord.Output())
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("%v %q", err, out)
+	}); err != nil {
+		t.Fatalf("%v\ncoordinator:\n%s", err, coord.Output())
 	}
 	if out, err := probe(filepath.Join(bin, "nice-worker"), "http://"+rec.HTTP+"/readyz"); err != nil || !strings.HasPrefix(out, "ready: ") {
 		t.Errorf("nice-worker probe of /readyz: %v %q", err, out)

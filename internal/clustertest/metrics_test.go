@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/nice-flow/nice/internal/testwait"
 	"io"
 	"log/slog"
 	"net/http"
@@ -46,17 +47,10 @@ func startObsCluster(t *testing.T, stopAt int64) *obsCluster {
 		t.Skipf("real MNIST not available: %v", err)
 	}
 	t.Cleanup(func() { // registered first: runs after every other cleanup
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := goleak.Find(goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Error(err)
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := testwait.Poll(10*time.Second, "goroutines to end", func() error {
+			return goleak.Find(goleak.IgnoreTopFunction("github.com/nice-flow/nice/flow.(*pool).worker"))
+		}); err != nil {
+			t.Error(err)
 		}
 	})
 	e := &obsCluster{log: &logbuf.Buffer{}}
