@@ -2,7 +2,6 @@ package train
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -81,25 +80,10 @@ func (e *Exported) WriteTo(w io.Writer) (int64, error) {
 func ReadExported(r io.Reader) (*Exported, error) {
 	sum := sha256.New()
 	tr := io.TeeReader(r, sum)
-	var magic [len(exportMagic)]byte
-	if _, err := io.ReadFull(tr, magic[:]); err != nil || string(magic[:]) != exportMagic {
-		return nil, fmt.Errorf("%w: not an exported nice model (bad magic)", ErrCorruptState)
-	}
-	var lenBuf [8]byte
-	if _, err := io.ReadFull(tr, lenBuf[:]); err != nil {
-		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
-	}
-	hl := binary.LittleEndian.Uint64(lenBuf[:])
-	if hl > maxHeader {
-		return nil, fmt.Errorf("%w: header length %d is above the limit of %d", ErrCorruptState, hl, maxHeader)
-	}
-	var js bytes.Buffer
-	if _, err := io.CopyN(&js, tr, int64(hl)); err != nil {
-		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
-	}
 	var h exportHeader
-	if err := json.Unmarshal(js.Bytes(), &h); err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrCorruptState, err)
+	hl, err := readHeader(tr, exportMagic, "an exported nice model", &h)
+	if err != nil {
+		return nil, err
 	}
 	if h.Version != exportVersion {
 		return nil, fmt.Errorf("exported model version %d: this build reads version %d", h.Version, exportVersion)

@@ -130,25 +130,10 @@ func (s *State) Encode() ([]byte, error) {
 func ReadState(r io.Reader) (*State, error) {
 	sum := sha256.New()
 	tr := io.TeeReader(r, sum)
-	var magic [len(stateMagic)]byte
-	if _, err := io.ReadFull(tr, magic[:]); err != nil || string(magic[:]) != stateMagic {
-		return nil, fmt.Errorf("%w: not a nice training state (bad magic)", ErrCorruptState)
-	}
-	var lenBuf [8]byte
-	if _, err := io.ReadFull(tr, lenBuf[:]); err != nil {
-		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
-	}
-	hl := binary.LittleEndian.Uint64(lenBuf[:])
-	if hl > maxHeader {
-		return nil, fmt.Errorf("%w: header length %d is above the limit of %d", ErrCorruptState, hl, maxHeader)
-	}
-	var js bytes.Buffer
-	if _, err := io.CopyN(&js, tr, int64(hl)); err != nil {
-		return nil, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
-	}
 	var h header
-	if err := json.Unmarshal(js.Bytes(), &h); err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrCorruptState, err)
+	hl, err := readHeader(tr, stateMagic, "a nice training state", &h)
+	if err != nil {
+		return nil, err
 	}
 	if h.Version != stateVersion {
 		return nil, fmt.Errorf("training state version %d: this build reads version %d", h.Version, stateVersion)
@@ -176,6 +161,33 @@ func ReadState(r io.Reader) (*State, error) {
 // checkHeader refuses a header whose configuration is invalid, whose float
 // count is not its model's, or that is larger than a run of its
 // configuration can make.
+// readHeader reads the magic, the header's length (bounded by maxHeader)
+// and the JSON header into h, which every file of ours starts with; what
+// names the kind of file in the error for a wrong magic. It returns the
+// header's length.
+func readHeader(r io.Reader, magic, what string, h any) (uint64, error) {
+	got := make([]byte, len(magic))
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != magic {
+		return 0, fmt.Errorf("%w: not %s (bad magic)", ErrCorruptState, what)
+	}
+	var lenBuf [8]byte
+	if _, err := io.ReadFull(r, lenBuf[:]); err != nil {
+		return 0, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
+	}
+	hl := binary.LittleEndian.Uint64(lenBuf[:])
+	if hl > maxHeader {
+		return 0, fmt.Errorf("%w: header length %d is above the limit of %d", ErrCorruptState, hl, maxHeader)
+	}
+	var js bytes.Buffer
+	if _, err := io.CopyN(&js, r, int64(hl)); err != nil {
+		return 0, fmt.Errorf("%w: truncated header: %v", ErrCorruptState, err)
+	}
+	if err := json.Unmarshal(js.Bytes(), h); err != nil {
+		return 0, fmt.Errorf("%w: header: %v", ErrCorruptState, err)
+	}
+	return hl, nil
+}
+
 func checkHeader(c Config, floats int, size int64) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("%w: the header's configuration: %v", ErrCorruptState, err)
