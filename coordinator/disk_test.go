@@ -191,56 +191,68 @@ func (r *run) stop() error {
 }
 
 // health asks GET /healthz and the gRPC health service.
-func health(t *testing.T, srv *coordinator.Server) (code int, body string, grpcStatus healthpb.HealthCheckResponse_ServingStatus) {
-	t.Helper()
+// healthSeen is what the coordinator's two health endpoints answer.
+type healthSeen struct {
+	Code int
+	Body string
+	// GRPC holds the gRPC health of the server ("") and of the
+	// coordinator service, in that order.
+	GRPC [2]healthpb.HealthCheckResponse_ServingStatus
+	Err  string
+}
+
+func health(srv *coordinator.Server) (h healthSeen) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	resp, err := client.Get("http://" + srv.HTTPAddr() + "/healthz")
 	if err != nil {
-		t.Fatal(err)
+		h.Err = err.Error()
+		return h
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		t.Fatal(err)
+		h.Err = err.Error()
+		return h
 	}
+	h.Code, h.Body = resp.StatusCode, string(b)
 	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		t.Fatal(err)
+		h.Err = err.Error()
+		return h
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var statuses []healthpb.HealthCheckResponse_ServingStatus
-	for _, service := range []string{"", nicepb.Coordinator_ServiceDesc.ServiceName} {
+	for i, service := range []string{"", nicepb.Coordinator_ServiceDesc.ServiceName} {
 		hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
 		if err != nil {
-			t.Fatalf("gRPC health of %q: %v", service, err)
+			h.Err = fmt.Sprintf("gRPC health of %q: %v", service, err)
+			return h
 		}
-		statuses = append(statuses, hr.Status)
+		h.GRPC[i] = hr.Status
 	}
-	if statuses[0] != statuses[1] {
-		t.Errorf("gRPC health: the server says %v, the coordinator service %v", statuses[0], statuses[1])
-	}
-	return resp.StatusCode, string(b), statuses[0]
+	return h
 }
 
+// checkDegraded waits until /healthz answers 503 naming mentions and the
+// gRPC health of the server and of the coordinator service both say
+// NOT_SERVING. The gRPC verdict follows the status a moment later (it is
+// set after the problem is recorded, one service after the other), so the
+// test waits for it rather than reading it once.
 func checkDegraded(t *testing.T, srv *coordinator.Server, mentions string) {
 	t.Helper()
-	code, body, gs := health(t, srv)
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, mentions) {
-		t.Errorf("GET /healthz answers %d %q; want 503 naming %q", code, body, mentions)
-	}
-	if gs != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Errorf("gRPC health says %v while degraded", gs)
-	}
+	testwait.For(t, statusWait, "health degraded over HTTP and gRPC", func() healthSeen { return health(srv) }, func(h healthSeen) bool {
+		return h.Err == "" && h.Code == http.StatusServiceUnavailable && strings.Contains(h.Body, mentions) &&
+			h.GRPC == [2]healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_NOT_SERVING}
+	})
 }
 
 func checkHealthy(t *testing.T, srv *coordinator.Server) {
 	t.Helper()
-	code, body, gs := health(t, srv)
-	if code != http.StatusOK || body != "ok\n" || gs != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("healthy coordinator: GET /healthz %d %q, gRPC health %v", code, body, gs)
-	}
+	testwait.For(t, statusWait, "health ok over HTTP and gRPC", func() healthSeen { return health(srv) }, func(h healthSeen) bool {
+		return h.Err == "" && h.Code == http.StatusOK && h.Body == "ok\n" &&
+			h.GRPC == [2]healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_SERVING}
+	})
 }
 
 // A checkpoint store whose disk is full: the failure shows in the status

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"github.com/nice-flow/nice/internal/testwait"
 	"io"
 	"log/slog"
@@ -327,20 +328,28 @@ func TestReadinessTransitions(t *testing.T) {
 	checkGRPCHealth(t, "coordinator", e.srv.Addr(), healthpb.HealthCheckResponse_SERVING, "", "nice.v1.Coordinator")
 }
 
+// checkGRPCHealth waits until the gRPC health of each service at addr is
+// want. The verdict is set just after the status changes, one service
+// after the other, so it is waited for rather than read once.
 func checkGRPCHealth(t *testing.T, who, addr string, want healthpb.HealthCheckResponse_ServingStatus, services ...string) {
 	t.Helper()
 	conn := dial(t, addr, column{dial: grpc.WithTransportCredentials(insecure.NewCredentials())})
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, s := range services {
-		r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: s})
-		if err != nil {
-			t.Errorf("%s: gRPC health of %q: %v", who, s, err)
-			continue
+	err := testwait.Poll(30*time.Second, who+"'s gRPC health to be "+want.String(), func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, s := range services {
+			r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: s})
+			if err != nil {
+				return fmt.Errorf("gRPC health of %q: %w", s, err)
+			}
+			if r.Status != want {
+				return fmt.Errorf("gRPC health of %q is %v", s, r.Status)
+			}
 		}
-		if r.Status != want {
-			t.Errorf("%s: gRPC health of %q is %v, want %v", who, s, r.Status, want)
-		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
