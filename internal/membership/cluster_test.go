@@ -122,7 +122,13 @@ func (n *node) expectNoEvent(t *testing.T, deadline time.Time, what string, ok f
 
 func (n *node) waitMembers(t *testing.T, want int) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("%s to see %d members", n.Local().Name, want), func() bool {
+	// A join spreads by gossip, which retransmits each piece of news only a
+	// few times (RetransmitMult × log10 of the cluster size): a node can miss
+	// it, and then the next full push/pull exchange repairs that, within a
+	// PushPullInterval (15 s) of the join. Seen in CI: one of 4 workers had
+	// not heard of 2 others after 10 s.
+	within := 2*DefaultConfig().PushPullInterval + 5*time.Second
+	waitFor(t, within, fmt.Sprintf("%s to see %d members", n.Local().Name, want), func() bool {
 		return len(n.Members()) == want
 	})
 }
