@@ -45,7 +45,7 @@
 //     streams, so its neighbours fail at once and the failure runs around
 //     the ring: when a member dies or stalls mid-collective, every member's
 //     AllReduce returns within about FrameTimeoutFloor plus a few
-//     milliseconds (under 2 s by default), with a *BrokenError that wraps
+//     milliseconds (about 4 s by default), with a *BrokenError that wraps
 //     ErrRingBroken and names the neighbour and what went wrong.
 //   - Refusals: a stream or frame of an older generation is refused with
 //     ErrStaleGeneration; a frame with the wrong collective, step, chunk,
