@@ -12,10 +12,14 @@
 #         default interval) over a window of S seconds (default 60) once 5 steps are in,
 #         with the step-time breakdown from the dashboard's history; then PyTorch DDP on
 #         gloo at N = 2 and 4 (bench/pytorch_ddp.py)
+#   compose  (not in the default parts) the compose cluster as users run it, 4 workers with
+#         the cluster's credentials, over the same window, against up --workers 4 with
+#         credentials (--tls-dir) and without; needs Docker and `make images` first
 # and prints one line per measurement, then a table of medians and ratios.
 #
 # Needs: Go, the static OpenBLAS (libopenblas-pthread-dev), PyTorch for python3
-# (python3-torch), jq and curl. The machine should be otherwise idle.
+# (python3-torch), jq and curl; for compose, Docker, docker-compose and the image
+# (`make images`). The machine should be otherwise idle.
 set -euo pipefail
 
 rounds=2 window=60 parts=step,ring,up
@@ -78,32 +82,55 @@ ring_part() {
 # mean step-time breakdown (gradient, all-reduce, commit wait, update) of its
 # committed steps, as the coordinator's history has them.
 up_once() {
-	local n=$1 dir=$work/up$1
+	local n=$1 label=${2:-up nice N=$1} dir=$work/up$1
+	shift $(($# < 2 ? $# : 2))
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	"$work/bin/nice-coord" up --workers "$n" --state-dir "$dir/state" --listen 127.0.0.1:7400 \
-		--http 127.0.0.1:7480 --gossip 127.0.0.1:7446 >"$dir/up.log" 2>&1 &
-	local pid=$! st t0 s0 t1 s1 i
+		--http 127.0.0.1:7480 --gossip 127.0.0.1:7446 "$@" >"$dir/up.log" 2>&1 &
+	local pid=$!
 	status() { "$work/bin/nice-coord" status --state-dir "$dir/state" --json 2>/dev/null || true; }
+	alive() { kill -0 "$pid" 2>/dev/null || { echo "compare.sh: $label ended early; its log:" >&2; tail -20 "$dir/up.log" >&2; return 1; }; }
+	window_of "$label" status alive http://127.0.0.1:7480
+	kill -INT "$pid"
+	wait "$pid" || true
+}
+
+# window_of LABEL STATUS_FN ALIVE_FN HTTP: waits until 5 steps are in, then
+# records samples/s over the window, the generations so far and the mean
+# step-time breakdown of the steps committed in the window.
+window_of() {
+	local label=$1 status=$2 alive=$3 http=$4 st t0 s0 t1 s1 i
 	for i in $(seq 1 600); do
-		st=$(status)
+		st=$($status)
 		if [ -n "$st" ] && [ "$(jq '.step' <<<"$st")" -ge 5 ]; then break; fi
-		kill -0 "$pid" 2>/dev/null || { echo "compare.sh: up --workers $n ended early; its log:" >&2; tail -20 "$dir/up.log" >&2; return 1; }
+		$alive || return 1
 		sleep 1
 	done
 	t0=$(date +%s.%N) s0=$(jq '.step' <<<"$st")
 	sleep "$window"
-	st=$(status)
+	st=$($status)
 	t1=$(date +%s.%N) s1=$(jq '.step' <<<"$st")
-	record "up nice N=$n samples/s" "$(echo "256 * ($s1 - $s0) / ($t1 - $t0)" | bc -l | xargs printf '%.0f')"
-	record "up nice N=$n generations in window" "$(jq '.generations' <<<"$st")"
-	curl -s http://127.0.0.1:7480/api/history | jq -r --argjson s0 "$s0" '
+	record "$label samples/s" "$(echo "256 * ($s1 - $s0) / ($t1 - $t0)" | bc -l | xargs printf '%.0f')"
+	record "$label generations" "$(jq '.generations' <<<"$st")"
+	curl -s "$http/api/history" | jq -r --argjson s0 "$s0" '
 		[.points[] | select(.step > $s0)] as $p | ($p | length) as $k
 		| if $k == 0 then "no points" else
 		  "grad \(([$p[].grad] | add / $k * 1000) | floor) ms, all-reduce \(([$p[].ar] | add / $k * 1000) | floor) ms, commit wait \(([$p[].wait] | add / $k * 1000) | floor) ms, update \(([$p[].upd] | add / $k * 1000) | floor) ms, wall \(([$p[].wall] | add / $k * 1000) | floor) ms" end' |
-		while read -r line; do record "up nice N=$n breakdown" "$line"; done
-	kill -INT "$pid"
-	wait "$pid" || true
+		while read -r line; do record "$label breakdown" "$line"; done
+}
+
+compose_part() {
+	local secrets=$work/secrets proj=nicecompare
+	[ -d "$secrets" ] || "$work/bin/nice-coord" init --dir "$secrets" --group-readable >/dev/null
+	export NICE_SECRETS=$secrets NICE_SECRETS_GID=$(id -g) NICE_GRPC_PORT=7410 NICE_HTTP_PORT=7490
+	(cd "$here" && docker-compose -p "$proj" up -d --scale worker=4) >"$work/compose.log" 2>&1 ||
+		{ echo "compare.sh: docker-compose up failed (run make images first?):" >&2; tail -20 "$work/compose.log" >&2; return 1; }
+	cstatus() { "$work/bin/nice-coord" status --addr 127.0.0.1:7410 --tls-dir "$secrets" --json 2>/dev/null || true; }
+	window_of "compose N=4" cstatus true http://127.0.0.1:7490 || true
+	(cd "$here" && docker-compose -p "$proj" down -v) >>"$work/compose.log" 2>&1
+	up_once 4 "up tls N=4" --tls-dir "$secrets"
+	up_once 4 "up nice N=4"
 }
 
 up_part() {
@@ -121,6 +148,7 @@ for r in $(seq 1 "$rounds"); do
 	case ,$parts, in *,step,*) step_part ;; esac
 	case ,$parts, in *,ring,*) ring_part ;; esac
 	case ,$parts, in *,up,*) up_part ;; esac
+	case ,$parts, in *,compose,*) compose_part ;; esac
 done
 
 echo
@@ -147,4 +175,8 @@ esac
 case ,$parts, in *,up,*)
 	printf '| up --workers 1 (samples/s) | %s | - | - |\n' "$(median "up nice N=1 samples/s")"
 	for n in 2 4; do row "up --workers $n (samples/s; DDP gloo)" "up nice N=$n samples/s" "up pytorch DDP N=$n samples/s"; done ;;
+esac
+case ,$parts, in *,compose,*)
+	row "compose, 4 workers (samples/s; up --workers 4)" "compose N=4 samples/s" "up nice N=4 samples/s"
+	row "compose, 4 workers (samples/s; up --workers 4 --tls-dir)" "compose N=4 samples/s" "up tls N=4 samples/s" ;;
 esac
