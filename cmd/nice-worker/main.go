@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string) error {
 	listen := fs.String("listen", ":7100", "gRPC address for the ring and state transfer (port 0: any free port)")
 	gossip := fs.String("gossip", ":7947", "gossip address of this worker (used with --join)")
 	httpAddr := fs.String("http", ":7081", "HTTP address for GET /healthz, /readyz and /metrics (Prometheus), plaintext (empty: none)")
-	advertise := fs.String("advertise", "", "host or IP others reach this worker at (default: this host's first non-loopback IPv4; 127.0.0.1 for loopback listeners)")
+	advertise := fs.String("advertise", "", "host or IP others reach this worker at (default: this host's address on the route to --coordinator, else its first non-loopback IPv4; the listen host when --listen names one)")
 	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
 	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
 	digestEvery := fs.Int("digest-every", d.DigestEvery, "send a parameter digest every this many steps (0: never)")
@@ -104,7 +105,7 @@ func run(ctx context.Context, args []string) error {
 		if err == nil && h != "" && h != "0.0.0.0" && h != "::" {
 			advHost = h
 		} else {
-			advHost = netaddr.Default()
+			advHost = advertiseToward(log, cmp.Or(*coord, *join))
 		}
 	}
 	listeners := []creds.Listener{{Flag: "--listen", Addr: *listen}}
@@ -210,4 +211,22 @@ func health(ctx context.Context, args []string) error {
 		return fmt.Errorf("worker at %s is %v", *addr, r.Status)
 	}
 	return nil
+}
+
+// advertiseToward picks the address to advertise when no flag names one:
+// this host's address on the route to the coordinator (target), which on a
+// host with several networks is the one its peers share; else the first.
+func advertiseToward(log *slog.Logger, target string) string {
+	if target == "" {
+		return netaddr.Default()
+	}
+	h, err := netaddr.Toward(target)
+	if err != nil {
+		// The coordinator's name does not resolve yet: the first address
+		// will do on a host with one network.
+		h = netaddr.Default()
+		log.Warn("advertising this host's first address: the route to the coordinator is unknown (set --advertise on a host with several networks)",
+			"addr", h, "err", err)
+	}
+	return h
 }

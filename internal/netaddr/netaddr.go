@@ -42,3 +42,22 @@ func Join(host, listen string) (string, error) {
 	}
 	return net.JoinHostPort(host, port), nil
 }
+
+// Toward returns this host's address on the route to target (host:port):
+// the source address the kernel would give a packet sent there. On a host
+// with several networks (a swarm task has its overlay network, the ingress
+// network and a bridge; a server has several interfaces) that is the one
+// peers on target's network reach it at, where Default may pick another.
+// No packet is sent: "connecting" a UDP socket only looks up the route.
+func Toward(target string) (string, error) {
+	c, err := net.Dial("udp", target)
+	if err != nil {
+		return "", fmt.Errorf("finding the route to %s: %w", target, err)
+	}
+	defer c.Close()
+	a, ok := c.LocalAddr().(*net.UDPAddr)
+	if !ok || a.IP.IsUnspecified() {
+		return "", fmt.Errorf("finding the route to %s: no source address (%v)", target, c.LocalAddr())
+	}
+	return a.IP.String(), nil
+}
