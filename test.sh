@@ -61,6 +61,11 @@ if [ -x test/e2e/compose.sh ]; then
       step "end-to-end: seeded fault campaign"
       E2E_BUILD=none test/e2e/campaign.sh
     fi
+    if [ -x test/e2e/swarm.sh ]; then
+      # After the compose clusters are down: a one-node swarm, left after.
+      step "end-to-end: docker swarm"
+      E2E_BUILD=none test/e2e/swarm.sh
+    fi
   else
     echo "no Docker engine answers: the compose end-to-end test was skipped"
   fi
