@@ -74,6 +74,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"go.uber.org/goleak"
+
 	"github.com/nice-flow/nice/internal/creds"
 	"github.com/nice-flow/nice/internal/envflag"
 )
@@ -98,6 +100,8 @@ type namedPort struct {
 	name  string
 	proto corev1.Protocol
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestManifests(t *testing.T) {
 	root := moduleRoot(t)
@@ -590,6 +594,11 @@ func (c *checker) run() {
 	c.checkReplicas(byRole["worker"], coord)
 }
 
+// command is the binary and subcommand, for messages.
+func (k *container) command() string {
+	return strings.Join(append([]string{k.bin}, k.sub...), " ")
+}
+
 func (k *container) role() string {
 	switch {
 	case k.bin == "nice-coord" && slices.Equal(k.sub, []string{"serve"}):
@@ -597,7 +606,7 @@ func (k *container) role() string {
 	case k.bin == "nice-worker" && len(k.sub) == 0:
 		return "worker"
 	}
-	return k.bin + " " + strings.Join(k.sub, " ")
+	return k.command()
 }
 
 func (c *checker) checkSelector(w *workload) {
@@ -663,7 +672,7 @@ func (c *checker) container(w *workload, ct *corev1.Container) *container {
 			}
 		}
 		if !found {
-			c.errorf(where, "environment variable %s sets no flag of %s %s (see %s -h)", e.Name, bin, strings.Join(k.sub, " "), bin)
+			c.errorf(where, "environment variable %s sets no flag of %s (see its -h)", e.Name, k.command())
 		}
 	}
 	for _, a := range rest {
@@ -678,7 +687,7 @@ func (c *checker) container(w *workload, ct *corev1.Container) *container {
 		}
 		name, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 		if _, ok := flags[name]; !ok {
-			c.errorf(where, "flag --%s does not exist in %s %s (its -h lists %v)", name, bin, strings.Join(k.sub, " "), keys(flags))
+			c.errorf(where, "flag --%s does not exist in %s (its -h lists %v)", name, k.command(), keys(flags))
 			continue
 		}
 		if !hasVal {
@@ -912,7 +921,7 @@ func (c *checker) checkCredentials(k *container) {
 	for _, it := range sv.Items {
 		got = append(got, it.Key)
 		if it.Path != it.Key {
-			c.errorf(k.where, "secret item %s is mounted as %s: the binaries read %s", it.Key, it.Path, it.Key)
+			c.errorf(k.where, "secret item %s is mounted as %s: give each item the path of its key, the file name the binaries read", it.Key, it.Path)
 		}
 		if it.Mode != nil {
 			c.checkMode(k, it.Key, *it.Mode)
@@ -1143,6 +1152,9 @@ func (c *checker) checkPDB(ws []*workload, workers []*container) {
 		}
 		if mu := pdb.Spec.MaxUnavailable; mu != nil && mu.Type == intstr.Int && mu.IntVal < 1 {
 			c.errorf(o.where, "maxUnavailable %d blocks every node drain", mu.IntVal)
+		}
+		if mu := pdb.Spec.MaxUnavailable; mu != nil && mu.Type == intstr.Int && mu.IntVal >= got[0].replicas {
+			c.errorf(o.where, "maxUnavailable %d with %d workers lets a drain evict every worker at once", mu.IntVal, got[0].replicas)
 		}
 		if ma := pdb.Spec.MinAvailable; ma != nil && ma.Type == intstr.Int && ma.IntVal >= got[0].replicas {
 			c.errorf(o.where, "minAvailable %d with %d workers blocks every node drain", ma.IntVal, got[0].replicas)
