@@ -2,7 +2,7 @@
 # network.sh: training over capped links, as on hosts joined by a real network.
 #
 #   sudo bench/network.sh [--rates "100mbit 1gbit 10gbit"] [--workers "2 3 4"] [--steps K]
-#                         [--hidden H --layers L]
+#                         [--hidden H --layers L] [--results FILE]
 #
 # Each process (the coordinator and N workers) runs in a network namespace of its own,
 # joined to the others through a bridge by a veth pair; tc's token bucket filter (tbf)
@@ -28,13 +28,14 @@
 # `go build -tags openblas -o bin/ ./cmd/...` (NICE_BIN=DIR to use others).
 set -euo pipefail
 
-rates="100mbit 1gbit 10gbit" workers="2 3 4" steps=4 extra=()
+rates="100mbit 1gbit 10gbit" workers="2 3 4" steps=4 extra=() results=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--rates) rates=$2; shift 2 ;;
 	--workers) workers=$2; shift 2 ;;
 	--steps) steps=$2; shift 2 ;;
 	--hidden | --layers) extra+=("$1" "$2"); shift 2 ;;
+	--results) results=$2; shift 2 ;;
 	-h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -56,6 +57,9 @@ teardown() {
 	for p in ${pids[@]+"${pids[@]}"}; do kill -INT "$p" 2>/dev/null || true; done
 	for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
 	pids=()
+	# The host's ends of the veth pairs first: a namespace's end (and so the
+	# pair) may outlive ip netns del for a moment.
+	for p in $(ip -o link show master "$BR" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$p" 2>/dev/null || true; done
 	for p in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do ip netns del "$p"; done
 	ip link del "$BR" 2>/dev/null || true
 	while command -v iptables >/dev/null && iptables -D FORWARD -i "$BR" -o "$BR" -j ACCEPT 2>/dev/null; do :; done
@@ -93,8 +97,12 @@ host() {
 }
 
 "$bin/nice-coord" init --dir "$work/secrets" >/dev/null
-results=$work/results.tsv
-: >"$results"
+# One line per run: rate, N, mean all-reduce, step and gradient seconds, and the
+# least-waiting member's all-reduce. --results FILE appends to FILE and fits all of it.
+if [ -z "$results" ]; then
+	results=$work/results.tsv
+	: >"$results"
+fi
 
 # run RATE N: a coordinator and N workers on capped links; records the mean
 # all-reduce and step time of K steps after the first 2.
@@ -173,22 +181,47 @@ echo
 echo "model t = 2(N-1)·α + 2(N-1)/N · S/β, S = $S bytes (the whole gradient)"
 echo "| link | α | β | N | measured | predicted |"
 echo "|---|---|---|---|---|---|"
-for rate in $rates; do
-	awk -F'\t' -v r="$rate" -v S="$S" '
+: >"$work/fit.tsv"
+for rate in $(cut -f1 "$results" | sort -u); do
+	awk -F'\t' -v r="$rate" -v S="$S" -v link="$(tc_bits "$rate")" '
 		$1 == r && $6 != "" { n = $2; t = $6; x1 = 2 * (n - 1); x2 = 2 * (n - 1) / n * S
 			a11 += x1 * x1; a12 += x1 * x2; a22 += x2 * x2; b1 += x1 * t; b2 += x2 * t; N[++k] = n; T[k] = t }
 		END {
 			det = a11 * a22 - a12 * a12
 			if (k < 2 || det == 0) { printf "| %s | need 2 sizes to fit | | | | |\n", r; exit }
 			a = (b1 * a22 - b2 * a12) / det; b = (a11 * b2 - a12 * b1) / det
+			if (b <= 0 || 1 / b > link / 8) {
+				# Time grows with N faster than the bytes do: not the link but the
+				# CPU (every member shares the cores of this machine) sets the pace.
+				for (i = 1; i <= k; i++) printf "| %s | – | CPU-bound here | %d | %.3f s | – |\n", r, N[i], T[i]
+				exit
+			}
 			for (i = 1; i <= k; i++) {
 				p = 2 * (N[i] - 1) * a + 2 * (N[i] - 1) / N[i] * S * b
-				printf "| %s | %.1f ms | %.0f MB/s | %d | %.3f s | %.3f s |\n", r, a * 1000, (b > 0 ? 1 / b / 1e6 : 0), N[i], T[i], p
+				printf "| %s | %.1f ms | %.0f MB/s (%.0f%% of the link) | %d | %.3f s | %.3f s |\n", r, a * 1000, 1 / b / 1e6, 100 / b / (link / 8), N[i], T[i], p
 			}
-			printf "%s\t%.6f\t%.9g\n", r, a, b > "/dev/stderr"
-		}' "$results" 2>>"$work/fit.tsv"
+			printf "%s\t%.6f\t%.9g\t%.4f\n", r, a, 1 / b, 8 / b / link >> "'"$work/fit.tsv"'"
+		}' "$results"
 done
-echo
-echo "fitted (link, α seconds, 1/β seconds per byte):"
-cat "$work/fit.tsv"
-cp "$results" "${NETWORK_RESULTS:-/dev/null}" 2>/dev/null || true
+
+# Extrapolation: the fit of the fastest link that the network, not the CPU, paced,
+# gives α and the fraction of a link the ring reaches; on faster links the ring is
+# also capped by what one member's CPU moves (the N = 2 run on the fastest link
+# measured here, a lower bound: there 2 members share this machine's cores).
+best=$(sort -t$'\t' -k3 -g "$work/fit.tsv" | tail -n 1)
+fast=$(cut -f1 "$results" | sort -u | while read -r r; do echo "$(tc_bits "$r") $r"; done | sort -n | tail -n 1 | cut -d' ' -f2)
+cpu=$(awk -F'\t' -v r="$fast" -v S="$S" -v a="$(cut -f2 <<<"$best")" '$1 == r && $2 == 2 && $6 != "" {print S / ($6 - 2 * a); exit}' "$results")
+if [ -n "$best" ] && [ -n "$cpu" ]; then
+	echo
+	echo "extrapolated ring time for the whole gradient: α $(cut -f2 <<<"$best") s and $(cut -f4 <<<"$best" | awk '{printf "%.0f%%", $1 * 100}') of the link (from $(cut -f1 <<<"$best")), at most $(awk -v c="$cpu" 'BEGIN {printf "%.2f GB/s", c / 1e9}') per link (CPU, from $fast N=2)"
+	echo "| link | N = 8 | N = 32 | N = 128 |"
+	echo "|---|---|---|---|"
+	for link in 10gbit 100gbit; do
+		awk -v a="$(cut -f2 <<<"$best")" -v e="$(cut -f4 <<<"$best")" -v L="$(tc_bits "$link")" -v c="$cpu" -v S="$S" -v name="$link" 'BEGIN {
+			bw = e * L / 8; if (bw > c) bw = c
+			printf "| %s (%.2f GB/s) |", name, bw / 1e9
+			split("8 32 128", ns, " ")
+			for (i = 1; i <= 3; i++) { n = ns[i]; lat = 2 * (n - 1) * a; printf " %.3f s (latency %.3f s) |", lat + 2 * (n - 1) / n * S / bw, lat }
+			printf "\n" }'
+	done
+fi
