@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/nice-flow/nice/flow/internal/vec"
 )
 
 // AdamConfig holds the optimiser's settings.
@@ -93,19 +95,7 @@ func (a *Adam) GradNorm(g []float32) float64 {
 
 func (a *Adam) normChunk(c int) {
 	lo, hi := chunk(len(a.grad), adamChunks, c)
-	var s0, s1, s2, s3 float64
-	g := a.grad[lo:hi]
-	i := 0
-	for ; i+4 <= len(g); i += 4 {
-		s0 += float64(g[i]) * float64(g[i])
-		s1 += float64(g[i+1]) * float64(g[i+1])
-		s2 += float64(g[i+2]) * float64(g[i+2])
-		s3 += float64(g[i+3]) * float64(g[i+3])
-	}
-	for ; i < len(g); i++ {
-		s0 += float64(g[i]) * float64(g[i])
-	}
-	a.parts[c] = (s0 + s1) + (s2 + s3)
+	a.parts[c] = vec.SumSquares(a.grad[lo:hi])
 }
 
 // Update applies one Adam step that increases the log-likelihood, given
@@ -151,21 +141,10 @@ func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm floa
 
 func (a *Adam) applyChunk(c int) {
 	lo, hi := chunk(len(a.params), adamChunks, c)
-	p := a.params[lo:hi]
-	g := a.grad[lo:hi]
-	m := a.M[lo:hi]
-	v := a.V[lo:hi]
-	g, m, v = g[:len(p)], m[:len(p)], v[:len(p)]
 	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
-	c1, c2 := 1-b1, 1-b2
-	lr, eps, sc := a.lr, a.eps, a.sc
-	for i := range p {
-		gi := g[i] * sc
-		mi := b1*m[i] + c1*gi
-		vi := b2*v[i] + c2*gi*gi
-		m[i], v[i] = mi, vi
-		p[i] += lr * mi / (float32(math.Sqrt(float64(vi))) + eps)
-	}
+	vec.Adam(a.params[lo:hi], a.grad[lo:hi], a.M[lo:hi], a.V[lo:hi], vec.AdamConsts{
+		B1: b1, C1: 1 - b1, B2: b2, C2: 1 - b2, LR: a.lr, Eps: a.eps, Scale: a.sc,
+	})
 }
 
 // chunk returns the bounds of part c of n items split into parts pieces.

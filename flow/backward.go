@@ -12,7 +12,7 @@ func (m *Model) Gradient(w *Workspace, x []float32, n int, grad []float32) float
 	}
 	total := m.run(w, x, n)
 	gv := w.views(m.Layout, grad)
-	D, half := m.Config.Dim, m.Config.Dim/2
+	D := m.Config.Dim
 
 	// Through the prior and the scaling: h_j = z_j exp(s_j), log p gains s_j.
 	g := w.g[:n*D]
@@ -40,28 +40,26 @@ func (m *Model) Gradient(w *Workspace, x []float32, n int, grad []float32) float
 		delta, ldd := g[x2:], D
 		next := w.d1
 		for l := len(layers) - 1; l >= 0; l-- {
-			d, gd := layers[l], glayers[l]
-			var a []float32
-			lda := d.In
+			b := backLayer{d: layers[l], gd: glayers[l], delta: delta, ldd: ldd, n: n}
 			if l == 0 {
-				a, lda = in[x1:], D
+				b.a, b.lda = in[x1:], D
 			} else {
-				a = w.activation(k, l-1, n)
+				b.a, b.lda = w.activation(k, l-1, n), b.d.In
 			}
-			gemm(true, false, d.In, d.Out, n, 1, a, lda, delta, ldd, 0, gd.W, d.Out)
-			colSums(gd.B, delta, n, ldd, w.one)
+			switch {
+			case l > 0:
+				b.gin, b.ldg, b.mask = next[:n*b.d.In], b.d.In, true
+			case k > 0:
+				b.gin, b.ldg, b.accumulate = g[x1:], D, true
+			}
+			w.backward(b)
 			if l > 0 {
-				nd := next[:n*d.In]
-				gemm(false, true, n, d.In, d.Out, 1, delta, ldd, d.W, d.Out, 0, nd, d.In)
-				reluMask(nd, a)
-				delta, ldd = nd, d.In
+				delta, ldd = b.gin, b.d.In
 				if &next[0] == &w.d1[0] {
 					next = w.d2
 				} else {
 					next = w.d1
 				}
-			} else if k > 0 {
-				gemm(false, true, n, half, d.Out, 1, delta, ldd, d.W, d.Out, 1, g[x1:], D)
 			}
 		}
 	}

@@ -14,6 +14,8 @@ int openblas_get_num_threads(void);
 import "C"
 
 import (
+	"sync/atomic"
+
 	"gonum.org/v1/netlib/blas/netlib"
 	"gorgonia.org/tensor"
 )
@@ -21,14 +23,25 @@ import (
 func init() {
 	tensor.Use(netlib.Implementation{})
 	blasName = "OpenBLAS"
+	// A step runs its products side by side, each on one OpenBLAS thread
+	// (see split.go): OpenBLAS's own thread server would make its idle
+	// threads spin on sched_yield between the many short products of a step.
+	stepThreads.Store(int32(C.openblas_get_num_threads()))
+	C.openblas_set_num_threads(1)
 }
 
-// SetBLASThreads sets how many threads OpenBLAS uses for one product.
+// stepThreads is how many threads a training step uses; it starts at
+// OPENBLAS_NUM_THREADS (read by OpenBLAS at start-up).
+var stepThreads atomic.Int32
+
+// SetBLASThreads sets how many threads the matrix products of a training step
+// use together (each product runs on one OpenBLAS thread; a step runs up to n
+// of them at once, and no more than GOMAXPROCS).
 func SetBLASThreads(n int) {
 	if n > 0 {
-		C.openblas_set_num_threads(C.int(n))
+		stepThreads.Store(int32(n))
 	}
 }
 
-// BLASThreads reports how many threads OpenBLAS uses for one product.
-func BLASThreads() int { return int(C.openblas_get_num_threads()) }
+// BLASThreads reports how many threads the matrix products of a step use.
+func BLASThreads() int { return int(stepThreads.Load()) }

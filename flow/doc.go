@@ -11,9 +11,10 @@
 //   - Model.Gradient writes the gradient of the SUM over the batch of per-sample
 //     log-likelihoods log p(x). A worker holding a slice of a global batch can
 //     therefore sum its gradient with others' and divide by the global batch size.
-//   - Everything is deterministic: the same parameters, inputs and BLAS (with the
-//     same thread count) give bitwise the same outputs, and Adam's reductions do not
-//     depend on GOMAXPROCS.
+//   - Everything is deterministic: the same parameters, inputs and BLAS give
+//     bitwise the same outputs, and Adam's reductions do not depend on GOMAXPROCS.
+//     With OpenBLAS every product runs on one thread and a step runs several side
+//     by side (split.go), so the outputs do not depend on the thread count either.
 //   - No I/O, and no allocation on the training path once a Workspace exists.
 //
 // Matrix products go through gorgonia.org/tensor's BLAS selection: gonum's pure Go

@@ -3,9 +3,10 @@ package flow
 import "math"
 
 // mlp runs coupling k's MLP on the n rows of a (n x Dim/2, leading dimension
-// lda) and writes beta*out + MLP(a) into out (leading dimension ldo), keeping
-// the hidden activations in the workspace for the backward pass.
-func (m *Model) mlp(w *Workspace, k, n int, a []float32, lda int, beta float32, out []float32, ldo int) {
+// lda), rows lo to lo+n of the batch, and writes beta*out + MLP(a) into out
+// (leading dimension ldo), keeping the hidden activations in the workspace for
+// the backward pass.
+func (m *Model) mlp(w *Workspace, k, lo, n int, a []float32, lda int, beta float32, out []float32, ldo int) {
 	layers := m.P.Couplings[k].Layers
 	L := len(layers) - 1
 	for l, d := range layers {
@@ -19,7 +20,7 @@ func (m *Model) mlp(w *Workspace, k, n int, a []float32, lda int, beta float32, 
 			}
 			return
 		}
-		act := w.activation(k, l, n)
+		act := w.activation(k, l, lo+n)[lo*d.Out:]
 		gemm(false, false, n, d.Out, d.In, 1, a, lda, d.W, d.Out, 0, act, d.Out)
 		biasReLU(act, d.B)
 		a, lda = act, d.Out
@@ -41,55 +42,64 @@ func biasReLU(x, b []float32) {
 
 // run pushes n samples of x (natural order) through the flow, leaving every
 // state in the workspace, h and d log p(h)/dh in w.h and w.gh, and per-sample
-// log-likelihoods in w.ll. It returns their sum.
+// log-likelihoods in w.ll. It returns their sum. The rows are split among the
+// workspace's threads; each row's arithmetic is the same however they are split.
 func (m *Model) run(w *Workspace, x []float32, n int) float64 {
-	D := m.Config.Dim
-	z := w.state(0, n)
+	w.sumS = 0
+	for j, s := range m.P.Scale {
+		w.expS[j] = float32(math.Exp(float64(s)))
+		w.sumS += float64(s)
+	}
+	w.model, w.x = m, x
+	w.split(n, w.forwardFn)
+	w.model, w.x = nil, nil
+	var total float64
+	for _, ll := range w.ll[:n] {
+		total += ll
+	}
+	return total
+}
+
+// forwardRows is run on rows [lo, hi) of the batch.
+func (m *Model) forwardRows(w *Workspace, x []float32, lo, hi int) {
+	D, n := m.Config.Dim, hi-lo
+	z := w.state(0, hi)[lo*D:]
 	for i := 0; i < n; i++ {
-		xi, zi := x[i*D:(i+1)*D], z[i*D:(i+1)*D]
+		xi, zi := x[(lo+i)*D:(lo+i+1)*D], z[i*D:(i+1)*D]
 		for p, j := range m.perm {
 			zi[p] = xi[j]
 		}
 	}
 	for k := range m.P.Couplings {
-		in, out := w.state(k, n), w.state(k+1, n)
+		in, out := w.state(k, hi)[lo*D:], w.state(k+1, hi)[lo*D:]
 		copy(out, in)
 		x1, x2 := m.halves(k)
-		m.mlp(w, k, n, in[x1:], D, 1, out[x2:], D)
+		m.mlp(w, k, lo, n, in[x1:], D, 1, out[x2:], D)
 	}
-	var sumS float64
-	for j, s := range m.P.Scale {
-		w.expS[j] = float32(math.Exp(float64(s)))
-		sumS += float64(s)
-	}
-	zC := w.state(m.Config.Couplings, n)
+	zC := w.state(m.Config.Couplings, hi)
 	gaussian := m.Config.Prior == Gaussian
-	var total float64
-	for i := 0; i < n; i++ {
+	for i := lo; i < hi; i++ {
 		zi := zC[i*D : (i+1)*D]
-		hi, gi := w.h[i*D:(i+1)*D], w.gh[i*D:(i+1)*D]
+		h, gi := w.h[i*D:(i+1)*D], w.gh[i*D:(i+1)*D]
 		for p, j := range m.perm {
-			hi[j] = zi[p] * w.expS[j]
+			h[j] = zi[p] * w.expS[j]
 		}
 		var ll float64
 		if gaussian {
-			for j, h := range hi {
-				ll -= 0.5 * float64(h) * float64(h)
-				gi[j] = -h
+			for j, v := range h {
+				ll -= 0.5 * float64(v) * float64(v)
+				gi[j] = -v
 			}
 			ll -= 0.5 * float64(D) * math.Log(2*math.Pi)
 		} else {
-			for j, h := range hi {
-				lp, g := logistic(float64(h))
+			for j, v := range h {
+				lp, g := logistic(float64(v))
 				ll += lp
 				gi[j] = float32(g)
 			}
 		}
-		ll += sumS
-		w.ll[i] = ll
-		total += ll
+		w.ll[i] = ll + w.sumS
 	}
-	return total
 }
 
 // logistic returns the standard logistic log-density at h,
@@ -138,7 +148,7 @@ func (m *Model) Inverse(w *Workspace, h []float32, n int, x []float32) {
 	out := w.out[:n*half]
 	for k := m.Config.Couplings - 1; k >= 0; k-- {
 		x1, x2 := m.halves(k)
-		m.mlp(w, k, n, z[x1:], D, 0, out, half)
+		m.mlp(w, k, 0, n, z[x1:], D, 0, out, half)
 		for i := 0; i < n; i++ {
 			zi, oi := z[i*D+x2:i*D+x2+half], out[i*half:(i+1)*half]
 			for j := range zi {

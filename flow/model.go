@@ -88,8 +88,18 @@ type Workspace struct {
 	ll  []float64 // per-sample log-likelihoods
 
 	expS      []float32
+	sumS      float64
 	gradBuf   *float32
 	gradViews Views
+
+	// The operands of the parts of a step running on the pool, and the
+	// functions that run them, bound once so that a step allocates nothing.
+	model     *Model
+	x         []float32
+	n, parts  int
+	back      backLayer
+	forwardFn func(int)
+	backFn    func(int)
 }
 
 // NewWorkspace returns buffers for batches of up to max samples.
@@ -116,6 +126,8 @@ func NewWorkspace(c Config, max int) *Workspace {
 	for i := range w.one {
 		w.one[i] = 1
 	}
+	w.forwardFn = w.forwardPart
+	w.backFn = w.backPart
 	return w
 }
 
