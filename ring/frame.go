@@ -73,47 +73,4 @@ func floatBytes(f []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
 }
 
-// addFloats adds src element-wise into dst (len(src) <= len(dst)). Eight
-// at a time, with the bounds checked once per eight: about twice as fast as
-// the plain loop.
-func addFloats(dst, src []float32) {
-	dst = dst[:len(src)]
-	for len(src) >= 8 {
-		d, s := dst[:8:8], src[:8:8]
-		d[0] += s[0]
-		d[1] += s[1]
-		d[2] += s[2]
-		d[3] += s[3]
-		d[4] += s[4]
-		d[5] += s[5]
-		d[6] += s[6]
-		d[7] += s[7]
-		dst, src = dst[8:], src[8:]
-	}
-	for i, v := range src {
-		dst[i] += v
-	}
-}
-
-// addBytes adds the little-endian floats in b to dst (len(b) == 4*len(dst)).
-// b may be unaligned, so it is decoded rather than viewed.
-func addBytes(dst []float32, b []byte) {
-	b = b[:4*len(dst)]
-	for len(dst) >= 8 {
-		d, s := dst[:8:8], b[:32:32]
-		d[0] += f32le(s[0:])
-		d[1] += f32le(s[4:])
-		d[2] += f32le(s[8:])
-		d[3] += f32le(s[12:])
-		d[4] += f32le(s[16:])
-		d[5] += f32le(s[20:])
-		d[6] += f32le(s[24:])
-		d[7] += f32le(s[28:])
-		dst, b = dst[8:], b[32:]
-	}
-	for i := range dst {
-		dst[i] += f32le(b[4*i:])
-	}
-}
-
 func f32le(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) }

@@ -60,10 +60,13 @@ type benchResult struct {
 	// CPU cost, which unlike time does not depend on what else the
 	// machine runs: CPU time of all members per byte that crossed a link
 	// (N links of 2(N-1)/N * bytes each), and of raw TCP per byte.
-	CPUNsPerByte    float64         `json:"cpu_ns_per_byte"`
-	TCPCPUNsPerByte float64         `json:"tcp_cpu_ns_per_byte"`
-	Tuning          ring.GRPCTuning `json:"grpc"`
-	TLS             bool            `json:"tls"`
+	CPUNsPerByte    float64 `json:"cpu_ns_per_byte"`
+	TCPCPUNsPerByte float64 `json:"tcp_cpu_ns_per_byte"`
+	// Context switches of all members per MiB over a link (median run):
+	// waking a thread costs CPU and cache, which shows on a busy machine.
+	SwitchesPerMiB float64         `json:"switches_per_mib"`
+	Tuning         ring.GRPCTuning `json:"grpc"`
+	TLS            bool            `json:"tls"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -172,11 +175,13 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 
 	// Collect the runs of every member; with a kill planned, kill and then
 	// time how long the survivors take to report the broken ring.
-	times := make([][]float64, o.Iters) // [run][rank]
-	cpus := make([][]float64, o.Iters)  // [run][rank]
+	times := make([][]float64, o.Iters)  // [run][rank]
+	cpus := make([][]float64, o.Iters)   // [run][rank]
+	switches := make([][]int64, o.Iters) // [run][rank]
 	for i := range times {
 		times[i] = make([]float64, o.Workers)
 		cpus[i] = make([]float64, o.Workers)
+		switches[i] = make([]int64, o.Workers)
 	}
 	var (
 		mu       sync.Mutex
@@ -198,6 +203,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 				case ev.Iter > 0 && !ev.Warm:
 					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
 					cpus[ev.Iter-o.Warmup-1][r] = ev.CPU
+					switches[ev.Iter-o.Warmup-1][r] = ev.Switches
 				case ev.Error != "":
 					mu.Lock()
 					after := time.Duration(-1)
@@ -231,9 +237,19 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		}
 		runCPU = append(runCPU, sum)
 	}
+	var runSwitches []float64
+	for _, run := range switches {
+		sum := int64(0)
+		for _, s := range run {
+			sum += s
+		}
+		runSwitches = append(runSwitches, float64(sum))
+	}
 	sort.Float64s(runCPU)
+	sort.Float64s(runSwitches)
 	if moved := float64(res.Bytes) * 2 * float64(o.Workers-1); moved > 0 {
 		res.CPUNsPerByte = runCPU[len(runCPU)/2] * 1e9 / moved
+		res.SwitchesPerMiB = runSwitches[len(runSwitches)/2] * (1 << 20) / moved
 	}
 	for _, run := range times {
 		slowest := 0.0
@@ -339,7 +355,8 @@ func printBench(w io.Writer, o benchOptions, r *benchResult) {
 	fmt.Fprintf(tw, "median\t%.4f\t%.3f\t%.3f\t\n", r.Seconds, r.AlgBW, r.BusBW)
 	tw.Flush()
 	fmt.Fprintf(w, "\nraw TCP loopback, one stream: %.3f GB/s\nbusbw / TCP: %.0f%%\n", r.TCP, 100*r.BusBWOverTCP)
-	fmt.Fprintf(w, "CPU per byte over a link: ring %.2f ns, raw TCP %.2f ns\n\n", r.CPUNsPerByte, r.TCPCPUNsPerByte)
+	fmt.Fprintf(w, "CPU per byte over a link: ring %.2f ns, raw TCP %.2f ns\n", r.CPUNsPerByte, r.TCPCPUNsPerByte)
+	fmt.Fprintf(w, "context switches of the ring per MiB over a link: %.1f\n\n", r.SwitchesPerMiB)
 	line, _ := json.Marshal(r)
 	fmt.Fprintf(w, "%s\n", line)
 }

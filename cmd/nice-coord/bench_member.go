@@ -40,7 +40,8 @@ type memberEvent struct {
 	Iter     int     `json:"iter,omitempty"`     // run n (from 1, warm-up included) took Seconds
 	Warm     bool    `json:"warm,omitempty"`
 	Seconds  float64 `json:"seconds,omitempty"`
-	CPU      float64 `json:"cpu,omitempty"` // CPU seconds (user+system) the run used
+	CPU      float64 `json:"cpu,omitempty"`      // CPU seconds (user+system) the run used
+	Switches int64   `json:"switches,omitempty"` // context switches (voluntary and not) during the run
 	Done     bool    `json:"done,omitempty"`
 	Error    string  `json:"error,omitempty"`
 	Broken   bool    `json:"broken,omitempty"` // the error wraps ring.ErrRingBroken
@@ -124,14 +125,15 @@ func runPlan(ctx context.Context, tr ring.RingTransport, plan benchPlan, enc *js
 				return err
 			}
 		}
-		cpu0 := cpuSeconds()
+		cpu0, sw0 := processUsage()
 		start := time.Now()
 		if err := m.AllReduce(ctx, buf); err != nil {
 			return fmt.Errorf("run %d: %w", it, err)
 		}
 		took := time.Since(start)
-		cpu := cpuSeconds() - cpu0
-		if err := enc.Encode(memberEvent{Iter: it, Warm: warm, Seconds: took.Seconds(), CPU: cpu}); err != nil {
+		cpu1, sw1 := processUsage()
+		cpu, sw := cpu1-cpu0, sw1-sw0
+		if err := enc.Encode(memberEvent{Iter: it, Warm: warm, Seconds: took.Seconds(), CPU: cpu, Switches: sw}); err != nil {
 			return err
 		}
 		ranks := float32(n * (n + 1) / 2)
@@ -161,11 +163,19 @@ func startProfile(dir string, rank int) (func(), error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// cpuSeconds is the user and system CPU time this process used so far.
-func cpuSeconds() float64 {
+// processUsage returns the user and system CPU time this process used so
+// far and the times its threads gave up a CPU, voluntarily (to wait) or
+// not (preempted).
+func processUsage() (cpu float64, switches int64) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(), ru.Nvcsw + ru.Nivcsw
+}
+
+// cpuSeconds is the user and system CPU time this process used so far.
+func cpuSeconds() float64 {
+	cpu, _ := processUsage()
+	return cpu
 }
