@@ -71,7 +71,7 @@ ring_part() {
 	local n out
 	for n in 2 4; do
 		out=$("$work/bin/nice-coord" bench allreduce --workers "$n" --floats 19200000 --tcp-mb 512)
-		record "ring nice N=$n busbw GB/s" "$(awk '/^median/ {print $4}' <<<"$out")"
+		record "ring nice N=$n busbw GB/s" "$(awk '$1 == "median" {print $4}' <<<"$out")"
 		record "ring raw TCP N=$n GB/s" "$(awk '/^raw TCP/ {print $(NF-1)}' <<<"$out")"
 		out=$(cd "$here/bench" && OPENBLAS_NUM_THREADS=1 "$py" gloo_allreduce.py --workers "$n")
 		record "ring gloo N=$n busbw GB/s" "$(grep -o 'busbw [0-9.]*' <<<"$out" | cut -d' ' -f2)"
@@ -153,7 +153,7 @@ done
 
 echo
 echo "== medians over $rounds rounds"
-median() { grep -F "$1	" "$results" | cut -f2 | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+median() { grep -F "$1	" "$results" | cut -f2 | grep . | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() {
 	local a b
 	a=$(median "$1") b=$(median "$2")
