@@ -76,7 +76,11 @@ type Machine struct {
 	lastJoin     time.Time
 	joinPending  bool
 	ringFailedAt time.Time
-	blamed       map[string]int
+	// accusers holds, for the generation whose ring broke, each member
+	// named as the broken peer and the members that named it; blamed
+	// counts the broken rings each worker was held to account for.
+	accusers map[string]map[string]bool
+	blamed   map[string]int
 
 	// the step in flight
 	reports map[string]*nicepb.Report
@@ -258,6 +262,7 @@ func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr 
 		coordDigest: digest,
 		coordAddr:   coordAddr,
 		blamed:      map[string]int{},
+		accusers:    map[string]map[string]bool{},
 		reports:     map[string]*nicepb.Report{},
 		evals:       map[string]*nicepb.EvalReport{},
 		snapDigests: map[string]uint64{},
@@ -565,6 +570,7 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	clear(m.evals)
 	m.joinPending = false
 	m.ringFailedAt = time.Time{}
+	clear(m.accusers)
 	m.refDigest = 0
 	m.settleLeavers(now, out)
 	for _, w := range m.workers {
@@ -997,9 +1003,30 @@ func (m *Machine) RingFailure(now time.Time, id string, f *nicepb.RingFailure) O
 	// Only a member of this ring can be blamed (a made-up id would grow
 	// the map without bound).
 	if f.PeerId != id && slices.Contains(m.ring, f.PeerId) {
-		m.blamed[f.PeerId]++
+		if m.accusers[f.PeerId] == nil {
+			m.accusers[f.PeerId] = map[string]bool{}
+		}
+		m.accusers[f.PeerId][id] = true
 	}
 	return out
+}
+
+// blameBrokenRing holds to account, for a ring that broke, the member(s)
+// named by the most others. A member nobody can reach is named by both of
+// its neighbours, and names one of them in turn: only it is blamed, not
+// the healthy neighbour that could not dial it. In a ring of two each
+// names the other, and both are blamed.
+func (m *Machine) blameBrokenRing() {
+	most := 0
+	for _, by := range m.accusers {
+		most = max(most, len(by))
+	}
+	for id, by := range m.accusers {
+		if len(by) == most {
+			m.blamed[id]++
+		}
+	}
+	clear(m.accusers)
 }
 
 // Tick advances time: starts generations after joins settle, and handles
@@ -1033,8 +1060,9 @@ func (m *Machine) Tick(now time.Time) Output {
 		}
 	case Running:
 		if !m.ringFailedAt.IsZero() && now.Sub(m.ringFailedAt) >= m.cfg.RingGrace {
-			// The blamed peer is still attached: evict a peer blamed twice,
-			// else just redo the generation.
+			// The blamed peer is still attached: evict a peer blamed for two
+			// broken rings, else just redo the generation.
+			m.blameBrokenRing()
 			for id, n := range m.blamed {
 				if n >= 2 && m.workers[id] != nil {
 					out.Logs = append(out.Logs, fmt.Sprintf("worker %s broke the ring %d times; dropping it", id, n))

@@ -1125,6 +1125,35 @@ func TestMachineRingFailure(t *testing.T) {
 		c.quiesce()
 		c.checkFinished()
 	})
+	// A member nobody can reach (a wrong advertised address, NAT) is named
+	// by both neighbours and names one of them back: only it is blamed, and
+	// dropped after its second broken ring; the healthy neighbour stays.
+	t.Run("the member most name is blamed", func(t *testing.T) {
+		c := newSimCluster(t, simConfig(), "w1", "w2", "w3")
+		c.start()
+		c.runUntilNext(3)
+		unreachable := func() {
+			gen := c.m.Generation()
+			c.breakRing("w1", "w3")
+			c.apply(c.m.RingFailure(c.now, "w2", &nicepb.RingFailure{Generation: gen, PeerId: "w3", Error: "dialing: deadline exceeded"}))
+			c.apply(c.m.RingFailure(c.now, "w3", &nicepb.RingFailure{Generation: gen, PeerId: "w2", Error: "accepting: deadline exceeded"}))
+			c.tick(c.cfg.RingGrace)
+		}
+		unreachable()
+		if d := c.lastOut().Disconnect; len(d) != 0 {
+			t.Errorf("disconnected %v after one broken ring", d)
+		}
+		wantEq(t, "ring after one broken ring", strings.Join(c.m.Ring(), ","), "w1,w2,w3")
+		c.run(func() bool { return c.m.Phase() == Running })
+		c.runUntilNext(5)
+		unreachable()
+		if d := c.lastOut().Disconnect; !slices.Equal(d, []string{"w3"}) {
+			t.Errorf("disconnected %v, want w3 alone", d)
+		}
+		wantEq(t, "ring", strings.Join(c.m.Ring(), ","), "w1,w2")
+		c.quiesce()
+		c.checkFinished()
+	})
 }
 
 func TestMachineEvaluation(t *testing.T) {
