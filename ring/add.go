@@ -1,14 +1,11 @@
 package ring
 
-import "unsafe"
-
 // addFloats adds src element-wise into dst (len(src) <= len(dst)).
 func addFloats(dst, src []float32) {
 	if len(src) == 0 {
 		return
 	}
-	dst = dst[:len(src)]
-	addTo(dst, unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), 4*len(src)))
+	addTo(dst[:len(src)], floatBytes(src))
 }
 
 // addBytes adds the little-endian floats in b to dst (len(b) >= 4*len(dst)).
