@@ -45,7 +45,7 @@ fi
 step "fuzzing (3 s per fuzzer)"
 scripts/fuzz.sh 3
 
-race_pkgs=$(go list ./ring/... ./coordinator/... ./worker/... ./internal/membership/... ./internal/statexfer/... 2>/dev/null || true)
+race_pkgs=$(go list ./ring/... ./coordinator/... ./worker/... ./internal/membership/... ./internal/statexfer/... ./internal/replay/... 2>/dev/null || true)
 if [ -n "$race_pkgs" ]; then
   step "go test -race (concurrent packages)"
   go test -count=1 -race -timeout 20m $race_pkgs

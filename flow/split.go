@@ -1,12 +1,20 @@
 package flow
 
-// A step's matrix products each run on one BLAS thread; a step uses several
-// threads by running several products at once, on the shared pool: the
-// forward pass splits the batch's rows, and each layer's backward pass runs
-// its weight gradient (split by columns) beside its input gradient (split by
-// rows). Every output element is computed by one product of the same shape
-// along its inner dimension, so the result does not depend on the split, and
-// no thread waits in the BLAS's own thread server.
+// A step's matrix products each run on one BLAS thread; a step uses two
+// threads by running two products at once, on the shared pool: the forward
+// pass cuts the batch's rows in two halves, and each layer's backward pass
+// runs its weight gradient beside its input gradient.
+//
+// How the work is cut is a function of the shapes alone, never of the
+// thread count: one thread runs the same parts one after the other. The cut
+// changes the floats, because OpenBLAS picks its kernel by a product's size
+// (below about 10^6 multiply-adds its "small matrix" kernel sums in another
+// order), so a gradient whose cut followed the threads would differ between
+// a worker with one thread and a worker with two, and a run could not be
+// replayed bit for bit (internal/replay).
+
+// forwardParts is how many parts the forward pass cuts n rows into.
+func forwardParts(n int) int { return min(2, max(n, 1)) }
 
 // backLayer is one dense layer's backward pass: with delta = dL/d(output)
 // (n x Out, leading dimension ldd) and a its input (n x In, lda), it writes
@@ -18,23 +26,25 @@ type backLayer struct {
 	a, delta, gin    []float32
 	lda, ldd, ldg, n int
 	mask, accumulate bool
-	weightParts      int
-	inputParts       int
 }
 
-// stepParts is the number of parts a batch of n rows is split into.
-func stepParts(n int) int {
-	return max(1, min(BLASThreads(), defaultPool().n, n))
-}
-
-// split runs w.splitFn on parts of n rows: part i is rows chunk(n, parts, i).
-func (w *Workspace) split(n int, fn func(int)) {
-	w.n, w.parts = n, stepParts(n)
-	if w.parts == 1 {
-		fn(0)
+// parallel calls fn(i) for i in [0, parts): at once on the pool when the
+// step has several threads, else in order.
+func parallel(parts int, fn func(int)) {
+	if parts == 1 || BLASThreads() <= 1 {
+		for i := range parts {
+			fn(i)
+		}
 		return
 	}
-	defaultPool().run(w.parts, fn)
+	defaultPool().run(parts, fn)
+}
+
+// split runs fn on the forward parts of n rows: part i is rows
+// chunk(n, parts, i).
+func (w *Workspace) split(n int, fn func(int)) {
+	w.n, w.parts = n, forwardParts(n)
+	parallel(w.parts, fn)
 }
 
 func (w *Workspace) forwardPart(i int) {
@@ -42,51 +52,34 @@ func (w *Workspace) forwardPart(i int) {
 	w.model.forwardRows(w, w.x, lo, hi)
 }
 
-// backward runs b, in parts when the step has several threads.
+// backward runs b: its weight gradient, and beside it its input gradient
+// when there is one.
 func (w *Workspace) backward(b backLayer) {
-	p := stepParts(b.n)
-	b.weightParts, b.inputParts = p, 0
-	if b.gin != nil {
-		b.weightParts = max(1, p/2)
-		b.inputParts = max(1, p-b.weightParts)
-	}
 	w.back = b
-	if p == 1 {
-		for i := 0; i < b.weightParts+b.inputParts; i++ {
-			w.backPart(i)
-		}
-	} else {
-		defaultPool().run(b.weightParts+b.inputParts, w.backFn)
+	parts := 1
+	if b.gin != nil {
+		parts = 2
 	}
+	parallel(parts, w.backFn)
 	w.back = backLayer{}
 }
 
-// backPart runs part i of w.back: weight-gradient columns first, then
-// input-gradient rows.
+// backPart runs part i of w.back: 0 the weight and bias gradients, 1 the
+// input gradient.
 func (w *Workspace) backPart(i int) {
 	b := &w.back
 	d, gd := b.d, b.gd
-	if i < b.weightParts {
-		lo, hi := chunk(d.Out, b.weightParts, i)
-		gemm(true, false, d.In, hi-lo, b.n, 1, b.a, b.lda, b.delta[lo:], b.ldd, 0, gd.W[lo:], d.Out)
-		if i == 0 {
-			// Whole: the BLAS's matrix-vector kernels sum in an order
-			// that depends on the number of columns.
-			colSums(gd.B, b.delta, b.n, b.ldd, w.one)
-		}
-		return
-	}
-	lo, hi := chunk(b.n, b.inputParts, i-b.weightParts)
-	if lo == hi {
+	if i == 0 {
+		gemm(true, false, d.In, d.Out, b.n, 1, b.a, b.lda, b.delta, b.ldd, 0, gd.W, d.Out)
+		colSums(gd.B, b.delta, b.n, b.ldd, w.one)
 		return
 	}
 	var beta float32
 	if b.accumulate {
 		beta = 1
 	}
-	gin := b.gin[lo*b.ldg:]
-	gemm(false, true, hi-lo, d.In, d.Out, 1, b.delta[lo*b.ldd:], b.ldd, d.W, d.Out, beta, gin, b.ldg)
+	gemm(false, true, b.n, d.In, d.Out, 1, b.delta, b.ldd, d.W, d.Out, beta, b.gin, b.ldg)
 	if b.mask {
-		reluMask(gin[:(hi-lo)*b.ldg], b.a[lo*b.lda:])
+		reluMask(b.gin[:b.n*b.ldg], b.a)
 	}
 }

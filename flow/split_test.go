@@ -5,40 +5,44 @@ import (
 	"testing"
 )
 
-// A step split among threads gives bitwise the single thread's gradient and
-// log-likelihood: every output element is one product along the same inner
-// dimension, whichever part computes it.
+// A step on several threads gives bitwise the single thread's gradient and
+// log-likelihood, including at shapes where halving a product crosses
+// OpenBLAS's small-matrix threshold (784 x 16 at 256 rows, 784 x 32 at 100):
+// the work is cut the same way whatever the thread count.
 func TestSplitStepEqualsOneThread(t *testing.T) {
 	if defaultPool().n < 2 {
 		t.Skip("GOMAXPROCS is 1: nothing to split")
 	}
-	m, err := New(Config{Dim: 64, Couplings: 4, Hidden: 100, HiddenLayers: 3, Prior: Logistic})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Init(3)
-	for i := range m.P.Scale {
-		m.P.Scale[i] = float32(i%5) * 0.01
-	}
-	const n = 45
-	x := randomBatch(n, m.Config.Dim, 9)
 	prev := BLASThreads()
 	t.Cleanup(func() { SetBLASThreads(prev) })
-	gradient := func(threads int) ([]float32, float64) {
-		SetBLASThreads(threads)
-		g := make([]float32, m.NumParams())
-		ll := m.Gradient(NewWorkspace(m.Config, n), x, n, g)
-		return g, ll
-	}
-	want, wantLL := gradient(1)
-	for _, threads := range []int{2, 3, 4} {
-		got, gotLL := gradient(threads)
-		if math.Float64bits(gotLL) != math.Float64bits(wantLL) {
-			t.Errorf("%d threads: log-likelihood %v, one thread %v", threads, gotLL, wantLL)
+	for _, tc := range []struct{ dim, hidden, layers, n int }{
+		{64, 100, 3, 45}, {784, 16, 1, 256}, {784, 32, 1, 100}, {784, 32, 1, 16},
+	} {
+		m, err := New(Config{Dim: tc.dim, Couplings: 4, Hidden: tc.hidden, HiddenLayers: tc.layers, Prior: Logistic})
+		if err != nil {
+			t.Fatal(err)
 		}
-		for i := range want {
-			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
-				t.Fatalf("%d threads: gradient[%d] = %v, one thread %v", threads, i, got[i], want[i])
+		m.Init(3)
+		for i := range m.P.Scale {
+			m.P.Scale[i] = float32(i%5) * 0.01
+		}
+		x := randomBatch(tc.n, m.Config.Dim, 9)
+		gradient := func(threads int) ([]float32, float64) {
+			SetBLASThreads(threads)
+			g := make([]float32, m.NumParams())
+			ll := m.Gradient(NewWorkspace(m.Config, tc.n), x, tc.n, g)
+			return g, ll
+		}
+		want, wantLL := gradient(1)
+		for _, threads := range []int{2, 3, 4} {
+			got, gotLL := gradient(threads)
+			if math.Float64bits(gotLL) != math.Float64bits(wantLL) {
+				t.Errorf("%+v, %d threads: log-likelihood %v, one thread %v", tc, threads, gotLL, wantLL)
+			}
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%+v, %d threads: gradient[%d] = %v, one thread %v", tc, threads, i, got[i], want[i])
+				}
 			}
 		}
 	}

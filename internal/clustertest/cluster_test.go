@@ -16,6 +16,7 @@ import (
 
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/replay"
 	"github.com/nice-flow/nice/mnist"
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
@@ -144,7 +145,7 @@ func TestDistributedEqualsSingleProcess(t *testing.T) {
 // within seconds; every sample is used once; the worker, restarted, rejoins
 // with the replicas' exact state.
 func TestWorkerKilledMidStep(t *testing.T) {
-	needMNIST(t)
+	trainSet, testSet := needMNIST(t)
 	for _, tc := range []struct{ phase, pause string }{
 		{"gradient", "5s"}, {"ring", "700ms"}, {"report", "5s"},
 	} {
@@ -182,6 +183,7 @@ func TestWorkerKilledMidStep(t *testing.T) {
 				}
 			}
 			checkLedger(t, c, stop)
+			checkReplay(t, c, trainSet, testSet, held)
 		})
 	}
 }
@@ -190,7 +192,7 @@ func TestWorkerKilledMidStep(t *testing.T) {
 // docker pause) is dropped once its heartbeats stop, within the session
 // timeout; the others go on; thawed, it comes back with the replicas' state.
 func TestFrozenWorkerDroppedAndBack(t *testing.T) {
-	needMNIST(t)
+	trainSet, testSet := needMNIST(t)
 	const stop = 100
 	c := startCluster(t, 3, "--max-steps", fmt.Sprint(stop), "--checkpoint-every", "50")
 	c.WaitStatus("3 workers training", time.Minute, func(s *coordinator.Status) bool {
@@ -218,13 +220,14 @@ func TestFrozenWorkerDroppedAndBack(t *testing.T) {
 		}
 	}
 	checkLedger(t, c, stop)
+	checkReplay(t, c, trainSet, testSet, held)
 }
 
 // The coordinator SIGKILLed mid-run and started again resumes from its newest
 // checkpoint; the workers reattach by themselves; the result equals an
 // uninterrupted run's bitwise.
 func TestCoordinatorKilledResumes(t *testing.T) {
-	needMNIST(t)
+	trainSet, testSet := needMNIST(t)
 	const stop = 12
 	// --min-workers 2: bitwise equality needs every step summed by two
 	// ranks; without it, a restarted coordinator may train on with the
@@ -251,6 +254,7 @@ func TestCoordinatorKilledResumes(t *testing.T) {
 		t.Fatalf("the resumed run differs from an uninterrupted one: %v", err)
 	}
 	checkLedger(t, c, stop)
+	checkReplay(t, c, trainSet, testSet, got)
 }
 
 // A corrupted newest checkpoint is detected by its checksum, reported, and
@@ -392,4 +396,38 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
+}
+
+// checkReplay recomputes the cluster's ledger in this process (shard by
+// shard, summed by in-memory rings of the ledger's sizes) and requires the
+// held state bit for bit: whatever failed, every committed step computed
+// exactly the mathematics of its shards.
+func checkReplay(t *testing.T, c *Cluster, trainSet, testSet *mnist.Set, held *train.State) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(c.Dir, "state", "ledger.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	steps, err := replay.ReadLedger(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := train.New(held.Config, train.SplitData(held.Config, trainSet, testSet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := replay.New(tr)
+	defer r.Close()
+	sizes := map[int]int{}
+	for _, s := range steps[:held.Position.Step] {
+		if err := r.Step(t.Context(), s); err != nil {
+			t.Fatal(err)
+		}
+		sizes[len(s.Shards)]++
+	}
+	if err := sameBits(tr.State(), held); err != nil {
+		t.Fatalf("the run differs from its ledger replayed in one process (steps per ring size %v): %v", sizes, err)
+	}
+	t.Logf("the ledger replayed in one process gives the held state bit for bit (steps per ring size %v)", sizes)
 }

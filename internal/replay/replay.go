@@ -1,0 +1,183 @@
+// Package replay recomputes a distributed run in one process from its
+// ledger, bit for bit.
+//
+// The ledger says, for every committed step, how the global batch was cut
+// into shards and so how many members summed it. A step's reduced gradient
+// depends on exactly that: each shard's gradient (a function of its
+// samples only) and the ring's order of additions (a function of the ring
+// size only). Replaying each step with the same shards, summed by real ring
+// members of the same size over the in-memory transport, therefore gives
+// the very floats the workers held, whatever failed in between. A run that
+// does not replay to its checkpoints bit for bit computed something other
+// than the mathematics of its steps.
+package replay
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/nice-flow/nice/ring"
+	"github.com/nice-flow/nice/train"
+)
+
+// Step is one committed step as the coordinator's ledger records it.
+type Step struct {
+	Step        int64   `json:"step"`
+	Epoch       int     `json:"epoch"`
+	StepInEpoch int     `json:"step_in_epoch"`
+	Batch       int     `json:"batch"`
+	Shards      []Shard `json:"shards"`
+}
+
+// Shard is the part [Lo, Hi) of a step's global batch that rank i (its
+// place in Step.Shards) computed.
+type Shard struct {
+	Worker string `json:"Worker"`
+	Lo     int    `json:"Lo"`
+	Hi     int    `json:"Hi"`
+}
+
+// ReadLedger reads the lines of a ledger (ledger.jsonl) and returns the
+// committed trajectory: step 0, 1, 2, ... where a later commit of a step
+// (a coordinator that resumed from an older checkpoint) supersedes the
+// earlier one and everything after it. A torn last line, as a crash
+// leaves, ends the ledger; any other bad line is an error naming it.
+func ReadLedger(r io.Reader) ([]Step, error) {
+	var steps []Step
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	line := 0
+	var torn error
+	for sc.Scan() {
+		line++
+		if torn != nil {
+			return nil, torn
+		}
+		var s Step
+		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
+			torn = fmt.Errorf("ledger line %d: %w", line, err)
+			continue
+		}
+		if s.Step < 0 || s.Step > int64(len(steps)) {
+			return nil, fmt.Errorf("ledger line %d commits step %d after step %d: steps are missing", line, s.Step, len(steps)-1)
+		}
+		steps = append(steps[:s.Step], s)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading the ledger: %w", err)
+	}
+	return steps, nil
+}
+
+// Replayer recomputes committed steps on a trainer.
+type Replayer struct {
+	tr    *train.Trainer
+	rings map[int]*rings
+	grads [][]float32
+	sums  []float64
+}
+
+// rings are the members of one in-memory ring of a given size.
+type rings struct {
+	net     *ring.InmemNetwork
+	members []*ring.Member
+}
+
+// New returns a replayer that advances tr.
+func New(tr *train.Trainer) *Replayer {
+	return &Replayer{tr: tr, rings: make(map[int]*rings)}
+}
+
+// Close stops the in-memory rings.
+func (r *Replayer) Close() {
+	for _, rs := range r.rings {
+		for _, m := range rs.members {
+			m.Close()
+		}
+	}
+	clear(r.rings)
+}
+
+func (r *Replayer) ring(n int) (*rings, error) {
+	if rs, ok := r.rings[n]; ok {
+		return rs, nil
+	}
+	rs := &rings{net: ring.NewInmemNetwork()}
+	peers := make([]ring.Peer, n)
+	for i := range peers {
+		peers[i] = ring.Peer{ID: "rank" + strconv.Itoa(i), Addr: "rank" + strconv.Itoa(i)}
+	}
+	for i := range n {
+		m, err := ring.NewMember(rs.net.Transport(peers[i].Addr), ring.DefaultConfig())
+		if err == nil {
+			err = m.Configure(1, i, peers)
+		}
+		if err != nil {
+			for _, m := range rs.members {
+				m.Close()
+			}
+			return nil, fmt.Errorf("a ring of %d members: %w", n, err)
+		}
+		rs.members = append(rs.members, m)
+	}
+	r.rings[n] = rs
+	return rs, nil
+}
+
+// Step recomputes one committed step: each shard's gradient, their sum by
+// a ring of as many members, and the update. The trainer must stand at the
+// step's position.
+func (r *Replayer) Step(ctx context.Context, s Step) error {
+	tr := r.tr
+	want := train.Position{Step: s.Step, Epoch: s.Epoch, StepInEpoch: s.StepInEpoch}
+	if tr.Position != want {
+		return fmt.Errorf("ledger step %d is at %+v, the replay stands at %+v", s.Step, want, tr.Position)
+	}
+	idx := tr.BatchIndices(tr.Position)
+	n := len(s.Shards)
+	if n == 0 || s.Batch != len(idx) {
+		return fmt.Errorf("ledger step %d: %d shards of a batch of %d, the schedule's batch has %d samples", s.Step, n, s.Batch, len(idx))
+	}
+	for len(r.grads) < n {
+		r.grads = append(r.grads, make([]float32, len(tr.Grad)))
+		r.sums = append(r.sums, 0)
+	}
+	for i, sh := range s.Shards {
+		if sh.Lo < 0 || sh.Hi < sh.Lo || sh.Hi > len(idx) {
+			return fmt.Errorf("ledger step %d: shard %d is [%d, %d) of a batch of %d", s.Step, i, sh.Lo, sh.Hi, len(idx))
+		}
+		r.sums[i] = tr.ComputeGradient(idx[sh.Lo:sh.Hi], s.Epoch)
+		copy(r.grads[i], tr.Grad)
+	}
+	if n > 1 {
+		rs, err := r.ring(n)
+		if err != nil {
+			return err
+		}
+		errs := make(chan error, n)
+		for i, m := range rs.members {
+			go func() { errs <- m.AllReduce(ctx, r.grads[i]) }()
+		}
+		var all []error
+		for range n {
+			all = append(all, <-errs)
+		}
+		if err := errors.Join(all...); err != nil {
+			return fmt.Errorf("ledger step %d: the all-reduce of %d members: %w", s.Step, n, err)
+		}
+	}
+	copy(tr.Grad, r.grads[0])
+	var sum float64 // in rank order, as the coordinator sums the reports
+	for i := range n {
+		sum += r.sums[i]
+	}
+	if err := tr.Apply(s.Batch, sum); err != nil {
+		return fmt.Errorf("ledger step %d: %w", s.Step, err)
+	}
+	return nil
+}
