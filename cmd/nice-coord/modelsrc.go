@@ -148,24 +148,35 @@ func loadFromFile(path string) (*loadedModel, error) {
 	return &loadedModel{saved: sv, from: "file " + path}, nil
 }
 
-// loadFromStateDir reads the newest checkpoint that verifies from a
-// stopped coordinator's checkpoint file, opened read-only.
-func loadFromStateDir(ctx context.Context, dir string) (*loadedModel, error) {
+// openStateDir opens a stopped coordinator's checkpoint file read-only;
+// ask says what to do instead when a running coordinator holds it ("" for
+// asking that coordinator with --addr).
+func openStateDir(dir, ask string) (*checkpoint.Bolt, string, error) {
 	path := filepath.Join(dir, "nice.db")
 	if _, err := os.Stat(path); err != nil {
 		if errors.Is(err, iofs.ErrNotExist) {
-			return nil, fmt.Errorf("no checkpoint file %s: --state-dir names the folder a coordinator keeps its checkpoints in (serve's --state-dir, nice-state by default)", path)
+			return nil, path, fmt.Errorf("no checkpoint file %s: --state-dir names the folder a coordinator keeps its checkpoints in (serve's --state-dir, nice-state by default)", path)
 		}
-		return nil, fmt.Errorf("checkpoint file %s: %w", path, err)
+		return nil, path, fmt.Errorf("checkpoint file %s: %w", path, err)
 	}
 	store, err := checkpoint.OpenBolt(path, checkpoint.BoltOptions{ReadOnly: true, InitialMmapSize: -1})
 	if errors.Is(err, checkpoint.ErrLocked) {
-		hint := "ask it with --addr host:port instead"
+		hint := "ask it with --addr host:port instead, or stop it first"
 		if b, rerr := os.ReadFile(addrFile(dir)); rerr == nil && strings.TrimSpace(string(b)) != "" {
-			hint = fmt.Sprintf("ask it with --addr %s instead (the address it noted in %s)", strings.TrimSpace(string(b)), addrFile(dir))
+			hint = fmt.Sprintf("ask it with --addr %s instead (the address it noted in %s), or stop it first", strings.TrimSpace(string(b)), addrFile(dir))
 		}
-		return nil, fmt.Errorf("%s is held by a running coordinator (it locks its checkpoint file while it runs): %s, or stop it first", path, hint)
+		if ask != "" {
+			hint = ask
+		}
+		return nil, path, fmt.Errorf("%s is held by a running coordinator (it locks its checkpoint file while it runs): %s", path, hint)
 	}
+	return store, path, err
+}
+
+// loadFromStateDir reads the newest checkpoint that verifies from a
+// stopped coordinator's checkpoint file, opened read-only.
+func loadFromStateDir(ctx context.Context, dir string) (*loadedModel, error) {
+	store, path, err := openStateDir(dir, "")
 	if err != nil {
 		return nil, err
 	}

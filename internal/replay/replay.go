@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 
 	"github.com/nice-flow/nice/ring"
@@ -178,6 +179,41 @@ func (r *Replayer) Step(ctx context.Context, s Step) error {
 	}
 	if err := tr.Apply(s.Batch, sum); err != nil {
 		return fmt.Errorf("ledger step %d: %w", s.Step, err)
+	}
+	return nil
+}
+
+// SameState returns nil when a and b continue training identically: the
+// same position, Adam step, parameters, moments and training-loss record,
+// bit for bit. Otherwise it names the first difference.
+func SameState(a, b *train.State) error {
+	if a.Position != b.Position || a.AdamStep != b.AdamStep {
+		return fmt.Errorf("position %+v (Adam step %d) against %+v (Adam step %d)", a.Position, a.AdamStep, b.Position, b.AdamStep)
+	}
+	for _, f := range []struct {
+		name string
+		a, b []float32
+	}{{"parameter", a.Params, b.Params}, {"first moment", a.M, b.M}, {"second moment", a.V, b.V}} {
+		if len(f.a) != len(f.b) {
+			return fmt.Errorf("%d %ss against %d", len(f.a), f.name, len(f.b))
+		}
+		for i := range f.a {
+			if math.Float32bits(f.a[i]) != math.Float32bits(f.b[i]) {
+				return fmt.Errorf("%s %d of %d is %v against %v", f.name, i, len(f.a), f.a[i], f.b[i])
+			}
+		}
+	}
+	if math.Float64bits(a.LossSum) != math.Float64bits(b.LossSum) || a.LossN != b.LossN {
+		return fmt.Errorf("training loss since the last record %v over %d steps against %v over %d", a.LossSum, a.LossN, b.LossSum, b.LossN)
+	}
+	pa, pb := a.History.Points, b.History.Points
+	if len(pa) != len(pb) {
+		return fmt.Errorf("%d training-loss records against %d", len(pa), len(pb))
+	}
+	for i := range pa {
+		if pa[i] != pb[i] {
+			return fmt.Errorf("training-loss record %d is %+v against %+v", i, pa[i], pb[i])
+		}
 	}
 	return nil
 }
