@@ -56,8 +56,8 @@ if [ -x test/e2e/compose.sh ]; then
     step "end-to-end: docker compose"
     test/e2e/compose.sh
     if [ -x test/e2e/campaign.sh ]; then
-      # The image compose.sh built; a seeded campaign of random faults
-      # compared with an uninterrupted run (E2E_SEED replays one).
+      # The image compose.sh built; a seeded campaign of random faults,
+      # then nice-coord verify replays its ledger (E2E_SEED replays one).
       step "end-to-end: seeded fault campaign"
       E2E_BUILD=none test/e2e/campaign.sh
     fi

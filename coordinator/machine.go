@@ -229,6 +229,10 @@ type Commit struct {
 	Compute, Allreduce float64
 	// Times are each member's reported times, in rank order.
 	Times []MemberTimes
+	// GradDigest is the digest of the reduced gradient every member
+	// reported; ParamsDigest that of the parameters the step started from,
+	// when the members were asked for it (0: not asked).
+	GradDigest, ParamsDigest uint32
 }
 
 // MemberTimes are one member's reported times in a committed step, in
@@ -822,7 +826,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		}
 	}
 	first := m.reports[m.ring[0]]
-	c := &Commit{Generation: m.gen, Position: m.next, Batch: batch}
+	c := &Commit{Generation: m.gen, Position: m.next, Batch: batch, GradDigest: first.GradDigest}
 	var slowest float64
 	var sum float64
 	ledgerOK := true
@@ -843,6 +847,9 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		}
 		pos = int(r.Hi)
 		c.Shards = append(c.Shards, Shard{Worker: id, Lo: int(r.Lo), Hi: int(r.Hi)})
+		if c.ParamsDigest == 0 {
+			c.ParamsDigest = r.ParamsDigest
+		}
 		sum += r.SumLl
 		slowest = max(slowest, r.AllreduceSeconds)
 		c.Compute = max(c.Compute, r.ComputeSeconds)

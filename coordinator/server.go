@@ -696,9 +696,14 @@ type ledgerLine struct {
 	Shards      []Shard `json:"shards"`
 	Coordinator uint64  `json:"coordinator"`
 	Snapshot    bool    `json:"snapshot,omitempty"`
-	UnixNano    int64   `json:"unix_nano"`
-	Compute     float64 `json:"compute_seconds"`
-	Allreduce   float64 `json:"allreduce_seconds"`
+	SumLL       float64 `json:"sum_ll"`
+	// The digests let a replay find the first step it computes otherwise
+	// (nice-coord verify).
+	GradDigest   uint32  `json:"grad_digest"`
+	ParamsDigest uint32  `json:"params_digest,omitempty"`
+	UnixNano     int64   `json:"unix_nano"`
+	Compute      float64 `json:"compute_seconds"`
+	Allreduce    float64 `json:"allreduce_seconds"`
 }
 
 // recordCommit appends the commit to the ledger (synced when it carries a
@@ -707,7 +712,7 @@ type ledgerLine struct {
 func (s *Server) recordCommit(c *Commit) {
 	b, err := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
 		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
-		Snapshot: c.Snapshot, UnixNano: time.Now().UnixNano(), Compute: finiteOr0(c.Compute), Allreduce: finiteOr0(c.Allreduce)})
+		Snapshot: c.Snapshot, SumLL: c.SumLL, GradDigest: c.GradDigest, ParamsDigest: c.ParamsDigest, UnixNano: time.Now().UnixNano(), Compute: finiteOr0(c.Compute), Allreduce: finiteOr0(c.Allreduce)})
 	if err == nil {
 		err = s.ledger.append(append(b, '\n'), c.Snapshot)
 	} else {

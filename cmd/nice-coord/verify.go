@@ -35,7 +35,9 @@ func runVerify(ctx context.Context, args []string) error {
 			"stored checkpoint with the replay bit for bit (parameters, Adam moments and step, position,\n"+
 			"training-loss record), and every epoch score within a relative "+fmt.Sprint(scoreTolerance)+".\n\n"+
 			"Each committed step is replayed as it was run: the same shards of the same global batch, summed\n"+
-			"by an in-memory ring of as many members as summed it. Whatever failed during the run (killed\n"+
+			"by an in-memory ring of as many members as summed it; where the ledger records them, the batch's\n"+
+			"log-likelihood and the digests of the reduced gradient and of the parameters are compared at\n"+
+			"every step, so a difference is found at the step it happens. Whatever failed during the run (killed\n"+
 			"workers, a restarted coordinator, redone steps), a run that kept its invariants replays exactly;\n"+
 			"the first checkpoint that does not names the step where the run left the mathematics of its\n"+
 			"steps. It costs about what training on one process costs. The coordinator must be stopped.")
@@ -192,12 +194,15 @@ func (v *verification) run(ctx context.Context, dataDir string, from int64) erro
 			return fmt.Errorf("stopped at step %d: %w", s, err)
 		}
 		if err := r.Step(ctx, v.steps[s]); err != nil {
+			if errors.As(err, new(*replay.MismatchError)) {
+				return fmt.Errorf("%w: the run computed something other than the mathematics of its ledger there (it equals the replay up to %s)", err, v.lastEqual(from, s+1))
+			}
 			return err
 		}
 		step := tr.Position.Step
 		if st, ok := v.checkpoints[step]; ok && step > from {
 			if err := replay.SameState(st, tr.State()); err != nil {
-				return fmt.Errorf("the checkpoint at step %d differs from the replay: %v; the run computed something other than the steps of its ledger after %s and up to step %d",
+				return fmt.Errorf("the checkpoint at step %d differs from the replay: %v; the run computed something other than the steps of its ledger between %s and step %d",
 					step, err, v.lastEqual(from, step), step)
 			}
 			equal++
@@ -254,10 +259,10 @@ func (v *verification) storedSteps() []int64 {
 // lastEqual names where the replay was last known equal to the run
 // before step.
 func (v *verification) lastEqual(from, step int64) string {
-	best := fmt.Sprintf("step %d (where the replay started)", from)
+	best := fmt.Sprintf("step %d, where the replay started", from)
 	for _, k := range v.storedSteps() {
 		if k > from && k < step {
-			best = fmt.Sprintf("step %d (the last checkpoint equal to the replay)", k)
+			best = fmt.Sprintf("the checkpoint at step %d", k)
 		}
 	}
 	return best

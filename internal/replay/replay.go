@@ -33,6 +33,25 @@ type Step struct {
 	StepInEpoch int     `json:"step_in_epoch"`
 	Batch       int     `json:"batch"`
 	Shards      []Shard `json:"shards"`
+	// What the members reported, when the ledger has it (0: not
+	// recorded): the log-likelihood summed over the batch, the digest of
+	// the reduced gradient, and that of the parameters the step started
+	// from (recorded every few steps).
+	SumLL        float64 `json:"sum_ll"`
+	GradDigest   uint32  `json:"grad_digest"`
+	ParamsDigest uint32  `json:"params_digest"`
+}
+
+// MismatchError says that a replayed step computed something other than
+// what the run recorded for it.
+type MismatchError struct {
+	Step      int64
+	What      string // "parameters", "log-likelihood", "reduced gradient"
+	Run, Mine string
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("step %d: the %s differ from the run's (the run recorded %s, the replay computes %s)", e.Step, e.What, e.Run, e.Mine)
 }
 
 // Shard is the part [Lo, Hi) of a step's global batch that rank i (its
@@ -139,6 +158,11 @@ func (r *Replayer) Step(ctx context.Context, s Step) error {
 	if tr.Position != want {
 		return fmt.Errorf("ledger step %d is at %+v, the replay stands at %+v", s.Step, want, tr.Position)
 	}
+	if s.ParamsDigest != 0 {
+		if d := max(train.Digest(tr.Model.Params), 1); d != s.ParamsDigest {
+			return &MismatchError{Step: s.Step, What: "parameters the step starts from", Run: fmt.Sprintf("digest %08x", s.ParamsDigest), Mine: fmt.Sprintf("%08x", d)}
+		}
+	}
 	idx := tr.BatchIndices(tr.Position)
 	n := len(s.Shards)
 	if n == 0 || s.Batch != len(idx) {
@@ -176,6 +200,14 @@ func (r *Replayer) Step(ctx context.Context, s Step) error {
 	var sum float64 // in rank order, as the coordinator sums the reports
 	for i := range n {
 		sum += r.sums[i]
+	}
+	if s.SumLL != 0 && math.Float64bits(s.SumLL) != math.Float64bits(sum) {
+		return &MismatchError{Step: s.Step, What: "log-likelihoods of the batch", Run: fmt.Sprint(s.SumLL), Mine: fmt.Sprint(sum)}
+	}
+	if s.GradDigest != 0 {
+		if d := train.Digest(tr.Grad); d != s.GradDigest {
+			return &MismatchError{Step: s.Step, What: "reduced gradients", Run: fmt.Sprintf("digest %08x", s.GradDigest), Mine: fmt.Sprintf("%08x", d)}
+		}
 	}
 	if err := tr.Apply(s.Batch, sum); err != nil {
 		return fmt.Errorf("ledger step %d: %w", s.Step, err)

@@ -139,6 +139,9 @@ func TestReplayRefusesAStepThatIsNotNext(t *testing.T) {
 		{Step{Batch: 16}, "0 shards"},
 		{Step{Batch: 12, Shards: s[0].Shards}, "the schedule's batch has 16"},
 		{Step{Batch: 16, Shards: []Shard{{Lo: 0, Hi: 17}}}, "shard 0 is [0, 17)"},
+		{Step{Batch: 16, Shards: s[0].Shards, ParamsDigest: 7}, "step 0: the parameters the step starts from differ from the run's (the run recorded digest 00000007"},
+		{Step{Batch: 16, Shards: s[0].Shards, SumLL: -1}, "step 0: the log-likelihoods of the batch differ from the run's (the run recorded -1,"},
+		{Step{Batch: 16, Shards: s[0].Shards, GradDigest: 7}, "step 0: the reduced gradients differ from the run's (the run recorded digest 00000007"},
 	} {
 		if err := r.Step(t.Context(), tc.step); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("step %+v: error %v, want one saying %q", tc.step, err, tc.want)
