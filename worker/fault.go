@@ -14,8 +14,11 @@ import (
 // Fault pauses the worker at one point of one step, so that fault-injection
 // tests (and people checking recovery by hand) can kill it exactly there:
 // "gradient" (computing its shard's gradient), "ring" (inside the
-// all-reduce, after the first frames), or "report" (after the all-reduce,
-// before its report reaches the coordinator, so the step is not committed).
+// all-reduce, after the first frames), "report" (after the all-reduce,
+// before its report reaches the coordinator, so the step is not committed),
+// "apply" (the step's commit has arrived, its update is not applied yet) or
+// "eval" (scoring its shard of the scored set at an epoch's end; Step is
+// then the first step of the next epoch).
 type Fault struct {
 	Phase string
 	Step  int64
@@ -34,10 +37,10 @@ func ParseFault(s string) (Fault, error) {
 		return Fault{}, fmt.Errorf("fault %q: want phase@step:pause, e.g. ring@5:500ms", s)
 	}
 	switch phase {
-	case "gradient", "ring", "report":
+	case "gradient", "ring", "report", "apply", "eval":
 		return f, nil
 	}
-	return Fault{}, fmt.Errorf("fault %q: phase must be gradient, ring or report", s)
+	return Fault{}, fmt.Errorf("fault %q: phase must be gradient, ring, report, apply or eval", s)
 }
 
 // faultAt pauses if the fault is set for this phase and step.

@@ -355,13 +355,16 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 			w.obs.commitWait.Observe(time.Since(w.obs.reportedAt).Seconds())
 			w.obs.reportedAt = time.Time{}
 		}
-		w.startWork(func(context.Context) func(time.Time) Actions {
+		w.startWork(func(ctx context.Context) func(time.Time) Actions {
+			w.faultAt(ctx, "apply", o.Commit.Step)
 			pos, snapDigest, err := w.apply(o.Commit)
 			return func(now time.Time) Actions { return w.m.Applied(now, o.Generation, pos, snapDigest, err) }
 		})
 	case a.Evaluate != nil:
 		o := *a.Evaluate
-		w.startWork(func(context.Context) func(time.Time) Actions {
+		step := w.m.Position().Step
+		w.startWork(func(ctx context.Context) func(time.Time) Actions {
+			w.faultAt(ctx, "eval", step)
 			sum, lo, hi := w.evaluate(o)
 			return func(now time.Time) Actions { return w.m.Evaluated(now, o.Generation, o.Epoch, sum, lo, hi) }
 		})

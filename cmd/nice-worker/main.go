@@ -81,7 +81,7 @@ func run(ctx context.Context, args []string) error {
 	sessionTimeout := fs.Duration("session-timeout", d.SessionTimeout, "reconnect when the coordinator has sent nothing, not even a heartbeat, for this long")
 	verbose := fs.Bool("v", false, "log debug details")
 	logFormat := logging.Flag(fs)
-	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring or report (e.g. ring@5:500ms)")
+	fault := fs.String("fault", "", "fault injection for recovery tests: pause at phase@step:duration, phase gradient, ring, report, apply or eval (e.g. ring@5:500ms)")
 	tlsFlags := creds.AddFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return err

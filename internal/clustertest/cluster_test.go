@@ -496,3 +496,35 @@ func TestVerifyCommand(t *testing.T) {
 	}
 	t.Logf("on a ledger altered at step 125: %s", strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:]))
 }
+
+// A worker SIGKILLed around an epoch's end: after the commit of the epoch's
+// last step but before applying it, while scoring the epoch, and computing
+// the next epoch's first step. The run, with the worker back, must still be
+// its ledger replayed bit for bit, and the epoch scored once.
+func TestWorkerKilledAtAnEpochsEnd(t *testing.T) {
+	trainSet, testSet := needMNIST(t)
+	const spe = 118 // steps an epoch at batch 512
+	const stop = spe + 6
+	for _, fault := range []string{fmt.Sprintf("apply@%d:5s", spe-1), fmt.Sprintf("eval@%d:5s", spe), fmt.Sprintf("gradient@%d:5s", spe)} {
+		t.Run(fault, func(t *testing.T) {
+			c := New(t, append(append([]string{}, tinyArgs...), "--max-steps", fmt.Sprint(stop), "--checkpoint-every", "0")...)
+			c.StartCoordinator()
+			c.StartWorker("w1")
+			victim := c.StartWorker("w2", "--fault", fault)
+			c.StartWorker("w3")
+			victim.WaitLine(t, "fault injection: pausing", 2*time.Minute)
+			victim.Kill()
+			c.StartWorker("w2")
+			held := c.HeldWith(stop, 3, 2*time.Minute)
+			st, err := c.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Scores) != 1 || st.Scores[0].Epoch != 1 {
+				t.Fatalf("scores %+v, want epoch 1 scored once", st.Scores)
+			}
+			checkLedger(t, c, stop)
+			checkReplay(t, c, trainSet, testSet, held)
+		})
+	}
+}
