@@ -62,6 +62,7 @@ const (
 	fieldOffset     = 5
 	fieldTotal      = 6
 	fieldData       = 7
+	fieldWidth      = 8
 )
 
 // outFrame is a RingFrame to send, its payload viewed in place.
@@ -117,33 +118,21 @@ func (r *releaseTracker) wait(deadline time.Time) bool {
 // marshal encodes the header into a pooled buffer, freed by gRPC once
 // written, and appends the payload as a buffer over the caller's memory,
 // lent to gRPC until it calls f.release.Put. (Payloads too small for gRPC to
-// track are copied after the header instead.) Zero fields are left out, as
-// the protobuf library does.
+// track are copied after the header instead.) A bfloat16 payload is packed
+// into a pooled buffer that gRPC frees, so nothing is lent. Zero fields are
+// left out, as the protobuf library does.
 func (f *outFrame) marshal() mem.BufferSlice {
 	pool := mem.DefaultBufferPool()
+	if f.h.Width == 2 {
+		return f.marshalHalf(pool)
+	}
 	small := mem.IsBelowBufferPoolingThreshold(len(f.data))
-	size := 64
+	size := 96 // the header's fields and the payload's tag, at most 84 bytes
 	if small {
 		size += len(f.data)
 	}
 	hp := pool.Get(size)
-	b := (*hp)[:0]
-	for _, kv := range [...]struct {
-		num protowire.Number
-		v   uint64
-	}{
-		{fieldGeneration, f.h.Generation}, {fieldSeq, f.h.Seq}, {fieldStep, uint64(f.h.Step)},
-		{fieldChunk, uint64(f.h.Chunk)}, {fieldOffset, f.h.Offset}, {fieldTotal, f.h.Total},
-	} {
-		if kv.v != 0 {
-			b = protowire.AppendTag(b, kv.num, protowire.VarintType)
-			b = protowire.AppendVarint(b, kv.v)
-		}
-	}
-	if len(f.data) > 0 {
-		b = protowire.AppendTag(b, fieldData, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(len(f.data)))
-	}
+	b := f.header((*hp)[:0], len(f.data))
 	if small {
 		*hp = append(b, f.data...)
 		return mem.BufferSlice{mem.NewBuffer(hp, pool)}
@@ -152,6 +141,43 @@ func (f *outFrame) marshal() mem.BufferSlice {
 	view := f.data // escapes: a *[]byte per frame, which gRPC hands back to Put
 	f.release.lent.Add(1)
 	return mem.BufferSlice{mem.NewBuffer(hp, pool), mem.NewBuffer(&view, f.release)}
+}
+
+// header appends the frame's header fields, then the payload's tag and
+// length for a payload of n bytes.
+func (f *outFrame) header(b []byte, n int) []byte {
+	for _, kv := range [...]struct {
+		num protowire.Number
+		v   uint64
+	}{
+		{fieldGeneration, f.h.Generation}, {fieldSeq, f.h.Seq}, {fieldStep, uint64(f.h.Step)},
+		{fieldChunk, uint64(f.h.Chunk)}, {fieldOffset, f.h.Offset}, {fieldTotal, f.h.Total},
+		{fieldWidth, uint64(f.h.Width)},
+	} {
+		if kv.v != 0 {
+			b = protowire.AppendTag(b, kv.num, protowire.VarintType)
+			b = protowire.AppendVarint(b, kv.v)
+		}
+	}
+	if n > 0 {
+		b = protowire.AppendTag(b, fieldData, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(n))
+	}
+	return b
+}
+
+// marshalHalf encodes a frame whose floats (rounded to bfloat16 by the
+// collective) travel as their upper halves.
+func (f *outFrame) marshalHalf(pool mem.BufferPool) mem.BufferSlice {
+	n := len(f.data) / 2
+	hp := pool.Get(96)
+	*hp = f.header((*hp)[:0], n)
+	if n == 0 {
+		return mem.BufferSlice{mem.NewBuffer(hp, pool)}
+	}
+	pp := pool.Get(n)
+	packBF16(*pp, f.data)
+	return mem.BufferSlice{mem.NewBuffer(hp, pool), mem.NewBuffer(pp, pool)}
 }
 
 // inFrame receives one RingFrame: the receiver sets want, dst and op; the
@@ -180,7 +206,7 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 		}
 		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
 		switch {
-		case typ == protowire.VarintType && num >= fieldGeneration && num <= fieldTotal:
+		case typ == protowire.VarintType && (num >= fieldGeneration && num <= fieldTotal || num == fieldWidth):
 			v, err := r.varint()
 			if err != nil {
 				f.err = err
@@ -199,6 +225,12 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 				f.h.Offset = v
 			case fieldTotal:
 				f.h.Total = v
+			case fieldWidth:
+				if v != 2 && v != 4 {
+					f.err = fmt.Errorf("%w: %d bytes per float: only 4 (float32) and 2 (bfloat16) exist", ErrBadFrame, v)
+					return
+				}
+				f.h.Width = uint32(v)
 			}
 		case typ == protowire.BytesType && num == fieldData:
 			n, err := r.varint()
@@ -206,8 +238,9 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 				f.err = err
 				return
 			}
-			if n%4 != 0 || n > uint64(r.remaining()) {
-				f.err = fmt.Errorf("%w: payload of %d bytes is not whole floats or overruns the message of %d", ErrBadFrame, n, r.remaining())
+			w := uint64(f.h.floatWidth())
+			if n%w != 0 || n > uint64(r.remaining()) {
+				f.err = fmt.Errorf("%w: payload of %d bytes is not whole %d-byte floats or overruns the message of %d", ErrBadFrame, n, w, r.remaining())
 				return
 			}
 			// A field after the payload could change the header that was
@@ -216,10 +249,14 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 				f.err = errPayloadNotLast
 				return
 			}
-			if f.err = CheckFrame(&f.h, int(n/4), f.want, len(f.dst)); f.err != nil {
+			if f.err = CheckFrame(&f.h, int(n/w), f.want, len(f.dst)); f.err != nil {
 				return
 			}
-			r.apply(f.dst, f.op)
+			if w == 2 {
+				r.applyHalf(f.dst, f.op)
+			} else {
+				r.apply(f.dst, f.op)
+			}
 			return
 		default:
 			f.err = fmt.Errorf("%w: unexpected field %d of wire type %d", ErrBadFrame, num, typ)
@@ -316,5 +353,33 @@ func (r *bufCursor) apply(dst []float32, op Apply) {
 			nc = copy(carry[:], r.cur)
 			r.cur = r.cur[nc:]
 		}
+	}
+}
+
+// applyHalf adds or copies the next 2*len(dst) bytes, bfloat16s, into dst.
+// A value may be split between two buffers.
+func (r *bufCursor) applyHalf(dst []float32, op Apply) {
+	var carry [2]byte
+	for i := 0; i < len(dst) && r.fill(); {
+		var v float32
+		if len(r.cur) >= 2 {
+			v = bf16le(r.cur)
+			r.cur = r.cur[2:]
+		} else {
+			carry[0] = r.cur[0]
+			r.cur = r.cur[1:]
+			if !r.fill() {
+				return
+			}
+			carry[1] = r.cur[0]
+			r.cur = r.cur[1:]
+			v = bf16le(carry[:])
+		}
+		if op == ApplyCopy {
+			dst[i] = v
+		} else {
+			dst[i] += v
+		}
+		i++
 	}
 }

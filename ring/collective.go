@@ -17,6 +17,7 @@ type generation struct {
 	gen         uint64
 	rank, n     int
 	peers       []Peer
+	wire        Wire
 	left, right int // ranks of the neighbours
 
 	busy    sync.Mutex // one collective at a time
@@ -49,10 +50,10 @@ type sendJob struct {
 	seq uint64
 }
 
-func newGeneration(m *Member, gen uint64, rank int, peers []Peer) *generation {
+func newGeneration(m *Member, gen uint64, rank int, peers []Peer, wire Wire) *generation {
 	n := len(peers)
 	g := &generation{
-		m: m, cfg: &m.cfg, gen: gen, rank: rank, n: n, peers: peers,
+		m: m, cfg: &m.cfg, gen: gen, rank: rank, n: n, peers: peers, wire: wire,
 		left: mod(rank-1, n), right: mod(rank+1, n),
 		failed:   make(chan struct{}),
 		jobs:     make(chan sendJob),
@@ -92,6 +93,15 @@ func (g *generation) fail(dir Direction, peerRank int, cause error) {
 			g.cfg.logger().Warn("ring broken", "err", be)
 		}
 	})
+}
+
+// width is the Width of this generation's frames: 0 (float32, the header
+// field left out) or 2.
+func (g *generation) width() uint32 {
+	if g.wire == WireBFloat16 {
+		return 2
+	}
+	return 0
 }
 
 func (g *generation) brokenErr() error {
@@ -232,7 +242,7 @@ func (g *generation) receive(buf []float32, seq uint64) error {
 		for off := 0; off < length; off += f {
 			cnt := min(f, length-off)
 			want := &g.recvHdr // a field, not a local: it would escape through the interface
-			*want = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
+			*want = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf)), Width: g.width()}
 			timeout := g.cfg.frameTimeout(cnt)
 			if first {
 				timeout = max(timeout, g.cfg.StartTimeout)
@@ -291,8 +301,13 @@ func (g *generation) send(buf []float32, seq uint64) error {
 				}
 			}
 			cnt := min(f, length-off)
+			if g.wire == WireBFloat16 {
+				// In place: the owner of a chunk keeps the rounded
+				// values it sends, as every other member receives them.
+				roundBF16(buf[start+off : start+off+cnt])
+			}
 			h := &g.sendHdr
-			*h = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf))}
+			*h = FrameHeader{Generation: g.gen, Seq: seq, Step: uint32(s), Chunk: uint32(c), Offset: uint64(off), Total: uint64(len(buf)), Width: g.width()}
 			deadline := time.Now().Add(max(g.cfg.frameTimeout(cnt), g.cfg.StartTimeout))
 			if err := g.out.Send(h, buf[start+off:start+off+cnt], deadline); err != nil {
 				g.fail(ToRight, g.right, fmt.Errorf("collective %d step %d chunk %d offset %d: %w", seq, s, c, off, err))

@@ -15,6 +15,15 @@ type FrameHeader struct {
 	Chunk      uint32
 	Offset     uint64 // index of the frame's first float within its chunk
 	Total      uint64 // floats in the whole buffer
+	Width      uint32 // bytes a float takes on the wire: 4 (also when 0) or 2 (bfloat16)
+}
+
+// floatWidth is h.Width with 0 read as 4.
+func (h *FrameHeader) floatWidth() uint32 {
+	if h.Width == 0 {
+		return 4
+	}
+	return h.Width
 }
 
 // Apply says what a receiver does with the floats of a frame.
@@ -38,6 +47,8 @@ func CheckFrame(got *FrameHeader, gotFloats int, want *FrameHeader, wantFloats i
 		return &FrameError{Field: "generation", Got: got.Generation, Want: want.Generation, Kind: ErrBadFrame}
 	case got.Seq != want.Seq:
 		return &FrameError{Field: "collective", Got: got.Seq, Want: want.Seq, Kind: ErrBadFrame}
+	case got.floatWidth() != want.floatWidth():
+		return &FrameError{Field: "bytes per float", Got: uint64(got.floatWidth()), Want: uint64(want.floatWidth()), Kind: ErrBadFrame}
 	case got.Total != want.Total:
 		return &FrameError{Field: "total length", Got: got.Total, Want: want.Total, Kind: ErrBadFrame}
 	case got.Step != want.Step:

@@ -14,6 +14,7 @@ type Member struct {
 	cfg Config
 
 	mu     sync.Mutex
+	wire   Wire // of the generations configured from now on
 	cur    *generation
 	closed bool
 	wg     sync.WaitGroup // goroutines of every generation
@@ -55,7 +56,7 @@ func (m *Member) Configure(gen uint64, rank int, peers []Peer) error {
 		m.mu.Unlock()
 		return fmt.Errorf("configuring ring generation %d after %d: %w", gen, old.gen, ErrStaleGeneration)
 	}
-	m.cur = newGeneration(m, gen, rank, append([]Peer(nil), peers...))
+	m.cur = newGeneration(m, gen, rank, append([]Peer(nil), peers...), m.wire)
 	m.mu.Unlock()
 	if old != nil {
 		old.fail(Local, -1, ErrSuperseded)
@@ -78,6 +79,15 @@ func (m *Member) AllReduce(ctx context.Context, buf []float32) error {
 		return fmt.Errorf("all-reduce: %w", ErrNotConfigured)
 	}
 	return g.allReduce(ctx, buf)
+}
+
+// SetWire sets how the generations configured from now on send their
+// floats (a running generation keeps its own). Every member of a ring must
+// use the same: a frame of another width is refused.
+func (m *Member) SetWire(w Wire) {
+	m.mu.Lock()
+	m.wire = w
+	m.mu.Unlock()
 }
 
 // Generation returns the current generation number (0 before Configure).

@@ -29,6 +29,10 @@ type Config struct {
 	EvalSeed uint64 `json:"eval_seed"`
 	// LogEvery records the training NLL in the history every this many steps.
 	LogEvery int `json:"log_every"`
+	// GradientWire is how the workers' ring sends the gradient: "" (float32,
+	// exact) or "bf16" (rounded to bfloat16: half the bytes, other
+	// numbers). It changes the trajectory of a run of several workers.
+	GradientWire string `json:"gradient_wire,omitempty"`
 }
 
 // DefaultConfig is the paper's model and optimiser at batch 256.
@@ -61,6 +65,9 @@ func (c Config) Validate() error {
 	}
 	if c.LogEvery < 1 {
 		errs = append(errs, fmt.Errorf("log-every %d: must be at least 1", c.LogEvery))
+	}
+	if c.GradientWire != "" && c.GradientWire != "bf16" {
+		errs = append(errs, fmt.Errorf("gradient wire %q: want fp32 (\"\") or bf16", c.GradientWire))
 	}
 	return errors.Join(errs...)
 }

@@ -543,6 +543,13 @@ func (w *Worker) configure(js []byte) (int, error) {
 	if err := c.Validate(); err != nil {
 		return 0, fmt.Errorf("coordinator's configuration: %w", err)
 	}
+	wire, err := ring.ParseWire(c.GradientWire)
+	if err != nil {
+		return 0, fmt.Errorf("coordinator's configuration: %w", err)
+	}
+	// Before any generation of this session is configured: every member
+	// of the run sends the gradient alike.
+	w.ring.SetWire(wire)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.tr != nil && w.tr.Config.Hash() == c.Hash() {

@@ -25,6 +25,7 @@ type trainFlags struct {
 	cfg     train.Config
 	prior   string
 	dataDir string
+	wire    string
 	threads int
 }
 
@@ -46,12 +47,21 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 	fs.IntVar(&c.Model.HiddenLayers, "layers", c.Model.HiddenLayers, "hidden layers per coupling")
 	fs.BoolVar(&c.Validation, "validation", c.Validation, "hold out the last 10,000 training images and score on them instead of the test set")
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "record the training NLL in the history every this many steps")
+	fs.StringVar(&tf.wire, "gradient-wire", "fp32", "how workers send the gradient around the ring: fp32 (exact) or bf16 (rounded to bfloat16: half the bytes for slow links, and other numbers; one process sends nothing)")
 	fs.IntVar(&tf.threads, "threads", 0, "BLAS threads (0: the BLAS default, all cores)")
 }
 
 // config returns the validated training configuration.
 func (tf *trainFlags) config() (train.Config, error) {
 	tf.cfg.Model.Prior = flow.Prior(tf.prior)
+	switch tf.wire {
+	case "fp32", "":
+		tf.cfg.GradientWire = ""
+	case "bf16":
+		tf.cfg.GradientWire = "bf16"
+	default:
+		return tf.cfg, fmt.Errorf("--gradient-wire %q: want fp32 or bf16", tf.wire)
+	}
 	if err := tf.cfg.Validate(); err != nil {
 		return tf.cfg, err
 	}
@@ -72,7 +82,7 @@ func loadData(dir string, c train.Config) (train.Data, error) {
 }
 
 // trajectoryFlags change the trajectory, so they must match a resumed state.
-var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every"}
+var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every", "gradient-wire"}
 
 func runTrain(ctx context.Context, args []string) error {
 	fs := newFlagSet("train", "[flags]",

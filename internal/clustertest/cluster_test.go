@@ -528,3 +528,24 @@ func TestWorkerKilledAtAnEpochsEnd(t *testing.T) {
 		})
 	}
 }
+
+// --gradient-wire bf16: the workers send bfloat16 around the ring; the run
+// is still its ledger replayed bit for bit (the replay rounds in the same
+// ring code), and it differs from the float32 run, but not by much.
+func TestBFloat16GradientsReplayExactly(t *testing.T) {
+	trainSet, testSet := needMNIST(t)
+	const stop = 12
+	args := []string{"--max-steps", fmt.Sprint(stop), "--checkpoint-every", "0", "--min-workers", "3"}
+	fp32 := startCluster(t, 3, args...).Held(stop, 2*time.Minute)
+	c := startCluster(t, 3, append(args, "--gradient-wire", "bf16")...)
+	bf16 := c.Held(stop, 2*time.Minute)
+	if bf16.Config.GradientWire != "bf16" || fp32.Config.Hash() == bf16.Config.Hash() {
+		t.Fatalf("configurations: %q (hash %s) and %q (hash %s)", fp32.Config.GradientWire, fp32.Config.Hash(), bf16.Config.GradientWire, bf16.Config.Hash())
+	}
+	checkReplay(t, c, trainSet, testSet, bf16)
+	d := maxDiff(bf16.Params, fp32.Params)
+	t.Logf("after %d steps, the bf16 run's parameters differ from the fp32 run's by up to %.3g", stop, d)
+	if d == 0 || d > 1e-2 {
+		t.Fatalf("bf16 against fp32: largest parameter difference %g", d)
+	}
+}

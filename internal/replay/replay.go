@@ -1,5 +1,6 @@
 // Package replay recomputes a distributed run in one process from its
-// ledger, bit for bit.
+// ledger, bit for bit (with the run's gradient wire format: bfloat16
+// roundings happen in the ring's code, which the replay runs too).
 //
 // The ledger says, for every committed step, how the global batch was cut
 // into shards and so how many members summed it. A step's reduced gradient
@@ -132,9 +133,14 @@ func (r *Replayer) ring(n int) (*rings, error) {
 	for i := range peers {
 		peers[i] = ring.Peer{ID: "rank" + strconv.Itoa(i), Addr: "rank" + strconv.Itoa(i)}
 	}
+	wire, err := ring.ParseWire(r.tr.Config.GradientWire)
+	if err != nil {
+		return nil, err
+	}
 	for i := range n {
 		m, err := ring.NewMember(rs.net.Transport(peers[i].Addr), ring.DefaultConfig())
 		if err == nil {
+			m.SetWire(wire)
 			err = m.Configure(1, i, peers)
 		}
 		if err != nil {
