@@ -2,7 +2,7 @@
 # network.sh: training over capped links, as on hosts joined by a real network.
 #
 #   sudo bench/network.sh [--rates "100mbit 1gbit 10gbit"] [--workers "2 3 4"] [--steps K]
-#                         [--hidden H --layers L] [--results FILE]
+#                         [--hidden H --layers L] [--gradient-wire fp32|bf16] [--results FILE]
 #
 # Each process (the coordinator and N workers) runs in a network namespace of its own,
 # joined to the others through a bridge by a veth pair; tc's token bucket filter (tbf)
@@ -17,6 +17,9 @@
 # all-reduce time also holds its wait for the slowest member's gradient; the script
 # reports the smallest member mean too (the member that waits least), from the workers'
 # /metrics.
+#
+# --gradient-wire bf16 runs the cluster with bfloat16 gradients on the wire (half the
+# bytes; S below is then the bytes sent, half the gradient's).
 #
 # Then it fits the usual model of a ring all-reduce of S bytes,
 #   t = 2(N-1)·α + 2(N-1)/N · S/β,
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
 	--rates) rates=$2; shift 2 ;;
 	--workers) workers=$2; shift 2 ;;
 	--steps) steps=$2; shift 2 ;;
-	--hidden | --layers) extra+=("$1" "$2"); shift 2 ;;
+	--hidden | --layers | --gradient-wire) extra+=("$1" "$2"); shift 2 ;;
 	--results) results=$2; shift 2 ;;
 	-h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "network.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -174,11 +177,12 @@ teardown
 # width H between 392 and 392 dimensions, and the 784 scales).
 H=1000 L=5
 for ((i = 0; i < ${#extra[@]}; i += 2)); do
-	case ${extra[i]} in --hidden) H=${extra[i + 1]} ;; --layers) L=${extra[i + 1]} ;; esac
+	case ${extra[i]} in --hidden) H=${extra[i + 1]} ;; --layers) L=${extra[i + 1]} ;; --gradient-wire) W=${extra[i + 1]} ;; esac
 done
 S=$(((4 * (392 * H + H + (L - 1) * (H * H + H) + H * 392 + 392) + 784) * 4))
+[ "${W:-fp32}" != bf16 ] || S=$((S / 2))
 echo
-echo "model t = 2(N-1)·α + 2(N-1)/N · S/β, S = $S bytes (the whole gradient)"
+echo "model t = 2(N-1)·α + 2(N-1)/N · S/β, S = $S bytes (the whole gradient, as sent: ${W:-fp32})"
 echo "| link | α | β | N | measured | predicted |"
 echo "|---|---|---|---|---|---|"
 : >"$work/fit.tsv"

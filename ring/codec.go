@@ -2,6 +2,7 @@ package ring
 
 import (
 	"fmt"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -359,27 +360,34 @@ func (r *bufCursor) apply(dst []float32, op Apply) {
 // applyHalf adds or copies the next 2*len(dst) bytes, bfloat16s, into dst.
 // A value may be split between two buffers.
 func (r *bufCursor) applyHalf(dst []float32, op Apply) {
-	var carry [2]byte
-	for i := 0; i < len(dst) && r.fill(); {
-		var v float32
-		if len(r.cur) >= 2 {
-			v = bf16le(r.cur)
-			r.cur = r.cur[2:]
-		} else {
-			carry[0] = r.cur[0]
-			r.cur = r.cur[1:]
+	for len(dst) > 0 && r.fill() {
+		if len(r.cur) == 1 {
+			carry := [2]byte{r.cur[0]}
+			r.cur = nil
 			if !r.fill() {
 				return
 			}
 			carry[1] = r.cur[0]
 			r.cur = r.cur[1:]
-			v = bf16le(carry[:])
+			if v := bf16le(carry[:]); op == ApplyCopy {
+				dst[0] = v
+			} else {
+				dst[0] += v
+			}
+			dst = dst[1:]
+			continue
 		}
+		whole := min(len(r.cur)/2, len(dst))
+		src := r.cur[:2*whole]
 		if op == ApplyCopy {
-			dst[i] = v
+			for i := range whole {
+				dst[i] = math.Float32frombits(uint32(src[2*i])<<16 | uint32(src[2*i+1])<<24)
+			}
 		} else {
-			dst[i] += v
+			for i := range whole {
+				dst[i] += math.Float32frombits(uint32(src[2*i])<<16 | uint32(src[2*i+1])<<24)
+			}
 		}
-		i++
+		dst, r.cur = dst[whole:], r.cur[2*whole:]
 	}
 }

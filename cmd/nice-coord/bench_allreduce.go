@@ -27,6 +27,7 @@ type benchOptions struct {
 	Warmup     int
 	Iters      int
 	FrameBytes int
+	Wire       string // "fp32" or "bf16"
 	TCPBytes   int64
 	CPUProfile string
 	TLSDir     string // credentials the members use (mutual TLS); "" for plaintext
@@ -67,6 +68,9 @@ type benchResult struct {
 	SwitchesPerMiB float64         `json:"switches_per_mib"`
 	Tuning         ring.GRPCTuning `json:"grpc"`
 	TLS            bool            `json:"tls"`
+	// Wire is how the floats travel: fp32, or bf16 (half the bytes; the
+	// bandwidths above still count the float32 gradient reduced).
+	Wire string `json:"wire"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -81,6 +85,7 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Warmup, "warmup", 3, "untimed runs first")
 	fs.IntVar(&o.Iters, "iters", 10, "timed runs")
 	fs.IntVar(&o.FrameBytes, "frame-bytes", ring.DefaultConfig().FrameBytes, "payload of a ring frame, at most 4 MiB")
+	fs.StringVar(&o.Wire, "gradient-wire", "fp32", "fp32, or bf16: the floats travel as bfloat16 (half the bytes), as with serve --gradient-wire bf16")
 	var tcpMB int64
 	fs.Int64Var(&tcpMB, "tcp-mb", 512, "MiB copied over loopback TCP per bandwidth run (3 runs, median)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
@@ -102,6 +107,9 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	o.Tuning.WindowBytes = int32(windowMB) << 20
 	if o.Workers < 1 || o.Floats < 0 || o.Iters < 1 || o.Warmup < 0 {
 		return fmt.Errorf("bench allreduce: need --workers >= 1, --floats >= 0, --iters >= 1, --warmup >= 0")
+	}
+	if _, err := ring.ParseWire(o.Wire); err != nil {
+		return fmt.Errorf("bench allreduce: --gradient-wire: %w", err)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -166,7 +174,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	}
 	for r, m := range members {
 		plan := benchPlan{Rank: r, Peers: peers, Floats: o.Floats, Warmup: o.Warmup, Iters: o.Iters,
-			FrameBytes: o.FrameBytes, CPUProfile: o.CPUProfile}
+			FrameBytes: o.FrameBytes, CPUProfile: o.CPUProfile, Wire: o.Wire}
 		line, _ := json.Marshal(plan)
 		if _, err := m.stdin.Write(append(line, '\n')); err != nil {
 			return nil, fmt.Errorf("sending the plan to member %d: %w", r, err)
@@ -228,7 +236,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		members[r] = nil
 	}
 
-	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != ""}
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != "", Wire: o.Wire}
 	var runCPU []float64
 	for _, run := range cpus {
 		sum := 0.0

@@ -31,6 +31,7 @@ type benchPlan struct {
 	Iters      int         `json:"iters"`
 	FrameBytes int         `json:"frame_bytes"`
 	CPUProfile string      `json:"cpuprofile,omitempty"` // folder; empty for none
+	Wire       string      `json:"wire,omitempty"`       // fp32 (also when empty) or bf16
 }
 
 // memberEvent is one JSON line a member writes on its stdout.
@@ -92,11 +93,16 @@ func runPlan(ctx context.Context, tr ring.RingTransport, plan benchPlan, enc *js
 		cfg.FrameBytes = plan.FrameBytes
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	wire, err := ring.ParseWire(plan.Wire)
+	if err != nil {
+		return err
+	}
 	m, err := ring.NewMember(tr, cfg)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
+	m.SetWire(wire)
 	if err := m.Configure(1, plan.Rank, plan.Peers); err != nil {
 		return err
 	}
