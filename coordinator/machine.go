@@ -81,6 +81,11 @@ type Machine struct {
 	// counts the broken rings each worker was held to account for.
 	accusers map[string]map[string]bool
 	blamed   map[string]int
+	// benched holds the workers dropped for breaking rings: attached again,
+	// they wait out their time before a generation takes them, so that a
+	// worker the others cannot reach (a wrong address, NAT) does not stall
+	// every generation it is planned into.
+	benched map[string]bench
 
 	// the step in flight
 	reports map[string]*nicepb.Report
@@ -266,6 +271,7 @@ func NewMachine(cfg MachineConfig, pos train.Position, digest uint64, coordAddr 
 		coordDigest: digest,
 		coordAddr:   coordAddr,
 		blamed:      map[string]int{},
+		benched:     map[string]bench{},
 		accusers:    map[string]map[string]bool{},
 		reports:     map[string]*nicepb.Report{},
 		evals:       map[string]*nicepb.EvalReport{},
@@ -343,9 +349,37 @@ func (m *Machine) Workers() []string {
 
 // candidates are the attached workers a new generation takes in: all but
 // those leaving, sorted.
-func (m *Machine) candidates() []string {
+func (m *Machine) candidates(now time.Time) []string {
 	ids := m.Workers()
-	return slices.DeleteFunc(ids, func(id string) bool { return m.workers[id].leaving })
+	return slices.DeleteFunc(ids, func(id string) bool { return m.workers[id].leaving || m.isBenched(id, now) })
+}
+
+// bench is how long a worker dropped for breaking rings waits before a
+// generation takes it again, and how many times it was dropped so.
+type bench struct {
+	until time.Time
+	times int
+}
+
+// Benching: the first drop benches a worker for benchFirst, each further
+// one (without a committed step in between) for twice as long, up to
+// benchMax.
+const (
+	benchFirst = 30 * time.Second
+	benchMax   = 8 * time.Minute
+)
+
+// benchWorker notes that worker id was dropped for breaking rings.
+func (m *Machine) benchWorker(now time.Time, id string) time.Duration {
+	b := m.benched[id]
+	d := min(benchFirst<<min(b.times, 10), benchMax)
+	m.benched[id] = bench{until: now.Add(d), times: b.times + 1}
+	return d
+}
+
+func (m *Machine) isBenched(id string, now time.Time) bool {
+	b, ok := m.benched[id]
+	return ok && now.Before(b.until)
 }
 
 // MemberState is what an attached worker is in the current generation.
@@ -466,6 +500,11 @@ func (m *Machine) Attach(now time.Time, id, addr string, incarnation, lastGen ui
 	}
 	m.genFloor = max(m.genFloor, lastGen)
 	m.workers[id] = &workerState{id: id, addr: addr, incarnation: incarnation, leaveAt: leaveNone}
+	if m.isBenched(id, now) {
+		// It waits, attached; Tick lets it join when its time is over.
+		out.Logs = append(out.Logs, fmt.Sprintf("worker %s attached from %s; it broke rings before, so no generation takes it until %s", id, addr, m.benched[id].until.UTC().Format(time.TimeOnly)))
+		return out, nil
+	}
 	m.lastJoin = now
 	m.joinPending = true
 	out.Logs = append(out.Logs, fmt.Sprintf("worker %s attached from %s", id, addr))
@@ -580,7 +619,7 @@ func (m *Machine) startGeneration(now time.Time, out *Output, why string) {
 	for _, w := range m.workers {
 		w.member, w.ready, w.fetched, w.synced = false, nil, false, false
 	}
-	ids := m.candidates()
+	ids := m.candidates(now)
 	if len(ids) < m.cfg.MinWorkers {
 		if m.phase != Idle {
 			out.Logs = append(out.Logs, fmt.Sprintf("waiting for workers: %d attached, %d needed", len(ids), m.cfg.MinWorkers))
@@ -890,6 +929,9 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	}
 	m.stats.LastCommit = now
 	m.stats.Committed++
+	for _, id := range m.ring {
+		delete(m.benched, id) // it took part in a committed step
+	}
 	m.stats.LastAllreduce = slowest
 	c.Allreduce = slowest
 	m.stats.LastTrainNLL = -sum / float64(batch)
@@ -1040,9 +1082,22 @@ func (m *Machine) blameBrokenRing() {
 // timeouts of preparation, steps and unconfirmed ring failures.
 func (m *Machine) Tick(now time.Time) Output {
 	var out Output
+	for id, b := range m.benched {
+		if b.until.IsZero() || now.Before(b.until) {
+			continue
+		}
+		if m.workers[id] == nil {
+			delete(m.benched, id) // gone: nothing to wait for
+			continue
+		}
+		m.benched[id] = bench{times: b.times} // remembered until it commits a step
+		m.lastJoin = now
+		m.joinPending = true
+		out.Logs = append(out.Logs, fmt.Sprintf("worker %s may join again", id))
+	}
 	switch m.phase {
 	case Idle:
-		if len(m.candidates()) >= m.cfg.MinWorkers && now.Sub(m.lastJoin) >= m.cfg.Settle {
+		if len(m.candidates(now)) >= m.cfg.MinWorkers && now.Sub(m.lastJoin) >= m.cfg.Settle {
 			m.startGeneration(now, &out, "enough workers")
 		}
 	case Finished, Holding:
@@ -1072,7 +1127,8 @@ func (m *Machine) Tick(now time.Time) Output {
 			m.blameBrokenRing()
 			for id, n := range m.blamed {
 				if n >= 2 && m.workers[id] != nil {
-					out.Logs = append(out.Logs, fmt.Sprintf("worker %s broke the ring %d times; dropping it", id, n))
+					d := m.benchWorker(now, id)
+					out.Logs = append(out.Logs, fmt.Sprintf("worker %s broke the ring %d times; dropping it, and no generation takes it for %v (its peers may not reach its address %s: check --advertise and the firewall)", id, n, d, clip(m.workers[id].addr)))
 					out.Disconnect = append(out.Disconnect, id)
 					delete(m.workers, id)
 					delete(m.blamed, id)

@@ -1154,6 +1154,58 @@ func TestMachineRingFailure(t *testing.T) {
 		c.quiesce()
 		c.checkFinished()
 	})
+	// Dropped for breaking rings, a worker that attaches again at once (as
+	// a worker does) waits 30 s before a generation takes it, 60 s after a
+	// second drop, and training goes on meanwhile without a generation
+	// change; a committed step with it clears the record.
+	t.Run("a dropped worker waits before it joins again", func(t *testing.T) {
+		cfg := simConfig()
+		cfg.Epochs = 20
+		c := newSimCluster(t, cfg, "w1", "w2", "w3")
+		c.start()
+		c.runUntilNext(3)
+		unreachable := func() {
+			for i := range 2 {
+				if i > 0 {
+					c.run(func() bool { return c.m.Phase() == Running })
+				}
+				gen := c.m.Generation()
+				c.breakRing("w1", "w3")
+				c.apply(c.m.RingFailure(c.now, "w2", &nicepb.RingFailure{Generation: gen, PeerId: "w3", Error: "dialing: deadline exceeded"}))
+				c.tick(c.cfg.RingGrace)
+			}
+			if !slices.Contains(c.lastOut().Disconnect, "w3") {
+				t.Fatalf("w3 not dropped: %v", c.lastOut().Disconnect)
+			}
+		}
+		rejoins := func(bench time.Duration) {
+			dropped := c.now
+			c.attach("w3")
+			gen := c.m.Generation()
+			c.runUntilNext(c.m.Next().Step + 3)
+			wantEq(t, "generation while w3 is benched", c.m.Generation(), gen)
+			wantEq(t, "ring while w3 is benched", strings.Join(c.m.Ring(), ","), "w1,w2")
+			if d := dropped.Add(bench - time.Millisecond).Sub(c.now); d > 0 {
+				c.tick(d)
+			}
+			c.runUntilNext(c.m.Next().Step + 1)
+			wantEq(t, "ring just before the bench ends", strings.Join(c.m.Ring(), ","), "w1,w2")
+			c.tick(time.Millisecond) // the bench is over
+			c.tick(c.cfg.Settle)     // and the join settled: the next commit holds for it
+			c.run(func() bool { return slices.Contains(c.m.Ring(), "w3") && c.m.Phase() == Running })
+			wantEq(t, "ring once the bench is over", strings.Join(c.m.Ring(), ","), "w1,w2,w3")
+		}
+		unreachable()
+		rejoins(30 * time.Second)
+		unreachable()
+		rejoins(60 * time.Second)
+		c.runUntilNext(c.m.Next().Step + 2)
+		if _, ok := c.m.benched["w3"]; ok {
+			t.Fatal("w3 is still on record after committing steps")
+		}
+		c.quiesce()
+		c.checkFinished()
+	})
 }
 
 func TestMachineEvaluation(t *testing.T) {

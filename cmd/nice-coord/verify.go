@@ -117,7 +117,7 @@ func loadRun(ctx context.Context, dir string) (*verification, error) {
 	if v.steps, err = replay.ReadLedger(f); err != nil {
 		return nil, fmt.Errorf("%s: %w", v.ledgerPath, err)
 	}
-	kept, err := readScores(dir)
+	kept, err := readScores(dir, v.newest.Config.Hash())
 	if err != nil {
 		return nil, err
 	}
@@ -125,9 +125,9 @@ func loadRun(ctx context.Context, dir string) (*verification, error) {
 	return v, nil
 }
 
-// readScores reads the scores a coordinator kept in its folder for its
-// newest run (any configuration: verify compares by epoch).
-func readScores(dir string) ([]train.EpochResult, error) {
+// readScores reads the scores a coordinator kept in its folder, if they
+// belong to the run with configuration hash config.
+func readScores(dir, config string) ([]train.EpochResult, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "scores.json"))
 	if errors.Is(err, iofs.ErrNotExist) {
 		return nil, nil
@@ -136,10 +136,14 @@ func readScores(dir string) ([]train.EpochResult, error) {
 		return nil, err
 	}
 	var r struct {
+		Config string              `json:"config"`
 		Epochs []train.EpochResult `json:"epochs"`
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "scores.json"), err)
+	}
+	if r.Config != config {
+		return nil, nil
 	}
 	return r.Epochs, nil
 }
