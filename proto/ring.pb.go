@@ -127,8 +127,12 @@ type RingFrame struct {
 	Offset uint64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
 	// Length in floats of the whole buffer being reduced.
 	Total uint64 `protobuf:"varint,6,opt,name=total,proto3" json:"total,omitempty"`
-	// The floats, as raw little-endian IEEE 754 binary32.
-	Data          []byte `protobuf:"bytes,7,opt,name=data,proto3" json:"data,omitempty"`
+	// The floats, as raw little-endian IEEE 754 binary32, or, when width is
+	// 2, as the upper halves of such floats (bfloat16, 2 bytes each).
+	Data []byte `protobuf:"bytes,7,opt,name=data,proto3" json:"data,omitempty"`
+	// Bytes per float in data: 4 (also when absent) or 2 (bfloat16, for a
+	// run with --gradient-wire bf16). The codec writes it only when 2.
+	Width         uint32 `protobuf:"varint,8,opt,name=width,proto3" json:"width,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +216,13 @@ func (x *RingFrame) GetData() []byte {
 	return nil
 }
 
+func (x *RingFrame) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
 // RingAck is sent back by the receiving end of a stream.
 type RingAck struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -281,7 +292,7 @@ const file_ring_proto_rawDesc = "" +
 	"\tsender_id\x18\x03 \x01(\tR\bsenderId\x12\x1f\n" +
 	"\vreceiver_id\x18\x04 \x01(\tR\n" +
 	"receiverId\x12\x1b\n" +
-	"\tring_size\x18\x05 \x01(\rR\bringSize\"\xa9\x01\n" +
+	"\tring_size\x18\x05 \x01(\rR\bringSize\"\xbf\x01\n" +
 	"\tRingFrame\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -291,7 +302,8 @@ const file_ring_proto_rawDesc = "" +
 	"\x05chunk\x18\x04 \x01(\rR\x05chunk\x12\x16\n" +
 	"\x06offset\x18\x05 \x01(\x04R\x06offset\x12\x14\n" +
 	"\x05total\x18\x06 \x01(\x04R\x05total\x12\x12\n" +
-	"\x04data\x18\a \x01(\fR\x04data\";\n" +
+	"\x04data\x18\a \x01(\fR\x04data\x12\x14\n" +
+	"\x05width\x18\b \x01(\rR\x05width\";\n" +
 	"\aRingAck\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +

@@ -232,6 +232,9 @@ func (f *inFrame) unmarshal(data mem.BufferSlice) {
 					return
 				}
 				f.h.Width = uint32(v)
+				if v == 4 {
+					f.h.Width = 0 // the default, written out
+				}
 			}
 		case typ == protowire.BytesType && num == fieldData:
 			n, err := r.varint()

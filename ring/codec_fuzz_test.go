@@ -45,15 +45,20 @@ func splitBuffers(b, cuts []byte) mem.BufferSlice {
 }
 
 // headerOf is the header of a decoded RingFrame. The protobuf library keeps
-// the low 32 bits of a uint32 field's varint, as the codec does.
+// the low 32 bits of a uint32 field's varint, as the codec does; a width of
+// 4 is the default written out.
 func headerOf(m *nicepb.RingFrame) FrameHeader {
-	return FrameHeader{Generation: m.Generation, Seq: m.Seq, Step: m.Step, Chunk: m.Chunk, Offset: m.Offset, Total: m.Total}
+	h := FrameHeader{Generation: m.Generation, Seq: m.Seq, Step: m.Step, Chunk: m.Chunk, Offset: m.Offset, Total: m.Total, Width: m.Width}
+	if h.Width == 4 {
+		h.Width = 0
+	}
+	return h
 }
 
 // perturb changes one field of h, chosen by which (0: none), so that the
 // fuzzer can aim at every check of CheckFrame from a valid frame.
 func perturb(h FrameHeader, which uint8) FrameHeader {
-	switch which % 8 {
+	switch which % 9 {
 	case 1:
 		h.Generation--
 	case 2:
@@ -68,6 +73,12 @@ func perturb(h FrameHeader, which uint8) FrameHeader {
 		h.Offset++
 	case 7:
 		h.Total++
+	case 8: // float32 <-> bfloat16
+		if h.Width == 2 {
+			h.Width = 0
+		} else {
+			h.Width = 2
+		}
 	}
 	return h
 }
@@ -85,11 +96,17 @@ func sameBits(a, b []float32) bool {
 	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }
 
-// applied is what dst becomes when the payload is applied to it with op.
-func applied(dst []float32, payload []byte, op Apply) []float32 {
+// applied is what dst becomes when the payload, of width bytes a float, is
+// applied to it with op.
+func applied(dst []float32, payload []byte, width int, op Apply) []float32 {
 	out := slices.Clone(dst)
 	for i := range out {
-		v := f32le(payload[4*i:])
+		var v float32
+		if width == 2 {
+			v = bf16le(payload[2*i:])
+		} else {
+			v = f32le(payload[4*i:])
+		}
 		if op == ApplyCopy {
 			out[i] = v
 		} else {
@@ -121,18 +138,25 @@ func checkDecoded(t *testing.T, wire []byte, got *inFrame, before []float32, wan
 	if len(ref.ProtoReflect().GetUnknown()) != 0 {
 		t.Fatalf("accepted a frame with unknown fields")
 	}
-	if len(ref.Data) != 4*len(before) {
-		t.Fatalf("accepted a payload of %d bytes into %d floats", len(ref.Data), len(before))
+	w := int(got.h.floatWidth())
+	if len(ref.Data) != w*len(before) {
+		t.Fatalf("accepted a payload of %d bytes into %d floats of %d bytes", len(ref.Data), len(before), w)
 	}
-	if exp := applied(before, ref.Data, got.op); !sameBits(got.dst, exp) {
+	if exp := applied(before, ref.Data, w, got.op); !sameBits(got.dst, exp) {
 		t.Fatalf("the floats applied (op %d) are not the payload's", got.op)
 	}
 }
 
 func FuzzFrameCodec(f *testing.F) {
 	valid := func(h FrameHeader, floats ...float32) []byte {
+		data := slices.Clone(floatBytes(floats))
+		if h.Width == 2 {
+			roundBF16(floats)
+			data = make([]byte, 2*len(floats))
+			packBF16(data, floatBytes(floats))
+		}
 		b, err := proto.Marshal(&nicepb.RingFrame{Generation: h.Generation, Seq: h.Seq, Step: h.Step, Chunk: h.Chunk,
-			Offset: h.Offset, Total: h.Total, Data: slices.Clone(floatBytes(floats))})
+			Offset: h.Offset, Total: h.Total, Data: data, Width: h.Width})
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -143,6 +167,10 @@ func FuzzFrameCodec(f *testing.F) {
 	f.Add(valid(h, 1, 2, 3), []byte{}, true, uint8(0), true, uint16(0))
 	f.Add(valid(h, 1, 2, 3), []byte{0, 0, 0, 0}, true, uint8(1), false, uint16(0))
 	f.Add(valid(h), []byte{}, true, uint8(0), false, uint16(0))
+	half := h
+	half.Width = 2
+	f.Add(valid(half, 1, 2.5, -3), []byte{1, 3, 1}, true, uint8(0), false, uint16(0))
+	f.Add(valid(half, 1, 2.5, -3), []byte{}, true, uint8(8), true, uint16(0))
 	f.Add(valid(FrameHeader{}, float32(math.NaN()), float32(math.Inf(1))), []byte{3, 3}, true, uint8(0), false, uint16(0))
 	f.Add(append(valid(h, 1), 0x10, 0x01), []byte{}, true, uint8(0), false, uint16(0)) // the header again after the payload
 	f.Add([]byte{0x3a, 0x08, 1, 2, 3, 4}, []byte{1}, false, uint8(0), false, uint16(2))
@@ -159,8 +187,8 @@ func FuzzFrameCodec(f *testing.F) {
 		var ref nicepb.RingFrame
 		if aimed && proto.Unmarshal(wire, &ref) == nil {
 			want = perturb(headerOf(&ref), which)
-			if len(ref.Data)%4 == 0 && len(ref.Data)/4 < maxFuzzFloats {
-				n = len(ref.Data) / 4
+			if w := int(want.floatWidth()); len(ref.Data)%w == 0 && len(ref.Data)/w < maxFuzzFloats {
+				n = len(ref.Data) / w
 			}
 		}
 		dst := fuzzDst(n)
@@ -169,7 +197,11 @@ func FuzzFrameCodec(f *testing.F) {
 		in.unmarshal(splitBuffers(wire, cuts))
 		checkDecoded(t, wire, &in, before, &want)
 
-		// What a sender writes is read back exactly, however gRPC cuts it.
+		// What a sender writes is read back exactly, however gRPC cuts it
+		// (a sender writes only widths that exist).
+		if w := want.floatWidth(); w != 2 && w != 4 {
+			return
+		}
 		payload := fuzzDst(n)
 		for i := range payload {
 			payload[i] *= float32(len(wire)%7) - 2.5
