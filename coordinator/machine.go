@@ -151,6 +151,10 @@ type workerState struct {
 	leaveAt int64
 	// dismissed: Dismiss was sent; the session ends from the worker's side.
 	dismissed bool
+	// promised is the step of the newest state it was sent the means to
+	// reach (a commit, which it applies before anything else, or a
+	// fetch): what it may hold once the messages on the way arrive.
+	promised int64
 }
 
 const (
@@ -750,6 +754,7 @@ func (m *Machine) settleState(now time.Time, out *Output) {
 			continue // asked already; waiting for its new Ready
 		}
 		w.fetched = true
+		w.promised = max(w.promised, m.next.Step)
 		w.ready = nil
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Fetch{Fetch: &nicepb.Fetch{
 			Generation: m.gen, SourceAddr: source, Position: statexfer.ToPB(m.next), StateDigest: ref,
@@ -922,6 +927,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 	// The last step of the run holds too: nothing follows it.
 	msg.Hold = hold || after.Epoch >= m.cfg.Epochs
 	for _, id := range m.ring {
+		m.workers[id].promised = after.Step
 		out.Sends = append(out.Sends, Send{To: id, Msg: &nicepb.CoordinatorMessage{Kind: &nicepb.CoordinatorMessage_Commit{Commit: msg}}})
 	}
 	if !m.stats.LastCommit.IsZero() {
@@ -1172,14 +1178,22 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 	}
 	w.leaving = true
 	out.Logs = append(out.Logs, fmt.Sprintf("worker %s asks to leave at step %d (%s)", id, pos.Step, clip(reason)))
+	// A Leave that crossed a commit or a fetch on the way names a state the
+	// worker is about to move past.
+	target := max(pos.Step, w.promised)
 	switch {
 	case w.member && w.synced && m.phase == Running:
 		w.leaveAt = leavePending
 		m.leaveWanted = true
 		m.snapshotWanted = true
-	case pos.Step <= m.stored:
+	case target <= m.stored:
 		// Nothing newer than the checkpoint.
 		w.leaveAt = m.stored
+	case target > pos.Step:
+		// The state at next: the commit that reached it asked for its
+		// snapshot, retrySave asks for it while the run holds, or it is
+		// the checkpoint the coordinator serves and is still storing.
+		w.leaveAt = target
 	default:
 		// It holds a committed state newer than the checkpoint (the state
 		// at next, one whose commit it missed, or, after this coordinator

@@ -93,6 +93,9 @@ var regressions = []struct {
 	{865, "a leaving member of a preparing generation that alone held the newest state was let go"},
 	{2632, "a worker whose commit was lost with its session, the only holder of its state, was let go without saving it"},
 	{5842, "a checkpoint taken from a leaving worker at an epoch end, then resumed, left that epoch unscored"},
+	{5626, "a worker's Leave crossed the commit of the run's last step: it was let go by the checkpoint before that step, holding the only copy of the state after it"},
+	{7245, "a restarted worker's Leave crossed the Fetch of the coordinator's unstored state (a full disk): it was let go by the old checkpoint, holding that state"},
+	{15262, "at compose down, a worker's Leave crossed a commit sent in the generation before its own: it was let go by the checkpoint before that step"},
 }
 
 func TestSimulationRegressions(t *testing.T) {
