@@ -27,9 +27,10 @@ type scoresRecord struct {
 	Epochs []train.EpochResult `json:"epochs"`
 }
 
-// loadScores returns the scores kept for the run with configuration hash
-// config (none if the file is missing or belongs to another run).
-func loadScores(dir, config string) ([]train.EpochResult, error) {
+// LoadScores returns the scores kept in the state folder dir for the run
+// with configuration hash config (none if the file is missing or belongs
+// to another run). nice-coord verify reads them too.
+func LoadScores(dir, config string) ([]train.EpochResult, error) {
 	b, err := os.ReadFile(filepath.Join(dir, scoresFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -63,8 +64,9 @@ func saveScores(dir, config string, epochs []train.EpochResult) error {
 	return nil
 }
 
-// mergeScores adds to have the epochs of more it lacks, sorted by epoch.
-func mergeScores(have, more []train.EpochResult) []train.EpochResult {
+// MergeScores adds to have the epochs of more it lacks, sorted by epoch. It
+// appends to have.
+func MergeScores(have, more []train.EpochResult) []train.EpochResult {
 	for _, e := range more {
 		if !slices.ContainsFunc(have, func(h train.EpochResult) bool { return h.Epoch == e.Epoch }) {
 			have = append(have, e)

@@ -260,11 +260,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.own = ownState{pos: st.Position, blob: blob, digest: st.Digest()}
 	s.params = len(st.Params)
-	kept, err := loadScores(cfg.StateDir, st.Config.Hash())
+	kept, err := LoadScores(cfg.StateDir, st.Config.Hash())
 	if err != nil {
 		return fail(err)
 	}
-	s.scores = mergeScores(append(s.scores, st.History.Epochs...), kept)
+	s.scores = MergeScores(append(s.scores, st.History.Epochs...), kept)
 
 	trainN, evalN := mnist.TrainSize, mnist.TestSize
 	if st.Config.Validation {
@@ -749,7 +749,7 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 	// An epoch scored again (its checkpoint was resumed before its score
 	// was kept) replaces its entry.
 	s.scores = slices.DeleteFunc(s.scores, func(e train.EpochResult) bool { return e.Epoch == r.Epoch })
-	s.scores = mergeScores(s.scores, []train.EpochResult{r})
+	s.scores = MergeScores(s.scores, []train.EpochResult{r})
 	kept := slices.Clone(s.scores)
 	s.mu.Unlock()
 	s.dash.noteScore(time.Now(), r)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/internal/replay"
 	"github.com/nice-flow/nice/mnist"
@@ -117,46 +117,12 @@ func loadRun(ctx context.Context, dir string) (*verification, error) {
 	if v.steps, err = replay.ReadLedger(f); err != nil {
 		return nil, fmt.Errorf("%s: %w", v.ledgerPath, err)
 	}
-	kept, err := readScores(dir, v.newest.Config.Hash())
+	kept, err := coordinator.LoadScores(dir, v.newest.Config.Hash())
 	if err != nil {
 		return nil, err
 	}
-	v.scores = mergeEpochs(v.newest.History.Epochs, kept)
+	v.scores = coordinator.MergeScores(slices.Clone(v.newest.History.Epochs), kept)
 	return v, nil
-}
-
-// readScores reads the scores a coordinator kept in its folder, if they
-// belong to the run with configuration hash config.
-func readScores(dir, config string) ([]train.EpochResult, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "scores.json"))
-	if errors.Is(err, iofs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var r struct {
-		Config string              `json:"config"`
-		Epochs []train.EpochResult `json:"epochs"`
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "scores.json"), err)
-	}
-	if r.Config != config {
-		return nil, nil
-	}
-	return r.Epochs, nil
-}
-
-// mergeEpochs adds to a the epochs of b it lacks.
-func mergeEpochs(a, b []train.EpochResult) []train.EpochResult {
-	out := slices.Clone(a)
-	for _, e := range b {
-		if !slices.ContainsFunc(out, func(h train.EpochResult) bool { return h.Epoch == e.Epoch }) {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 func (v *verification) run(ctx context.Context, dataDir string, from int64) error {
