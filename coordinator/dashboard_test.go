@@ -197,7 +197,7 @@ func TestDashboardSamples(t *testing.T) {
 	}
 	c := train.DefaultConfig()
 	c.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
-	st, err := train.InitialState(c)
+	st, err := train.InitialState(c, train.Data{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	// HTTP, if set, serves GET /healthz, /readyz, /status and /metrics
 	// (Prometheus).
 	HTTP string
+	// DataDir is the MNIST folder ("" finds it; see mnist.FindDir). The
+	// coordinator reads it only to start a run whose initial state depends
+	// on the data (train.Config.NeedsData).
+	DataDir string
 	// StateDir holds the bbolt checkpoint file (nice.db), the ledger and the
 	// sample grids.
 	StateDir string
@@ -352,7 +356,13 @@ func (s *Server) resume(c train.Config) (*train.State, *checkpoint.Info, error) 
 			return nil, nil, err
 		}
 		s.log.Info("no checkpoint: starting a new run", "config", c.Hash())
-		st, err := train.InitialState(c)
+		var d train.Data
+		if c.NeedsData() {
+			if d, err = loadTrainingData(s.cfg.DataDir, c); err != nil {
+				return nil, nil, err
+			}
+		}
+		st, err := train.InitialState(c, d)
 		return st, nil, err
 	}
 	if err != nil {
@@ -757,4 +767,16 @@ func (s *Server) recordScore(sc *nicepb.EpochScore) {
 		s.log.Warn("epoch scores not kept on disk; the checkpoints still carry them", "err", err)
 	}
 	s.log.Info("epoch scored", "epoch", r.Epoch, "test_ll", fmt.Sprintf("%.2f", r.TestLL), "bits_per_dim", fmt.Sprintf("%.4f", r.BitsPerDim))
+}
+
+// loadTrainingData reads MNIST for a run whose initial state is fitted to it.
+func loadTrainingData(dir string, c train.Config) (train.Data, error) {
+	found, err := mnist.FindDir(dir)
+	if err == nil {
+		var tr, te *mnist.Set
+		if tr, te, err = mnist.Load(found); err == nil {
+			return train.SplitData(c, tr, te), nil
+		}
+	}
+	return train.Data{}, fmt.Errorf("a new run with --init %s fits its initial log-scales to the training images, so the coordinator reads MNIST once (pass --data DIR, or --init zero): %w", c.Init, err)
 }

@@ -17,6 +17,9 @@ type AdamConfig struct {
 	// ClipNorm, when positive, rescales the mean gradient to at most this
 	// global L2 norm before the update.
 	ClipNorm float64 `json:"clip_norm"`
+	// ScaleLR, when positive, is the learning rate of the parameters from
+	// Adam.TailFrom on (the model's log-scales) instead of LR.
+	ScaleLR float64 `json:"scale_lr,omitempty"`
 }
 
 // DefaultAdam is the paper's setting: lr 1e-3, beta1 0.9, beta2 0.99 (in
@@ -40,6 +43,9 @@ func (c AdamConfig) Validate() error {
 	if !(c.Eps > 0) {
 		errs = append(errs, fmt.Errorf("eps %v: must be positive", c.Eps))
 	}
+	if !(c.ScaleLR >= 0) || math.IsInf(c.ScaleLR, 0) {
+		errs = append(errs, fmt.Errorf("scale learning rate %v: must be 0 (the learning rate) or positive", c.ScaleLR))
+	}
 	if !(c.ClipNorm >= 0) {
 		errs = append(errs, fmt.Errorf("clip norm %v: must be 0 (off) or positive", c.ClipNorm))
 	}
@@ -59,19 +65,26 @@ type Adam struct {
 	Config AdamConfig
 	M, V   []float32
 	Step   int64
-	pool   *pool
+	// Rate multiplies both learning rates in the next updates (a schedule
+	// sets it before each); NewAdam sets 1.
+	Rate float64
+	// TailFrom is where the parameters learning at Config.ScaleLR begin;
+	// NewAdam sets the end (none do).
+	TailFrom int
+	pool     *pool
 
 	// The current call's operands, read by the chunk functions below; bound
 	// once so that an update allocates nothing.
 	params, grad    []float32
-	lr, eps, sc     float32
+	lr, tailLR      float32
+	eps, sc         float32
 	parts           [adamChunks]float64
 	normFn, applyFn func(int)
 }
 
 // NewAdam returns zeroed optimiser state for n parameters.
 func NewAdam(c AdamConfig, n int) *Adam {
-	a := &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), pool: defaultPool()}
+	a := &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), Rate: 1, TailFrom: n, pool: defaultPool()}
 	a.normFn = a.normChunk
 	a.applyFn = a.applyChunk
 	return a
@@ -130,7 +143,12 @@ func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm floa
 	// p += lr * mhat / (sqrt(vhat) + eps) with mhat = m/(1-b1^t), vhat = v/(1-b2^t).
 	bc1 := 1 - math.Pow(a.Config.Beta1, t)
 	bc2 := 1 - math.Pow(a.Config.Beta2, t)
-	a.lr = float32(a.Config.LR * math.Sqrt(bc2) / bc1)
+	tail := a.Config.ScaleLR
+	if tail == 0 {
+		tail = a.Config.LR
+	}
+	a.lr = float32(a.Rate * a.Config.LR * math.Sqrt(bc2) / bc1)
+	a.tailLR = float32(a.Rate * tail * math.Sqrt(bc2) / bc1)
 	a.eps = float32(a.Config.Eps * math.Sqrt(bc2))
 	a.sc = float32(scale)
 	a.params, a.grad = params, gradSum
@@ -142,9 +160,15 @@ func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm floa
 func (a *Adam) applyChunk(c int) {
 	lo, hi := chunk(len(a.params), adamChunks, c)
 	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
-	vec.Adam(a.params[lo:hi], a.grad[lo:hi], a.M[lo:hi], a.V[lo:hi], vec.AdamConsts{
-		B1: b1, C1: 1 - b1, B2: b2, C2: 1 - b2, LR: a.lr, Eps: a.eps, Scale: a.sc,
-	})
+	k := vec.AdamConsts{B1: b1, C1: 1 - b1, B2: b2, C2: 1 - b2, LR: a.lr, Eps: a.eps, Scale: a.sc}
+	if mid := min(max(a.TailFrom, lo), hi); mid > lo {
+		vec.Adam(a.params[lo:mid], a.grad[lo:mid], a.M[lo:mid], a.V[lo:mid], k)
+		lo = mid
+	}
+	if lo < hi {
+		k.LR = a.tailLR
+		vec.Adam(a.params[lo:hi], a.grad[lo:hi], a.M[lo:hi], a.V[lo:hi], k)
+	}
 }
 
 // chunk returns the bounds of part c of n items split into parts pieces.

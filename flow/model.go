@@ -60,6 +60,16 @@ func (m *Model) Init(seed uint64) {
 	clear(m.P.Scale)
 }
 
+// ZeroOutputs zeroes the weights and biases of every coupling's output layer:
+// each coupling then adds nothing, and the flow is the scaling alone.
+func (m *Model) ZeroOutputs() {
+	for _, c := range m.P.Couplings {
+		out := c.Layers[len(c.Layers)-1]
+		clear(out.W)
+		clear(out.B)
+	}
+}
+
 // halves returns the column offsets of the conditioning half x1 and the
 // transformed half x2 of coupling k, in partition order.
 func (m *Model) halves(k int) (x1, x2 int) {

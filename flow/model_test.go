@@ -24,11 +24,7 @@ func TestZeroedFlowIsThePrior(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Init(1)
-	for _, c := range m.P.Couplings {
-		out := c.Layers[len(c.Layers)-1]
-		clear(out.W)
-		clear(out.B)
-	}
+	m.ZeroOutputs()
 	clear(m.P.Scale)
 	const n = 3
 	x := randomBatch(n, 784, 9)
@@ -68,8 +64,9 @@ func TestInverseUndoesForwardTiny(t *testing.T) {
 	}
 }
 
-// refAdam is Adam written out in float64 from the paper's algorithm, ascending.
-func refAdam(c AdamConfig, p, m, v []float64, g []float64, t int) {
+// refAdam is Adam written out in float64 from the paper's algorithm, ascending,
+// parameter i at learning rate lr(i).
+func refAdam(c AdamConfig, lr func(i int) float64, p, m, v []float64, g []float64, t int) {
 	var norm float64
 	for _, x := range g {
 		norm += x * x
@@ -85,16 +82,36 @@ func refAdam(c AdamConfig, p, m, v []float64, g []float64, t int) {
 		v[i] = c.Beta2*v[i] + (1-c.Beta2)*gi*gi
 		mh := m[i] / (1 - math.Pow(c.Beta1, float64(t)))
 		vh := v[i] / (1 - math.Pow(c.Beta2, float64(t)))
-		p[i] += c.LR * mh / (math.Sqrt(vh) + c.Eps)
+		p[i] += lr(i) * mh / (math.Sqrt(vh) + c.Eps)
 	}
 }
 
 func TestAdamMatchesReference(t *testing.T) {
-	for _, clip := range []float64{0, 0.5} {
+	const n, batch = 1000, 4
+	for _, tc := range []struct {
+		name     string
+		clip     float64
+		scaleLR  float64 // for the parameters from tail on
+		rate     float64 // the schedule's factor
+		tailFrom int
+	}{
+		{name: "plain", rate: 1, tailFrom: n},
+		{name: "clipped", clip: 0.5, rate: 1, tailFrom: n},
+		// The tail starts inside one of the update's chunks of n/64.
+		{name: "scale group", scaleLR: 7e-3, rate: 1, tailFrom: n - 37},
+		{name: "scheduled", clip: 0.5, scaleLR: 2e-2, rate: 0.3, tailFrom: n - 784/4},
+		{name: "scale group at the default", rate: 0.5, tailFrom: 600},
+	} {
 		c := DefaultAdam()
-		c.ClipNorm = clip
-		const n, batch = 1000, 4
+		c.ClipNorm, c.ScaleLR = tc.clip, tc.scaleLR
 		a := NewAdam(c, n)
+		a.Rate, a.TailFrom = tc.rate, tc.tailFrom
+		lr := func(i int) float64 {
+			if i >= tc.tailFrom && c.ScaleLR > 0 {
+				return tc.rate * c.ScaleLR
+			}
+			return tc.rate * c.LR
+		}
 		p := make([]float32, n)
 		rp, rm, rv := make([]float64, n), make([]float64, n), make([]float64, n)
 		for step := 1; step <= 5; step++ {
@@ -107,11 +124,11 @@ func TestAdamMatchesReference(t *testing.T) {
 			if _, err := a.Update(p, gs, batch); err != nil {
 				t.Fatal(err)
 			}
-			refAdam(c, rp, rm, rv, g64, step)
+			refAdam(c, lr, rp, rm, rv, g64, step)
 		}
 		for i := range p {
-			if math.Abs(float64(p[i])-rp[i]) > 1e-6 {
-				t.Fatalf("clip %v: param %d = %v, reference %v", clip, i, p[i], rp[i])
+			if math.Abs(float64(p[i])-rp[i]) > 1e-6*max(1, lr(i)/c.LR) {
+				t.Fatalf("%s: param %d = %v, reference %v", tc.name, i, p[i], rp[i])
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/nice-flow/nice/flow"
 )
@@ -33,7 +34,35 @@ type Config struct {
 	// exact) or "bf16" (rounded to bfloat16: half the bytes, other
 	// numbers). It changes the trajectory of a run of several workers.
 	GradientWire string `json:"gradient_wire,omitempty"`
+	// Init is how the log-scales s start: "" (zero, the paper's) or
+	// "data": each set to what maximises the log-likelihood of the first
+	// InitSamples images of the first epoch's order (with that epoch's
+	// noise), dimension by dimension, the couplings as initialised.
+	Init string `json:"init,omitempty"`
+	// IdentityStart zeroes each coupling's output layer at the start, so
+	// the couplings begin as the identity and learn from there (the hidden
+	// layers keep their random start).
+	IdentityStart bool `json:"identity_start,omitempty"`
+	// InitSamples is how many images the data initialisation fits (0: one
+	// batch).
+	InitSamples int `json:"init_samples,omitempty"`
+	// WarmupSteps raises the learning rate linearly from 1/WarmupSteps of
+	// its peak over the first WarmupSteps steps (0: no warm-up).
+	WarmupSteps int `json:"warmup_steps,omitempty"`
+	// DecayEpochs lowers the learning rate along a half cosine from its peak
+	// at step 0 to FinalLR times the peak at the end of epoch DecayEpochs,
+	// and holds it there after (0: no decay). It is fixed when a run starts:
+	// extending a run's epochs does not stretch it.
+	DecayEpochs int `json:"decay_epochs,omitempty"`
+	// FinalLR is the fraction of the peak learning rate the decay ends at.
+	FinalLR float64 `json:"final_lr,omitempty"`
 }
+
+// Init values.
+const (
+	InitZero = ""
+	InitData = "data"
+)
 
 // DefaultConfig is the paper's model and optimiser at batch 256.
 func DefaultConfig() Config {
@@ -66,6 +95,21 @@ func (c Config) Validate() error {
 	if c.LogEvery < 1 {
 		errs = append(errs, fmt.Errorf("log-every %d: must be at least 1", c.LogEvery))
 	}
+	if c.Init != InitZero && c.Init != InitData {
+		errs = append(errs, fmt.Errorf("init %q: want zero (\"\") or data", c.Init))
+	}
+	if c.InitSamples < 0 {
+		errs = append(errs, fmt.Errorf("init samples %d: must be 0 (one batch) or more", c.InitSamples))
+	}
+	if c.WarmupSteps < 0 {
+		errs = append(errs, fmt.Errorf("warm-up %d steps: must be 0 (none) or more", c.WarmupSteps))
+	}
+	if c.DecayEpochs < 0 {
+		errs = append(errs, fmt.Errorf("decay over %d epochs: must be 0 (none) or more", c.DecayEpochs))
+	}
+	if !(c.FinalLR >= 0 && c.FinalLR <= 1) {
+		errs = append(errs, fmt.Errorf("final learning rate fraction %v: must be in [0, 1]", c.FinalLR))
+	}
 	if c.GradientWire != "" && c.GradientWire != "bf16" {
 		errs = append(errs, fmt.Errorf("gradient wire %q: want fp32 (\"\") or bf16", c.GradientWire))
 	}
@@ -82,4 +126,19 @@ func (c Config) Hash() string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// LRFactor is the fraction of the peak learning rate that step (counted from
+// 0) applies, in an epoch of stepsPerEpoch steps: the warm-up's ramp times the
+// decay's cosine.
+func (c Config) LRFactor(step int64, stepsPerEpoch int) float64 {
+	f := 1.0
+	if w := int64(c.WarmupSteps); step < w {
+		f = float64(step+1) / float64(w)
+	}
+	if c.DecayEpochs > 0 {
+		p := min(1, float64(step)/float64(int64(c.DecayEpochs)*int64(stepsPerEpoch)))
+		f *= c.FinalLR + (1-c.FinalLR)*0.5*(1+math.Cos(math.Pi*p))
+	}
+	return f
 }

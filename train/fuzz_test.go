@@ -18,7 +18,7 @@ func FuzzReadState(f *testing.F) {
 	// A model small enough that a whole state is a useful fuzz input.
 	c := tinyConfig()
 	c.Model = flow.Config{Dim: 4, Couplings: 1, Hidden: 2, HiddenLayers: 1, Prior: flow.Logistic}
-	st, err := InitialState(c)
+	st, err := InitialState(c, Data{})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func FuzzReadState(f *testing.F) {
 func FuzzReadSaved(f *testing.F) {
 	c := tinyConfig()
 	c.Model = flow.Config{Dim: 4, Couplings: 1, Hidden: 2, HiddenLayers: 1, Prior: flow.Logistic}
-	st, err := InitialState(c)
+	st, err := InitialState(c, Data{})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -28,9 +28,34 @@ func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epo
 			return err
 		}
 	}
-	return WritePNG(filepath.Join(dir, "curves.png"), func(f *os.File) error {
+	if err := WritePNG(filepath.Join(dir, "curves.png"), func(f *os.File) error {
 		return plot.Curves(f, "NICE on MNIST: negative log-likelihood (nats per image)", "epoch", curveSeries(h, evalName)...)
+	}); err != nil {
+		return err
+	}
+	if len(h.Epochs) == 0 || h.Epochs[len(h.Epochs)-1].Elapsed == 0 {
+		return nil // not timed (a cluster's history)
+	}
+	return WritePNG(filepath.Join(dir, "curves-time.png"), func(f *os.File) error {
+		return plot.Curves(f, "NICE on MNIST: "+evalName+" log-likelihood (nats per image)", "minutes of training", timeSeries(h, evalName)...)
 	})
+}
+
+// PaperLL is the test log-likelihood the NICE paper reports on MNIST (nats per
+// image, after 1,500 epochs).
+const PaperLL = 1980.50
+
+// timeSeries is the eval log-likelihood against minutes of training, beside a
+// level line at the paper's final figure.
+func timeSeries(h History, evalName string) []plot.Series {
+	s := plot.Series{Name: evalName + " LL"}
+	for _, e := range h.Epochs {
+		s.X = append(s.X, e.Elapsed/60)
+		s.Y = append(s.Y, e.TestLL)
+	}
+	end := s.X[len(s.X)-1]
+	paper := plot.Series{Name: "the paper, 1,500 epochs", X: []float64{0, end}, Y: []float64{PaperLL, PaperLL}}
+	return []plot.Series{s, paper}
 }
 
 func curveSeries(h History, evalName string) []plot.Series {

@@ -144,7 +144,7 @@ func TestEncodedLenRangeHoldsTheLongestState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := InitialState(c)
+	st, err := InitialState(c, Data{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,9 @@ type EpochResult struct {
 	TestLL        float64 `json:"test_ll"`
 	BitsPerDim    float64 `json:"bits_per_dim"`
 	SamplesPerSec float64 `json:"samples_per_sec"`
+	// Elapsed is the wall-clock seconds of training (and scoring) since the
+	// run began, where the process that trained it measured them.
+	Elapsed float64 `json:"elapsed_s,omitempty"`
 }
 
 // History is the metrics a run has gathered.

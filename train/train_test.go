@@ -67,8 +67,24 @@ func sameBits(a, b []float32) bool {
 	return true
 }
 
+// scheduledConfig is tinyConfig with every part of a recipe on: the data
+// initialisation, a warm-up, a decay that ends within 11 steps and a
+// learning rate of its own for the log-scales.
+func scheduledConfig() Config {
+	c := tinyConfig()
+	c.Init, c.InitSamples, c.IdentityStart = InitData, 20, true
+	c.WarmupSteps, c.DecayEpochs, c.FinalLR = 3, 1, 0.1
+	c.Adam.ScaleLR = 3e-3
+	return c
+}
+
 func TestResumedRunEqualsUninterruptedBitwise(t *testing.T) {
-	c, d := tinyConfig(), syntheticData()
+	t.Run("constant", func(t *testing.T) { testResumedRunEqualsUninterrupted(t, tinyConfig()) })
+	t.Run("scheduled", func(t *testing.T) { testResumedRunEqualsUninterrupted(t, scheduledConfig()) })
+}
+
+func testResumedRunEqualsUninterrupted(t *testing.T, c Config) {
+	d := syntheticData()
 	// 100 samples at batch 16: 7 steps an epoch, the last of 4 samples; 11
 	// steps cross an epoch boundary and a history point.
 	whole := mustTrainer(t, c, d)

@@ -46,8 +46,21 @@ type Trainer struct {
 	lossN     int
 }
 
-// New returns a trainer at step 0 with parameters initialised from c.Seed.
+// New returns a trainer at step 0 with parameters initialised from c.Seed
+// (and, with c.Init "data", the log-scales fitted to the first images).
 func New(c Config, d Data) (*Trainer, error) {
+	t, err := newTrainer(c, d)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.initParams(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// newTrainer returns a trainer whose parameters are still to be set.
+func newTrainer(c Config, d Data) (*Trainer, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -61,7 +74,6 @@ func New(c Config, d Data) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.Init(c.Seed)
 	t := &Trainer{
 		Config:    c,
 		Model:     m,
@@ -73,12 +85,39 @@ func New(c Config, d Data) (*Trainer, error) {
 		perm:      make([]int32, d.Train.N),
 		permEpoch: -1,
 	}
+	t.Opt.TailFrom = m.NumParams() - c.Model.Dim
 	return t, nil
+}
+
+// initParams sets the parameters of step 0.
+func (t *Trainer) initParams() error {
+	c := t.Config
+	t.Model.Init(c.Seed)
+	if c.IdentityStart {
+		t.Model.ZeroOutputs()
+	}
+	if c.Init != InitData {
+		return nil
+	}
+	k := c.InitSamples
+	if k == 0 {
+		k = c.Batch
+	}
+	k = min(k, t.Data.Train.N)
+	mnist.Permutation(t.perm, c.Seed, 0)
+	t.permEpoch = 0
+	D := c.Model.Dim
+	x, z := make([]float32, k*D), make([]float32, k*D)
+	t.Data.Train.FillBatch(x, t.perm[:k], c.Seed, 0)
+	if err := t.Model.FitScale(t.ws, x, k, z); err != nil {
+		return fmt.Errorf("data initialisation: %w", err)
+	}
+	return nil
 }
 
 // Restore returns a trainer continuing from s.
 func Restore(s *State, d Data) (*Trainer, error) {
-	t, err := New(s.Config, d)
+	t, err := newTrainer(s.Config, d)
 	if err != nil {
 		return nil, fmt.Errorf("restoring state: %w", err)
 	}
@@ -183,12 +222,13 @@ func (t *Trainer) ApplyWithNorm(batch int, sumLL, gradNorm float64) error {
 	if math.IsNaN(sumLL) || math.IsInf(sumLL, 0) {
 		return fmt.Errorf("step %d: log-likelihood %v: %w", t.Position.Step, sumLL, flow.ErrNonFinite)
 	}
+	spe := t.StepsPerEpoch()
+	t.Opt.Rate = t.Config.LRFactor(t.Position.Step, spe)
 	if _, err := t.Opt.UpdateWithNorm(t.Model.Params, t.Grad, batch, gradNorm); err != nil {
 		return fmt.Errorf("step %d: %w (the update was not applied; try a lower --lr or --clip 1)", t.Position.Step, err)
 	}
 	t.lossSum += -sumLL / float64(batch)
 	t.lossN++
-	spe := t.StepsPerEpoch()
 	t.Position = t.Position.Next(spe)
 	if t.Position.Step%int64(t.Config.LogEvery) == 0 {
 		t.History.Points = append(t.History.Points, Point{
@@ -263,11 +303,23 @@ func SamplesAt(m *flow.Model, ws *flow.Workspace, n int, seed uint64, temperatur
 	return out
 }
 
+// NeedsData reports whether the state at step 0 depends on the training
+// data (InitialState then needs it).
+func (c Config) NeedsData() bool { return c.Init == InitData }
+
 // InitialState is the state at step 0 of a run with config c: parameters
-// initialised from c.Seed, zero moments. It needs no data.
-func InitialState(c Config) (*State, error) {
+// initialised from c.Seed (the log-scales fitted to d's training images when
+// c.NeedsData), zero moments. Otherwise d may be empty.
+func InitialState(c Config, d Data) (*State, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	if c.NeedsData() {
+		t, err := New(c, d)
+		if err != nil {
+			return nil, err
+		}
+		return t.State(), nil
 	}
 	m, err := flow.New(c.Model)
 	if err != nil {

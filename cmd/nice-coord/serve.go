@@ -111,7 +111,7 @@ func (sf *serveFlags) config(log *slog.Logger) (coordinator.Config, error) {
 		return coordinator.Config{}, fmt.Errorf("--listen: %w", err)
 	}
 	c := coordinator.Config{
-		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir,
+		Train: tc, Listen: sf.listen, Advertise: adv, HTTP: sf.http, StateDir: sf.stateDir, DataDir: sf.tf.dataDir,
 		Machine: mc, KeepCheckpoints: sf.keep, Samples: sf.samples, SessionTimeout: sf.sessionTO, MaxSessions: sf.sessions,
 		FinalCheckpointTimeout: sf.finalWait, Creds: bundle, Logger: log,
 	}

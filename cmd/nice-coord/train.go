@@ -26,6 +26,7 @@ type trainFlags struct {
 	prior   string
 	dataDir string
 	wire    string
+	init    string
 	threads int
 }
 
@@ -41,6 +42,17 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 	fs.Float64Var(&c.Adam.Beta2, "beta2", c.Adam.Beta2, "Adam beta2")
 	fs.Float64Var(&c.Adam.Eps, "eps", c.Adam.Eps, "Adam epsilon")
 	fs.Float64Var(&c.Adam.ClipNorm, "clip", c.Adam.ClipNorm, "clip the mean gradient to this global L2 norm (0: off)")
+	fs.Float64Var(&c.Adam.ScaleLR, "scale-lr", c.Adam.ScaleLR, "Adam learning rate of the log-scales s (0: --lr)")
+	fs.IntVar(&c.WarmupSteps, "warmup", c.WarmupSteps, "raise the learning rate linearly over this many first steps (0: none)")
+	fs.IntVar(&c.DecayEpochs, "decay-epochs", c.DecayEpochs, "lower the learning rate along a half cosine from step 0 to --final-lr of it at the end of this epoch, and hold it there (0: no decay)")
+	fs.Float64Var(&c.FinalLR, "final-lr", c.FinalLR, "the fraction of --lr the decay ends at")
+	initName := "zero"
+	if c.Init == train.InitData {
+		initName = "data"
+	}
+	fs.StringVar(&tf.init, "init", initName, "how the log-scales s start: data (fitted to the first images' log-likelihood, dimension by dimension) or zero (the paper's)")
+	fs.BoolVar(&c.IdentityStart, "identity-start", c.IdentityStart, "zero each coupling's output layer at the start, so the couplings begin as the identity")
+	fs.IntVar(&c.InitSamples, "init-samples", c.InitSamples, "images --init data fits the log-scales to (0: one batch)")
 	fs.StringVar(&tf.prior, "prior", string(c.Model.Prior), "prior: logistic or gaussian")
 	fs.IntVar(&c.Model.Couplings, "couplings", c.Model.Couplings, "additive coupling layers")
 	fs.IntVar(&c.Model.Hidden, "hidden", c.Model.Hidden, "width of each hidden layer")
@@ -54,6 +66,14 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 // config returns the validated training configuration.
 func (tf *trainFlags) config() (train.Config, error) {
 	tf.cfg.Model.Prior = flow.Prior(tf.prior)
+	switch tf.init {
+	case "zero", "":
+		tf.cfg.Init = train.InitZero
+	case "data":
+		tf.cfg.Init = train.InitData
+	default:
+		return tf.cfg, fmt.Errorf("--init %q: want data or zero", tf.init)
+	}
 	switch tf.wire {
 	case "fp32", "":
 		tf.cfg.GradientWire = ""
@@ -82,7 +102,8 @@ func loadData(dir string, c train.Config) (train.Data, error) {
 }
 
 // trajectoryFlags change the trajectory, so they must match a resumed state.
-var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every", "gradient-wire"}
+var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every", "gradient-wire",
+	"scale-lr", "warmup", "decay-epochs", "final-lr", "init", "init-samples", "identity-start"}
 
 func runTrain(ctx context.Context, args []string) error {
 	fs := newFlagSet("train", "[flags]",
@@ -197,6 +218,10 @@ type trainLoop struct {
 	out       string
 	statePath string
 	samples   int
+	// start is when this invocation began training; before the seconds of
+	// training the resumed run had behind it.
+	start  time.Time
+	before float64
 }
 
 func (l *trainLoop) save() error { return l.tr.State().SaveFile(l.statePath) }
@@ -205,6 +230,10 @@ func (l *trainLoop) run(ctx context.Context, maxSteps int, progress, saveEvery t
 	tr := l.tr
 	spe := tr.StepsPerEpoch()
 	start := time.Now()
+	if eps := tr.History.Epochs; len(eps) > 0 {
+		l.before = eps[len(eps)-1].Elapsed
+	}
+	l.start = start
 	lastLine, lastSave := start, start
 	epochStart, epochSamples := start, 0
 	var nllSum float64
@@ -259,13 +288,15 @@ func (l *trainLoop) endEpoch(samplesPerSec float64) error {
 		TestLL:        ll,
 		BitsPerDim:    train.BitsPerDim(ll, tr.Model.Config.Dim),
 		SamplesPerSec: samplesPerSec,
+		Elapsed:       l.before + time.Since(l.start).Seconds(),
 	}
 	if pts := tr.History.Points; len(pts) > 0 {
 		r.TrainNLL = pts[len(pts)-1].TrainNLL
 	}
 	tr.History.Epochs = append(tr.History.Epochs, r)
-	fmt.Printf("epoch %d done: %s log-likelihood %.2f nats per image, %.3f bits/dim (scored %d images in %.1fs)\n",
-		r.Epoch, tr.Data.EvalName, ll, r.BitsPerDim, tr.Data.Eval.N, time.Since(t0).Seconds())
+	fmt.Printf("epoch %d done: %s log-likelihood %.2f nats per image, %.3f bits/dim (scored %d images in %.1fs; %s of training)\n",
+		r.Epoch, tr.Data.EvalName, ll, r.BitsPerDim, tr.Data.Eval.N, time.Since(t0).Seconds(),
+		(time.Duration(r.Elapsed) * time.Second).Round(time.Second))
 	if err := train.WriteEpochImages(l.out, tr.Model, tr.History, tr.Data.EvalName, r.Epoch, l.samples, tr.Config.Seed+uint64(r.Epoch)); err != nil {
 		return err
 	}
