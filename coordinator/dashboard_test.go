@@ -195,7 +195,7 @@ func TestDashboardSamples(t *testing.T) {
 	if resp.StatusCode != 404 || !strings.Contains(string(body), "no sample grid yet") {
 		t.Fatalf("before any checkpoint: %s %q, want 404 saying there is none yet", resp.Status, body)
 	}
-	c := train.DefaultConfig()
+	c := train.PaperConfig()
 	c.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
 	st, err := train.InitialState(c, train.Data{})
 	if err != nil {

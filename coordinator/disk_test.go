@@ -141,7 +141,7 @@ func tinyRun(t *testing.T, dir string, stopAt int64) coordinator.Config {
 	if _, err := mnist.FindDir(""); err != nil {
 		t.Skipf("real MNIST not available: %v", err)
 	}
-	tc := train.DefaultConfig()
+	tc := train.PaperConfig()
 	tc.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
 	tc.Batch = 256
 	mc := coordinator.DefaultMachine()
@@ -415,7 +415,7 @@ func TestServeFailsWhenTheLedgerIsNotSyncedAtTheStop(t *testing.T) {
 	dir := t.TempDir()
 	disk := &fullDisk{}
 	disk.full.Store(true)
-	tc := train.DefaultConfig()
+	tc := train.PaperConfig()
 	tc.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
 	srv, err := coordinator.New(coordinator.Config{Train: tc, Listen: "127.0.0.1:0", StateDir: dir, Machine: coordinator.DefaultMachine(),
 		Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), Ledger: openLedger(t, dir, &transcript{}, disk)})

@@ -25,7 +25,7 @@ import (
 // straight to it (as the writer's goroutine does).
 func idleServer(t *testing.T) *Server {
 	t.Helper()
-	tc := train.DefaultConfig()
+	tc := train.PaperConfig()
 	tc.Model = flow.Config{Dim: 784, Couplings: 2, Hidden: 8, HiddenLayers: 1, Prior: flow.Logistic}
 	s, err := New(Config{Train: tc, Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", StateDir: t.TempDir(), Machine: DefaultMachine(),
 		Store: checkpoint.NewMemory(checkpoint.MemoryOptions{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -28,7 +28,7 @@ import (
 // client connection.
 func serveForLimits(t *testing.T, cfg Config) (*Server, *grpc.ClientConn) {
 	t.Helper()
-	tc := train.DefaultConfig()
+	tc := train.PaperConfig()
 	tc.Model = flow.Config{Dim: 784, Couplings: 1, Hidden: 4, HiddenLayers: 1, Prior: flow.Logistic}
 	cfg.Train, cfg.Listen, cfg.StateDir = tc, "127.0.0.1:0", t.TempDir()
 	cfg.Machine = DefaultMachine()

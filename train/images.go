@@ -10,7 +10,10 @@ import (
 )
 
 // WriteEpochImages writes into dir a grid of n samples of m as
-// samples-eNNN.png (n = 0: none) and the learning curves of h as curves.png.
+// samples-eNNN.png (n = 0: none), the learning curves of h as curves.png, and
+// the eval log-likelihood beside the paper's figure against epochs
+// (ll-epochs.png) and, when h's epochs are timed, against minutes of training
+// (ll-minutes.png).
 // Each file is written to a temporary name and renamed, so readers never see
 // half a PNG.
 func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epoch, n int, seed uint64) error {
@@ -33,11 +36,20 @@ func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epo
 	}); err != nil {
 		return err
 	}
-	if len(h.Epochs) == 0 || h.Epochs[len(h.Epochs)-1].Elapsed == 0 {
+	if len(h.Epochs) == 0 {
+		return nil
+	}
+	title := "NICE on MNIST: " + evalName + " log-likelihood (nats per image)"
+	if err := WritePNG(filepath.Join(dir, "ll-epochs.png"), func(f *os.File) error {
+		return plot.Curves(f, title, "epoch", llSeries(h, evalName, func(e EpochResult) float64 { return float64(e.Epoch) })...)
+	}); err != nil {
+		return err
+	}
+	if h.Epochs[len(h.Epochs)-1].Elapsed == 0 {
 		return nil // not timed (a cluster's history)
 	}
-	return WritePNG(filepath.Join(dir, "curves-time.png"), func(f *os.File) error {
-		return plot.Curves(f, "NICE on MNIST: "+evalName+" log-likelihood (nats per image)", "minutes of training", timeSeries(h, evalName)...)
+	return WritePNG(filepath.Join(dir, "ll-minutes.png"), func(f *os.File) error {
+		return plot.Curves(f, title, "minutes of training", llSeries(h, evalName, func(e EpochResult) float64 { return e.Elapsed / 60 })...)
 	})
 }
 
@@ -45,12 +57,12 @@ func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epo
 // image, after 1,500 epochs).
 const PaperLL = 1980.50
 
-// timeSeries is the eval log-likelihood against minutes of training, beside a
+// llSeries is the eval log-likelihood of each epoch against x(epoch), beside a
 // level line at the paper's final figure.
-func timeSeries(h History, evalName string) []plot.Series {
+func llSeries(h History, evalName string, x func(EpochResult) float64) []plot.Series {
 	s := plot.Series{Name: evalName + " LL"}
 	for _, e := range h.Epochs {
-		s.X = append(s.X, e.Elapsed/60)
+		s.X = append(s.X, x(e))
 		s.Y = append(s.Y, e.TestLL)
 	}
 	end := s.X[len(s.X)-1]

@@ -68,6 +68,16 @@ func TestDataInitRaisesTheFirstBatchsLikelihood(t *testing.T) {
 	if sameBits(st.Params, mustTrainer(t, paper, d).Model.Params) {
 		t.Fatal("the data initialisation changed nothing")
 	}
+	// Without the data fit, InitialState needs no data and still agrees.
+	identity := paper
+	identity.IdentityStart = true
+	st, err = InitialState(identity, Data{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameBits(st.Params, mustTrainer(t, identity, d).Model.Params) {
+		t.Fatal("InitialState and New start from different parameters with --identity-start alone")
+	}
 	if _, err := InitialState(fitted, Data{}); err == nil || !strings.Contains(err.Error(), "no training data") {
 		t.Fatalf("data initialisation without data: error %v", err)
 	}

@@ -14,7 +14,7 @@ import (
 
 // tinyConfig trains a small model on MNIST-sized images quickly.
 func tinyConfig() Config {
-	c := DefaultConfig()
+	c := PaperConfig()
 	c.Model = flow.Config{Dim: 784, Couplings: 4, Hidden: 16, HiddenLayers: 2, Prior: flow.Logistic}
 	c.Batch = 16
 	c.Epochs = 3

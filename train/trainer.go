@@ -92,11 +92,8 @@ func newTrainer(c Config, d Data) (*Trainer, error) {
 // initParams sets the parameters of step 0.
 func (t *Trainer) initParams() error {
 	c := t.Config
-	t.Model.Init(c.Seed)
-	if c.IdentityStart {
-		t.Model.ZeroOutputs()
-	}
-	if c.Init != InitData {
+	initModel(t.Model, c)
+	if !c.NeedsData() {
 		return nil
 	}
 	k := c.InitSamples
@@ -325,7 +322,16 @@ func InitialState(c Config, d Data) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.Init(c.Seed)
+	initModel(m, c)
 	n := m.NumParams()
 	return &State{Config: c, Params: m.Params, M: make([]float32, n), V: make([]float32, n)}, nil
+}
+
+// initModel sets m's parameters from c.Seed, the couplings' output layers
+// zeroed when c.IdentityStart: step 0 before any fit to the data.
+func initModel(m *flow.Model, c Config) {
+	m.Init(c.Seed)
+	if c.IdentityStart {
+		m.ZeroOutputs()
+	}
 }

@@ -44,7 +44,8 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 	fs.Float64Var(&c.Adam.ClipNorm, "clip", c.Adam.ClipNorm, "clip the mean gradient to this global L2 norm (0: off)")
 	fs.Float64Var(&c.Adam.ScaleLR, "scale-lr", c.Adam.ScaleLR, "Adam learning rate of the log-scales s (0: --lr)")
 	fs.IntVar(&c.WarmupSteps, "warmup", c.WarmupSteps, "raise the learning rate linearly over this many first steps (0: none)")
-	fs.IntVar(&c.DecayEpochs, "decay-epochs", c.DecayEpochs, "lower the learning rate along a half cosine from step 0 to --final-lr of it at the end of this epoch, and hold it there (0: no decay)")
+	c.DecayEpochs = -1 // resolved to --epochs by config
+	fs.IntVar(&c.DecayEpochs, "decay-epochs", c.DecayEpochs, "lower the learning rate along a half cosine from step 0 to --final-lr of it at the end of this epoch, and hold it there (-1: --epochs; 0: no decay)")
 	fs.Float64Var(&c.FinalLR, "final-lr", c.FinalLR, "the fraction of --lr the decay ends at")
 	initName := "zero"
 	if c.Init == train.InitData {
@@ -66,6 +67,9 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 // config returns the validated training configuration.
 func (tf *trainFlags) config() (train.Config, error) {
 	tf.cfg.Model.Prior = flow.Prior(tf.prior)
+	if tf.cfg.DecayEpochs == -1 {
+		tf.cfg.DecayEpochs = tf.cfg.Epochs
+	}
 	switch tf.init {
 	case "zero", "":
 		tf.cfg.Init = train.InitZero
