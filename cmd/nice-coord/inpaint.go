@@ -109,6 +109,9 @@ func runInpaint(ctx context.Context, args []string) error {
 		train.Mean(res.Start), train.Mean(res.Final), meanLL(m, ws, orig, *n))
 	fmt.Printf("mean squared error over the hidden pixels: masked start %.4f, inpainted %.4f\n",
 		train.MaskedMSE(start, orig, missing), train.MaskedMSE(x, orig, missing))
+	if note := overshootNote(train.Mean(res.Start), train.Mean(res.Final), *lr); note != "" {
+		fmt.Fprintln(os.Stderr, note)
+	}
 	rowsOut, tiles := inpaintTiles(orig, start, x, *n, *cols, D)
 	if err := train.WritePNG(*out, func(f *os.File) error { return plot.SampleGrid(f, tiles, rowsOut, *cols) }); err != nil {
 		return err
@@ -156,4 +159,16 @@ func inpaintTiles(orig, start, result []float32, n, cols, D int) (rows int, tile
 		}
 	}
 	return bands * 3, tiles
+}
+
+// overshootNote says what to do when the steps lowered the mean
+// log-likelihood they were meant to raise: the step is too large for the
+// model (a longer-trained model is sharper), so the pixels jump across their
+// optimum. "" when the likelihood rose.
+func overshootNote(start, final, lr float64) string {
+	if final >= start {
+		return ""
+	}
+	return fmt.Sprintf("warning: the log-likelihood fell (%.2f -> %.2f nats): steps of %g overshoot on this model; "+
+		"try a smaller --lr with more --steps (the default recipe's model: --lr 0.0003 --steps 3000)", start, final, lr)
 }

@@ -5,6 +5,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nice-flow/nice/internal/plot"
@@ -74,4 +75,16 @@ func TestTrainResumeFromErrors(t *testing.T) {
 	wantErr(t, runTrain(ctx, []string{"--out", t.TempDir(), "--resume-from", modelPath}), "exported model", "no optimiser state")
 	wantErr(t, runServe(ctx, []string{"--state-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--http", "", "--gossip", "", "--resume-from", modelPath}),
 		"exported model", "no optimiser state")
+}
+
+func TestOvershootNote(t *testing.T) {
+	if note := overshootNote(-100, 50, 0.01); note != "" {
+		t.Errorf("a rising likelihood got a note: %q", note)
+	}
+	note := overshootNote(-77332.14, -127397.95, 0.01)
+	for _, want := range []string{"fell", "-77332.14 -> -127397.95", "steps of 0.01", "smaller --lr"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("note %q does not say %q", note, want)
+		}
+	}
 }
