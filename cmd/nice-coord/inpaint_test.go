@@ -10,6 +10,7 @@ import (
 
 	"github.com/nice-flow/nice/internal/plot"
 	"github.com/nice-flow/nice/mnist"
+	"github.com/nice-flow/nice/train"
 )
 
 // inpaint and eval run end to end on an export of a tiny model and the
@@ -87,4 +88,30 @@ func TestOvershootNote(t *testing.T) {
 			t.Errorf("note %q does not say %q", note, want)
 		}
 	}
+}
+
+// TestTrainResumeKeepsItsDecay: the decay follows --epochs when not given, so
+// resuming with more epochs and a trajectory flag at its saved value is no
+// change of trajectory, while another value of it is refused by name.
+func TestTrainResumeKeepsItsDecay(t *testing.T) {
+	if _, err := mnist.FindDir(""); err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	ctx := context.Background()
+	out := t.TempDir()
+	tiny := []string{"--out", out, "--hidden", "8", "--layers", "1", "--progress", "1h", "--samples", "0"}
+	if err := runTrain(ctx, append(tiny, "--epochs", "1", "--max-steps", "2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := runTrain(ctx, append(tiny, "--resume", "--epochs", "2", "--lr", "2e-3", "--max-steps", "1")); err != nil {
+		t.Fatalf("resumed with more epochs and the saved --lr: %v", err)
+	}
+	s, err := train.LoadFile(filepath.Join(out, "state.nice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Config.DecayEpochs != 1 || s.Config.Epochs != 2 || s.Position.Step != 3 {
+		t.Fatalf("after the resume: decay over %d epochs, %d epochs, step %d; want 1, 2, 3", s.Config.DecayEpochs, s.Config.Epochs, s.Position.Step)
+	}
+	wantErr(t, runTrain(ctx, append(tiny, "--resume", "--lr", "3e-3")), "--lr differs from the saved run's setting")
 }

@@ -161,6 +161,11 @@ func runTrain(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		if !given["decay-epochs"] {
+			// Not set, the decay follows --epochs, which a resumed run may
+			// extend: the saved run's own decay is the one to compare.
+			cfg.DecayEpochs = s.Config.DecayEpochs
+		}
 		for _, name := range trajectoryFlags {
 			if given[name] && s.Config.Hash() != cfg.Hash() {
 				return fmt.Errorf("--%s differs from the saved run's setting; a resumed run keeps its configuration (drop the flag, or train into another --out)", name)
