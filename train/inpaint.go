@@ -96,15 +96,22 @@ func (k Mask) Missing(n, width int, rng *rand.Rand) ([]bool, error) {
 type InpaintConfig struct {
 	// Steps is the number of gradient steps.
 	Steps int
-	// LR is the first step's size: step i (from 0) adds
-	// LR·100/(100+i) times d log p(x)/dx to every missing pixel, then
-	// clamps it to [0, 1]. The decay is the shape of the paper's schedule
-	// 10/(100+i): without it, pixels where the density is steep (a trained
-	// model's background) keep jumping across their optimum.
+	// LR is the first step's size: a step adds LR times d log p(x)/dx to
+	// every missing pixel of an image, then clamps it to [0, 1]. From there
+	// each image adapts its own step size: a step that raised the image's
+	// log-likelihood is kept and the next one is StepGrow times larger; a
+	// step that lowered it is undone and the size halved. So the result's
+	// log-likelihood is never below the start's, and one LR serves a soft
+	// model (which wants large steps) and a sharp one (whose background
+	// pixels sit in narrow peaks that a large step jumps across).
 	LR float64
 	// Seed draws the uniform noise the missing pixels start from.
 	Seed uint64
 }
+
+// StepGrow is how much an image's inpainting step grows after a step that
+// raised its log-likelihood; a step that lowered it halves it.
+const StepGrow = 1.1
 
 // Validate says what is wrong with c.
 func (c InpaintConfig) Validate() error {
@@ -118,10 +125,12 @@ func (c InpaintConfig) Validate() error {
 }
 
 // InpaintResult is what Inpaint achieved: per image, log p(x) in nats of
-// the masked start and of the result; and the mean over the images before
-// each step, the result's last (Steps+1 entries).
+// the masked start and of the result, and its step size at the end; and the
+// mean log-likelihood over the images before each step, the result's last
+// (Steps+1 entries, never falling).
 type InpaintResult struct {
 	Start, Final []float64
+	StepSize     []float64
 	Trace        []float64
 }
 
@@ -131,8 +140,9 @@ type InpaintResult struct {
 // pixels only, as in the NICE paper's section 5.2: the observed pixels stay
 // as they are; the missing ones start from uniform noise (so x then holds
 // the masked start, which the caller may copy first) and after each step
-// are clamped to the data range [0, 1]. x is updated in place, in batches
-// of ws.Max images.
+// are clamped to the data range [0, 1]. Each image's step size adapts (see
+// InpaintConfig.LR), and x ends at the best point each image reached. x is
+// updated in place, in batches of ws.Max images.
 func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n int, c InpaintConfig) (InpaintResult, error) {
 	D := m.Config.Dim
 	if err := c.Validate(); err != nil {
@@ -147,37 +157,84 @@ func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n i
 			x[i] = float32(rng.Float64())
 		}
 	}
-	res := InpaintResult{Start: make([]float64, n), Final: make([]float64, n)}
+	res := InpaintResult{Start: make([]float64, n), Final: make([]float64, n), StepSize: make([]float64, n)}
+	// The last accepted point of each image of a batch, its gradient and
+	// its log-likelihood; x holds the point being tried.
+	best := make([]float32, ws.Max*D)
+	bestG := make([]float32, ws.Max*D)
+	bestLL := make([]float64, ws.Max)
 	g := make([]float32, ws.Max*D)
 	ll := make([]float64, ws.Max)
 	sums := make([]float64, c.Steps+1)
 	for lo := 0; lo < n; lo += ws.Max {
 		b := min(ws.Max, n-lo)
 		xb, mb, gb := x[lo*D:(lo+b)*D], missing[lo*D:(lo+b)*D], g[:b*D]
+		step := res.StepSize[lo : lo+b]
+		for i := range step {
+			step[i] = c.LR
+		}
+		// accept keeps each image's trial point when it is no worse than
+		// its best (the first always is), and otherwise goes back to the
+		// best with half the step.
+		accept := func(first bool) {
+			for i := range b {
+				xi, bi := xb[i*D:(i+1)*D], best[i*D:(i+1)*D]
+				gi, bgi := gb[i*D:(i+1)*D], bestG[i*D:(i+1)*D]
+				if first || ll[i] >= bestLL[i] {
+					copy(bi, xi)
+					copy(bgi, gi)
+					bestLL[i] = ll[i]
+					if !first {
+						step[i] *= StepGrow
+					}
+					continue
+				}
+				copy(xi, bi)
+				copy(gi, bgi)
+				step[i] /= 2
+			}
+		}
 		for s := 0; s < c.Steps; s++ {
-			sums[s] += m.InputGradient(ws, xb, b, gb, ll)
+			m.InputGradient(ws, xb, b, gb, ll)
+			accept(s == 0)
 			if s == 0 {
 				copy(res.Start[lo:lo+b], ll[:b])
 			}
-			step := c.LR * 100 / float64(100+s)
-			for i, miss := range mb {
-				if miss {
-					v := float64(xb[i]) + step*float64(gb[i])
-					xb[i] = float32(min(max(v, 0), 1))
+			sums[s] += sumOf(bestLL[:b])
+			for i := range b {
+				for j := i * D; j < (i+1)*D; j++ {
+					if mb[j] {
+						v := float64(xb[j]) + step[i]*float64(gb[j])
+						xb[j] = float32(min(max(v, 0), 1))
+					}
 				}
 			}
 		}
-		sums[c.Steps] += m.LogLikelihood(ws, xb, b, ll)
-		copy(res.Final[lo:lo+b], ll[:b])
+		m.LogLikelihood(ws, xb, b, ll)
 		if c.Steps == 0 {
 			copy(res.Start[lo:lo+b], ll[:b])
+		} else {
+			// The last trial: kept if no worse, else the best goes back
+			// (its gradient is not needed again).
+			accept(false)
+			copy(ll[:b], bestLL[:b])
 		}
+		sums[c.Steps] += sumOf(ll[:b])
+		copy(res.Final[lo:lo+b], ll[:b])
 	}
 	res.Trace = make([]float64, len(sums))
 	for s, v := range sums {
 		res.Trace[s] = v / float64(max(n, 1))
 	}
 	return res, nil
+}
+
+func sumOf(v []float64) float64 {
+	var s float64
+	for _, x := range v {
+		s += x
+	}
+	return s
 }
 
 // MaskedMSE is the mean squared difference between a and b over the

@@ -122,6 +122,54 @@ func TestInpaintRaisesLogLikelihood(t *testing.T) {
 	}
 }
 
+// A first step far too large for the model (the gradient of a trained
+// model's background is steep) is undone and halved until steps rise again:
+// every image ends above its start, the mean never falls from one step to
+// the next, and the step sizes end far below the first. With a fixed step
+// the pixels would jump across their optimum and the likelihood fall.
+func TestInpaintAdaptsAStepTooLarge(t *testing.T) {
+	c, d := tinyConfig(), syntheticData()
+	tr := mustTrainer(t, c, d)
+	steps(t, tr, 10)
+	m := tr.Model
+	const n = 5
+	D := m.Config.Dim
+	x := make([]float32, n*D)
+	d.Eval.FillBatch(x, []int32{0, 1, 2, 3, 4}, c.EvalSeed, 0)
+	missing, err := Mask{Kind: MaskRandom, Fraction: 0.5}.Missing(n, mnist.Cols, rand.New(rand.NewPCG(3, 4)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const first = 1e4
+	ws := flow.NewWorkspace(m.Config, n)
+	res, err := Inpaint(m, ws, x, missing, n, InpaintConfig{Steps: 40, LR: first, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("trace %.1f; step sizes %.3g", res.Trace, res.StepSize)
+	for i := range res.Start {
+		if !(res.Final[i] > res.Start[i]) {
+			t.Errorf("image %d: %.3f -> %.3f", i, res.Start[i], res.Final[i])
+		}
+		if !(res.StepSize[i] < first/100) {
+			t.Errorf("image %d: step size %.3g at the end, from %.3g", i, res.StepSize[i], first)
+		}
+	}
+	for s := 1; s < len(res.Trace); s++ {
+		if res.Trace[s] < res.Trace[s-1] {
+			t.Errorf("mean log-likelihood fell at step %d: %.3f -> %.3f", s, res.Trace[s-1], res.Trace[s])
+		}
+	}
+	// The result is what the model says of x as it was left.
+	ll := make([]float64, n)
+	m.LogLikelihood(ws, x, n, ll)
+	for i := range ll {
+		if ll[i] != res.Final[i] {
+			t.Errorf("image %d: reported %.6f, x scores %.6f", i, res.Final[i], ll[i])
+		}
+	}
+}
+
 func TestInpaintRefusesBadSettings(t *testing.T) {
 	m, err := flow.New(tinyConfig().Model)
 	if err != nil {

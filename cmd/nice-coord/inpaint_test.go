@@ -5,7 +5,6 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/nice-flow/nice/internal/plot"
@@ -78,15 +77,13 @@ func TestTrainResumeFromErrors(t *testing.T) {
 		"exported model", "no optimiser state")
 }
 
-func TestOvershootNote(t *testing.T) {
-	if note := overshootNote(-100, 50, 0.01); note != "" {
-		t.Errorf("a rising likelihood got a note: %q", note)
+func TestStepSummary(t *testing.T) {
+	got := stepSummary([]float64{0.04, 0.0001, 0.002}, 0.01)
+	if want := "step sizes at the end: median 0.002 (from 0.0001 to 0.04), the first 0.01"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
-	note := overshootNote(-77332.14, -127397.95, 0.01)
-	for _, want := range []string{"fell", "-77332.14 -> -127397.95", "steps of 0.01", "smaller --lr"} {
-		if !strings.Contains(note, want) {
-			t.Errorf("note %q does not say %q", note, want)
-		}
+	if got := stepSummary(nil, 1); got != "" {
+		t.Errorf("no digits: %q", got)
 	}
 }
 
