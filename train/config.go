@@ -157,3 +157,7 @@ func (c Config) LRFactor(step int64, stepsPerEpoch int) float64 {
 	}
 	return f
 }
+
+// NeedsData reports whether the state at step 0 depends on the training
+// data (InitialState then needs it).
+func (c Config) NeedsData() bool { return c.Init == InitData }

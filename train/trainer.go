@@ -300,10 +300,6 @@ func SamplesAt(m *flow.Model, ws *flow.Workspace, n int, seed uint64, temperatur
 	return out
 }
 
-// NeedsData reports whether the state at step 0 depends on the training
-// data (InitialState then needs it).
-func (c Config) NeedsData() bool { return c.Init == InitData }
-
 // InitialState is the state at step 0 of a run with config c: parameters
 // initialised from c.Seed (the log-scales fitted to d's training images when
 // c.NeedsData), zero moments. Otherwise d may be empty.
