@@ -11,9 +11,9 @@ import (
 
 // WriteEpochImages writes into dir a grid of n samples of m as
 // samples-eNNN.png (n = 0: none), the learning curves of h as curves.png, and
-// the eval log-likelihood beside the paper's figure against epochs
-// (ll-epochs.png) and, when h's epochs are timed, against minutes of training
-// (ll-minutes.png).
+// the eval log-likelihood (nats per image, bits/dim on the right) beside the
+// paper's figure against epochs (ll-epochs.png) and, when h's epochs are
+// timed, against minutes of training (ll-minutes.png).
 // Each file is written to a temporary name and renamed, so readers never see
 // half a PNG.
 func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epoch, n int, seed uint64) error {
@@ -40,8 +40,9 @@ func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epo
 		return nil
 	}
 	title := "NICE on MNIST: " + evalName + " log-likelihood (nats per image)"
+	bpd := &plot.RightAxis{Label: "bits/dim", Value: func(ll float64) float64 { return BitsPerDim(ll, m.Config.Dim) }}
 	if err := WritePNG(filepath.Join(dir, "ll-epochs.png"), func(f *os.File) error {
-		return plot.Curves(f, title, "epoch", llSeries(h, evalName, func(e EpochResult) float64 { return float64(e.Epoch) })...)
+		return plot.CurvesWithRight(f, title, "epoch", bpd, llSeries(h, evalName, func(e EpochResult) float64 { return float64(e.Epoch) })...)
 	}); err != nil {
 		return err
 	}
@@ -49,7 +50,7 @@ func WriteEpochImages(dir string, m *flow.Model, h History, evalName string, epo
 		return nil // not timed (a cluster's history)
 	}
 	return WritePNG(filepath.Join(dir, "ll-minutes.png"), func(f *os.File) error {
-		return plot.Curves(f, title, "minutes of training", llSeries(h, evalName, func(e EpochResult) float64 { return e.Elapsed / 60 })...)
+		return plot.CurvesWithRight(f, title, "minutes of training", bpd, llSeries(h, evalName, func(e EpochResult) float64 { return e.Elapsed / 60 })...)
 	})
 }
 

@@ -55,6 +55,21 @@ const markerMax = 50
 // marker; empty series (and a chart without any point) are allowed. It is an
 // error if a series has len(X) != len(Y).
 func Curves(w io.Writer, title, xlabel string, series ...Series) error {
+	return CurvesWithRight(w, title, xlabel, nil, series...)
+}
+
+// RightAxis is a second scale for the y values of a chart, drawn on its
+// right edge: Value maps a y value to it, and must be affine (bits/dim of a
+// log-likelihood, say), increasing or decreasing.
+type RightAxis struct {
+	Label string
+	Value func(y float64) float64
+}
+
+// CurvesWithRight is Curves with, when right is not nil, the y values also
+// read on right's scale: ticks at its round values on the right edge of the
+// plot, and its label above them.
+func CurvesWithRight(w io.Writer, title, xlabel string, right *RightAxis, series ...Series) error {
 	xmin, xmax := math.Inf(1), math.Inf(-1)
 	ymin, ymax := math.Inf(1), math.Inf(-1)
 	for i, s := range series {
@@ -73,13 +88,30 @@ func Curves(w io.Writer, title, xlabel string, series ...Series) error {
 	}
 	xa, ya := newAxis(xmin, xmax), newAxis(ymin, ymax)
 
-	// Layout: the left margin fits the widest y label.
-	const top, right, bottom, lineH = 40, 25, 55, 13
-	left := 20
+	var ra axis // right's scale: its lo maps to ya.lo and its hi to ya.hi
+	if right != nil {
+		ra = axis{lo: right.Value(ya.lo), hi: right.Value(ya.hi)}
+		span := math.Abs(ra.hi - ra.lo)
+		if !finite(span) || span == 0 {
+			return fmt.Errorf("curves %q: the right axis %q maps the y range %g..%g to %g..%g", title, right.Label, ya.lo, ya.hi, ra.lo, ra.hi)
+		}
+		ra.step = roundStep(span / 6)
+	}
+
+	// Layout: the left margin fits the widest y label, the right one the
+	// right axis's.
+	const top, bottom, lineH = 40, 55, 13
+	left, rightM := 20, 25
 	for _, v := range ya.ticks() {
 		left = max(left, textWidth(ya.label(v))+18)
 	}
-	plotArea := image.Rect(left, top, CurvesWidth-right, CurvesHeight-bottom)
+	if right != nil {
+		for _, v := range ra.ticks() {
+			rightM = max(rightM, textWidth(ra.label(v))+18)
+		}
+		rightM = max(rightM, textWidth(right.Label)/2+10)
+	}
+	plotArea := image.Rect(left, top, CurvesWidth-rightM, CurvesHeight-bottom)
 	xa.p0, xa.p1 = float64(plotArea.Min.X), float64(plotArea.Max.X-1)
 	ya.p0, ya.p1 = float64(plotArea.Max.Y-1), float64(plotArea.Min.Y)
 
@@ -100,6 +132,16 @@ func Curves(w io.Writer, title, xlabel string, series ...Series) error {
 		fillRect(img, image.Rect(plotArea.Min.X-5, py, plotArea.Min.X, py+1), black)
 		s := ya.label(v)
 		drawText(img, plotArea.Min.X-8-textWidth(s), py+4, s, black)
+	}
+	if right != nil {
+		ra.p0, ra.p1 = ya.p0, ya.p1
+		for _, v := range ra.ticks() {
+			py := int(math.Round(ra.pixel(v)))
+			fillRect(img, image.Rect(plotArea.Max.X, py, plotArea.Max.X+5, py+1), black)
+			drawText(img, plotArea.Max.X+8, py+4, ra.label(v), black)
+		}
+		fillRect(img, image.Rect(plotArea.Max.X, plotArea.Min.Y, plotArea.Max.X+1, plotArea.Max.Y+1), black)
+		drawText(img, plotArea.Max.X-textWidth(right.Label)/2, plotArea.Min.Y-8, right.Label, black)
 	}
 	// Axes: left and bottom edges of the plot area.
 	fillRect(img, image.Rect(plotArea.Min.X-1, plotArea.Min.Y, plotArea.Min.X, plotArea.Max.Y+1), black)

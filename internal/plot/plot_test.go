@@ -205,3 +205,84 @@ func TestAxis(t *testing.T) {
 		}
 	}
 }
+
+// frameColumns returns the leftmost and rightmost columns of img that are
+// black over most of its height (the plot's frame), and the rows where the
+// left frame is black.
+func frameColumns(img image.Image) (left, right int, rows []int) {
+	b := img.Bounds()
+	black := func(x, y int) bool { return color.RGBAModel.Convert(img.At(x, y)) == black }
+	left, right = -1, -1
+	for x := b.Min.X; x < b.Max.X; x++ {
+		n := 0
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			if black(x, y) {
+				n++
+			}
+		}
+		if n > b.Dy()*3/4 {
+			if left < 0 {
+				left = x
+			}
+			right = x
+		}
+	}
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		if left >= 0 && black(left, y) {
+			rows = append(rows, y)
+		}
+	}
+	return left, right, rows
+}
+
+// A right axis is drawn as a second frame edge whose ticks sit level with
+// the y values they translate: with right = y/200 (increasing) or
+// (3000-y)/200 (decreasing) and left ticks every 200, every left tick has a
+// right tick on its row, and the right ticks are its rows exactly.
+func TestCurvesRightAxis(t *testing.T) {
+	x := []float64{0, 1, 2, 3}
+	y := []float64{1000, 1400, 1800, 2050}
+	for _, c := range []struct {
+		name  string
+		value func(float64) float64
+	}{
+		{"increasing", func(v float64) float64 { return v / 200 }},
+		{"decreasing", func(v float64) float64 { return (3000 - v) / 200 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := CurvesWithRight(&buf, "t", "x", &RightAxis{Label: "units", Value: c.value}, Series{"s", x, y}); err != nil {
+				t.Fatal(err)
+			}
+			img := decode(t, buf.Bytes())
+			left, right, rows := frameColumns(img)
+			if left < 0 || right <= left+100 {
+				t.Fatalf("frame columns %d and %d: no right edge", left, right)
+			}
+			isBlack := func(x, y int) bool { return color.RGBAModel.Convert(img.At(x, y)) == black }
+			var leftTicks, rightTicks []int
+			for _, r := range rows {
+				if isBlack(left-3, r) {
+					leftTicks = append(leftTicks, r)
+				}
+				if isBlack(right+3, r) {
+					rightTicks = append(rightTicks, r)
+				}
+			}
+			if len(leftTicks) < 4 || !slices.Equal(leftTicks, rightTicks) {
+				t.Errorf("left ticks on rows %v, right ticks on rows %v", leftTicks, rightTicks)
+			}
+		})
+	}
+	var buf bytes.Buffer
+	if err := Curves(&buf, "t", "x", Series{"s", x, y}); err != nil {
+		t.Fatal(err)
+	}
+	if left, right, _ := frameColumns(decode(t, buf.Bytes())); right != left {
+		t.Errorf("without a right axis: frame columns %d and %d", left, right)
+	}
+	flat := &RightAxis{Label: "flat", Value: func(float64) float64 { return 1 }}
+	if err := CurvesWithRight(&buf, "t", "x", flat, Series{"s", x, y}); err == nil {
+		t.Error("a right axis that maps every y to one value was accepted")
+	}
+}

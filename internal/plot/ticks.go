@@ -29,22 +29,27 @@ func newAxis(min, max float64) axis {
 	}
 	margin := (max - min) * 0.05
 	min, max = min-margin, max+margin
-	raw := (max - min) / 6
-	mag := math.Pow(10, math.Floor(math.Log10(raw)))
-	step := 10 * mag
-	for _, m := range []float64{1, 2, 5} {
-		if m*mag >= raw {
-			step = m * mag
-			break
-		}
-	}
-	return axis{lo: min, hi: max, step: step}
+	return axis{lo: min, hi: max, step: roundStep((max - min) / 6)}
 }
 
-// ticks returns the multiples of step within [lo, hi].
+// roundStep is the smallest of 1, 2 or 5 times a power of ten that is at
+// least raw.
+func roundStep(raw float64) float64 {
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 5} {
+		if m*mag >= raw {
+			return m * mag
+		}
+	}
+	return 10 * mag
+}
+
+// ticks returns the multiples of step within [lo, hi] (or [hi, lo], for a
+// scale that runs the other way).
 func (a axis) ticks() []float64 {
-	first := math.Ceil(a.lo/a.step - 1e-9)
-	n := int(math.Floor(a.hi/a.step+1e-9) - first)
+	lo, hi := min(a.lo, a.hi), max(a.lo, a.hi)
+	first := math.Ceil(lo/a.step - 1e-9)
+	n := int(math.Floor(hi/a.step+1e-9) - first)
 	ts := make([]float64, 0, n+1)
 	for i := 0; i <= n; i++ {
 		ts = append(ts, (first+float64(i))*a.step)
