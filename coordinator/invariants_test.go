@@ -406,7 +406,7 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 	case *nicepb.WorkerMessage_Leave:
 		w.note("%s: leave %v", id, k.Leave)
 		foreign = m.workers[id] == nil
-		out = m.Leave(now(), id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
+		out = m.Leave(now(), id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position), k.Leave.StateDigest)
 	default:
 		return // heartbeats and unknown kinds: the server reads nothing else
 	}

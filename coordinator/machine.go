@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sort"
@@ -45,6 +46,12 @@ type MachineConfig struct {
 	// checkpoint of the state it holds while none is stored (a write failed,
 	// say, on a full disk). Zero means 5 s.
 	SaveRetry time.Duration
+	// LeaveStall bounds how long a step in flight may keep members that
+	// asked to leave waiting for the commit that holds for them: after it,
+	// the step is abandoned (and redone later) and the state they hold is
+	// saved without it, before they give up waiting (a worker's
+	// --leave-timeout, 20 s). Zero means 5 s.
+	LeaveStall time.Duration
 }
 
 // Machine is the coordinator's step and generation logic as a deterministic
@@ -97,8 +104,9 @@ type Machine struct {
 	snapshotWanted bool
 	stopWanted     bool
 	// leaveWanted holds the run at the next commit so that leaving members
-	// can be let go once that state is checkpointed.
+	// can be let go once that state is checkpointed; leaveSince is when.
 	leaveWanted bool
+	leaveSince  time.Time
 	// stored is the step of the newest checkpoint known to be on disk;
 	// saveAsked when the state at next was last asked for.
 	stored    int64
@@ -155,6 +163,10 @@ type workerState struct {
 	// reach (a commit, which it applies before anything else, or a
 	// fetch): what it may hold once the messages on the way arrive.
 	promised int64
+	// leftAt and leftDigest are the state its Leave named (the digest 0
+	// when the worker did not know it).
+	leftAt     train.Position
+	leftDigest uint64
 }
 
 const (
@@ -1144,6 +1156,15 @@ func (m *Machine) Tick(now time.Time) Output {
 			m.startGeneration(now, &out, "ring broke")
 			return out
 		}
+		if stall := cmp.Or(m.cfg.LeaveStall, 5*time.Second); m.leaveWanted && now.Sub(m.leaveSince) >= stall {
+			// The commit that would hold for the leaving members is not
+			// coming (a member stalls, or the ring hangs): they must not
+			// give up waiting with the only copies of the state at next.
+			out.Logs = append(out.Logs, fmt.Sprintf("step %d did not commit within %v of a member asking to leave; redoing it later, and saving the state at step %d now", m.next.Step, stall, m.next.Step))
+			m.abandonStep()
+			m.startGeneration(now, &out, "leaving members waited too long")
+			return out
+		}
 		if m.cfg.StepTimeout > 0 && now.Sub(m.phaseSince) >= m.cfg.StepTimeout {
 			var late []string
 			for _, id := range m.ring {
@@ -1165,8 +1186,8 @@ func (m *Machine) Tick(now time.Time) Output {
 // stopping workers (docker compose down, a scale-down) loses no step. A
 // member in the middle of a step finishes it: the run holds at the next
 // commit, which takes a checkpoint. A worker whose state is not needed is
-// dismissed at once.
-func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Output {
+// dismissed at once. digest is that of the state at pos (0: not known).
+func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position, digest uint64) Output {
 	var out Output
 	w := m.workers[id]
 	if w == nil || w.leaving {
@@ -1177,6 +1198,7 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 		return out
 	}
 	w.leaving = true
+	w.leftAt, w.leftDigest = pos, digest
 	out.Logs = append(out.Logs, fmt.Sprintf("worker %s asks to leave at step %d (%s)", id, pos.Step, clip(reason)))
 	// A Leave that crossed a commit or a fetch on the way names a state the
 	// worker is about to move past.
@@ -1184,6 +1206,9 @@ func (m *Machine) Leave(now time.Time, id, reason string, pos train.Position) Ou
 	switch {
 	case w.member && w.synced && m.phase == Running:
 		w.leaveAt = leavePending
+		if !m.leaveWanted {
+			m.leaveSince = now
+		}
 		m.leaveWanted = true
 		m.snapshotWanted = true
 	case target <= m.stored:
@@ -1227,8 +1252,30 @@ func (m *Machine) settleLeavers(now time.Time, out *Output) {
 	}
 	m.leaveWanted = false
 	if src != nil {
+		m.leaversAgree(out)
 		m.saveLive(now, src, out)
 	}
+}
+
+// leaversAgree records the replicas' agreement on the state at next when
+// every member of the generation that ends asked to leave naming that state
+// with one digest. No generation will form to agree on it (its members
+// are leaving), yet its checkpoint must be stored before they go: their
+// digests are the agreement, as their snapshots' digests are at a commit.
+func (m *Machine) leaversAgree(out *Output) {
+	if len(m.ring) == 0 || slices.ContainsFunc(m.agreed, func(a Agreement) bool { return a.Position == m.next }) {
+		return
+	}
+	var d uint64
+	for _, id := range m.ring {
+		w := m.workers[id]
+		if w == nil || !w.leaving || w.leftAt != m.next || w.leftDigest == 0 || d != 0 && w.leftDigest != d {
+			return
+		}
+		d = w.leftDigest
+	}
+	m.agree(m.next, d)
+	out.Logs = append(out.Logs, fmt.Sprintf("every member is leaving, all holding the state at step %d with digest %016x: storing it", m.next.Step, d))
 }
 
 // saveLive asks for a checkpoint of the live state at next from w, which

@@ -502,9 +502,17 @@ func (c *simCluster) takeSnapshots() {
 	agreed := c.m.View().Agreed
 	for i := range c.pending {
 		r := &c.pending[i]
-		if w := r.w; r.taken == nil && w != nil && c.workers[w.id] == w && w.snap != nil && w.snap.pos == r.Position {
-			st := *w.snap
-			r.taken = &st
+		if w := r.w; r.taken == nil && w != nil && c.workers[w.id] == w {
+			switch {
+			case r.Live && w.state.pos == r.Position:
+				// The live state: the machine asks it of a worker that
+				// does not train.
+				st := w.state
+				r.taken = &st
+			case w.snap != nil && w.snap.pos == r.Position:
+				st := *w.snap
+				r.taken = &st
+			}
 		}
 	}
 	c.pending = slices.DeleteFunc(c.pending, func(r pendingSnapshot) bool {

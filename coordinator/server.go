@@ -615,7 +615,7 @@ func (s *Server) handle(now time.Time, ev event) Output {
 		case *nicepb.WorkerMessage_Snapshotted:
 			return s.m.Snapshotted(now, id, k.Snapshotted)
 		case *nicepb.WorkerMessage_Leave:
-			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
+			return s.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position), k.Leave.StateDigest)
 		}
 	case ev.saved != nil:
 		s.m.SetOwnState(ev.saved.pos, ev.saved.digest)

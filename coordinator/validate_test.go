@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	nicepb "github.com/nice-flow/nice/proto"
 	"github.com/nice-flow/nice/train"
@@ -65,7 +66,7 @@ func TestMachineRefusesInvalidMessages(t *testing.T) {
 		{"evaluation: sum_ll NaN", "sum_ll", eval(func(e *nicepb.EvalReport) { e.SumLl = nan })},
 		{"evaluation: shard negative", "lo/hi", eval(func(e *nicepb.EvalReport) { e.Lo = -5 })},
 		{"leave: position from nowhere", "position", func(c *simCluster) Output {
-			return c.m.Leave(c.now, "w2", "bye", train.Position{Step: 1 << 40, Epoch: 3, StepInEpoch: 2})
+			return c.m.Leave(c.now, "w2", "bye", train.Position{Step: 1 << 40, Epoch: 3, StepInEpoch: 2}, 0)
 		}},
 	}
 	for _, tc := range cases {
@@ -293,19 +294,86 @@ func TestMachineEveryMemberLeavesAndTheHoldIsStored(t *testing.T) {
 	c.start()
 	c.runUntilNext(3)
 	for _, id := range []string{"w1", "w2"} {
-		c.apply(c.m.Leave(c.now, id, "told to stop", c.m.Next()))
+		c.apply(c.m.Leave(c.now, id, "told to stop", c.m.Next(), 0))
 	}
 	c.run(func() bool { return c.m.Next().Step > 3 })
 	c.run(func() bool { return c.own.pos.Step == 4 })
 	wantEq(t, "checkpoint", c.own.pos.Step, 4)
-	var dismissed []string
+	wantEq(t, "dismissed", c.dismissedIDs(), "w1,w2")
+}
+
+// dismissedIDs lists, sorted, the workers the machine sent Dismiss.
+func (c *simCluster) dismissedIDs() string {
+	var ids []string
 	for _, out := range c.outs {
 		for _, s := range out.Sends {
 			if s.Msg.GetDismiss() != nil {
-				dismissed = append(dismissed, s.To)
+				ids = append(ids, s.To)
 			}
 		}
 	}
-	slices.Sort(dismissed)
-	wantEq(t, "dismissed", strings.Join(dismissed, ","), "w1,w2")
+	slices.Sort(ids)
+	return strings.Join(ids, ",")
+}
+
+// leaveAll has every worker ask to leave, naming its state and digest as a
+// worker process does.
+func (c *simCluster) leaveAll() {
+	for _, id := range c.ids() {
+		w := c.workers[id]
+		c.apply(c.m.Leave(c.now, id, "told to stop", w.state.pos, w.state.digest))
+	}
+}
+
+// The compose down case just after the ring broke (in the seeded campaign,
+// a member was cut off the network a moment before): no commit can hold for
+// the leavers, and no generation forms after them to agree on the state
+// they hold. Their Leaves' digests are that agreement: the state is stored
+// and they are let go. (Before, its checkpoint waited for an agreement that
+// never came, the workers gave up after their --leave-timeout, and the steps
+// since the last checkpoint were committed again: campaign seed 1782178802.)
+func TestMachineEveryMemberLeavesAfterTheRingBroke(t *testing.T) {
+	c := newSimCluster(t, simConfig(), "w1", "w2")
+	c.start()
+	c.runUntilNext(3)
+	c.breakRing("w1", "w2")
+	c.quiesce()
+	at := c.workers["w1"].state.pos
+	wantEq(t, "the leavers' step", at, c.m.Next())
+	c.leaveAll()
+	c.quiesce()
+	wantEq(t, "dismissed before the ring's grace", c.dismissedIDs(), "")
+	c.tick(c.cfg.RingGrace)
+	c.quiesce()
+	wantEq(t, "checkpoint", c.own.pos, at)
+	wantEq(t, "dismissed", c.dismissedIDs(), "w1,w2")
+}
+
+// A member stalls mid-step (frozen, or its ring hangs without breaking) as
+// every member is told to stop: the commit that would hold for them is not
+// coming, and waiting for the step timeout would outlast their
+// --leave-timeout. After LeaveStall the step is abandoned, the state they
+// hold is stored and they are let go.
+func TestMachineLeaversDoNotWaitForAStalledStep(t *testing.T) {
+	cfg := simConfig()
+	cfg.LeaveStall = 2 * time.Second // below the step timeout
+	c := newSimCluster(t, cfg, "w1", "w2")
+	c.start()
+	c.runUntilNext(3)
+	c.pause("w2")
+	c.quiesce() // w2's report of step 3 never arrives
+	at := c.workers["w1"].state.pos
+	c.leaveAll()
+	c.quiesce()
+	c.tick(cfg.LeaveStall - time.Millisecond)
+	c.quiesce()
+	wantEq(t, "generation before LeaveStall", c.m.Generation(), 1)
+	wantEq(t, "dismissed before LeaveStall", c.dismissedIDs(), "")
+	c.tick(time.Millisecond)
+	c.quiesce()
+	wantEq(t, "checkpoint", c.own.pos, at)
+	wantEq(t, "dismissed", c.dismissedIDs(), "w1,w2")
+	wantEq(t, "redone", c.m.Stats().Redone, 1)
+	c.resume("w2") // its stale report is refused
+	c.quiesce()
 }

@@ -681,9 +681,14 @@ func (x *EvalReport) GetHi() int32 {
 // once the state it helps hold is safe in a checkpoint, and waits for
 // Dismiss (or its own deadline) before it exits.
 type Leave struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
-	Position      *Position              `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"` // the state the worker holds
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Reason   string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Position *Position              `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"` // the state the worker holds
+	// The digest of that state (train.State.Digest; 0 when not known). When
+	// every member of a generation that ends leaves naming the same state,
+	// their digests are the replicas' agreement on it, so it can be stored
+	// although no generation is left to agree on it.
+	StateDigest   uint64 `protobuf:"varint,3,opt,name=state_digest,json=stateDigest,proto3" json:"state_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +735,13 @@ func (x *Leave) GetPosition() *Position {
 		return x.Position
 	}
 	return nil
+}
+
+func (x *Leave) GetStateDigest() uint64 {
+	if x != nil {
+		return x.StateDigest
+	}
+	return 0
 }
 
 // RingFailure reports that the all-reduce of a generation broke.
@@ -1873,10 +1885,11 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x05R\x05epoch\x12\x15\n" +
 	"\x06sum_ll\x18\x03 \x01(\x01R\x05sumLl\x12\x0e\n" +
 	"\x02lo\x18\x04 \x01(\x05R\x02lo\x12\x0e\n" +
-	"\x02hi\x18\x05 \x01(\x05R\x02hi\"N\n" +
+	"\x02hi\x18\x05 \x01(\x05R\x02hi\"q\n" +
 	"\x05Leave\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12-\n" +
-	"\bposition\x18\x02 \x01(\v2\x11.nice.v1.PositionR\bposition\"\\\n" +
+	"\bposition\x18\x02 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
+	"\fstate_digest\x18\x03 \x01(\x04R\vstateDigest\"\\\n" +
 	"\vRingFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +

@@ -317,6 +317,9 @@ func (w *Worker) carryOut(a Actions, out chan *nicepb.WorkerMessage) bool {
 		if msg.GetReport() != nil {
 			w.obs.reportedAt = time.Now()
 		}
+		if l := msg.GetLeave(); l != nil {
+			l.StateDigest = w.digestAt(statexfer.FromPB(l.Position))
+		}
 		select {
 		case out <- msg:
 		default:
@@ -660,6 +663,19 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	r.GradDigest = train.Digest(tr.Grad)
 	w.faultAt(ctx, "report", o.Position.Step)
 	return r
+}
+
+// digestAt is the digest of the trainer's state if it is at pos, else 0
+// (not known). A Leave carries it: when every member leaves holding the
+// same state, the coordinator takes their digests as the agreement that
+// lets it store that state.
+func (w *Worker) digestAt(pos train.Position) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.tr == nil || w.tr.Position != pos {
+		return 0
+	}
+	return w.tr.View().Digest()
 }
 
 // apply applies a committed step with the norm of its reduced gradient,

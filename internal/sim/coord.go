@@ -121,7 +121,7 @@ func (c *coordProc) receive(ss *session, msg *nicepb.WorkerMessage) {
 	case *nicepb.WorkerMessage_RingFailure:
 		out = c.m.RingFailure(now, id, k.RingFailure)
 	case *nicepb.WorkerMessage_Leave:
-		out = c.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position))
+		out = c.m.Leave(now, id, k.Leave.Reason, statexfer.FromPB(k.Leave.Position), k.Leave.StateDigest)
 	case *nicepb.WorkerMessage_Snapshotted:
 		out = c.m.Snapshotted(now, id, k.Snapshotted)
 	}

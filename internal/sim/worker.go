@@ -143,6 +143,10 @@ func (w *workerProc) do(a worker.Actions) {
 		s.log("%s: %s", w.id, l)
 	}
 	for _, msg := range a.Send {
+		if l := msg.GetLeave(); l != nil && statexfer.FromPB(l.Position) == w.st.pos {
+			// As the worker process does: the digest of the state it names.
+			l.StateDigest = digest(w.st.pos, w.st.value)
+		}
 		if w.sess != nil && w.attached {
 			w.sess.toCoordinator(msg)
 		}
