@@ -69,20 +69,29 @@ func TestMasks(t *testing.T) {
 	}
 }
 
+// inpaintModel is a tiny model trained for 10 steps, and the first n
+// images of its scored set.
+func inpaintModel(t *testing.T, n int) (*flow.Model, []float32) {
+	t.Helper()
+	c, d := tinyConfig(), syntheticData()
+	tr := mustTrainer(t, c, d)
+	steps(t, tr, 10)
+	x := make([]float32, n*tr.Model.Config.Dim)
+	idx := make([]int32, n)
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	d.Eval.FillBatch(x, idx, c.EvalSeed, 0)
+	return tr.Model, x
+}
+
 // Inpainting a briefly trained tiny model raises the log-likelihood of the
 // images: the result's beats the masked start's, the trace rises overall,
 // and the observed pixels are untouched while the filled ones stay in
 // [0, 1].
 func TestInpaintRaisesLogLikelihood(t *testing.T) {
-	c, d := tinyConfig(), syntheticData()
-	tr := mustTrainer(t, c, d)
-	steps(t, tr, 10)
-	m := tr.Model
 	const n = 6
-	D := m.Config.Dim
-	x := make([]float32, n*D)
-	idx := []int32{0, 1, 2, 3, 4, 5}
-	d.Eval.FillBatch(x, idx, c.EvalSeed, 0)
+	m, x := inpaintModel(t, n)
 	orig := slices.Clone(x)
 	missing, err := Mask{Kind: MaskBottom}.Missing(n, mnist.Cols, nil)
 	if err != nil {
@@ -128,14 +137,8 @@ func TestInpaintRaisesLogLikelihood(t *testing.T) {
 // the next, and the step sizes end far below the first. With a fixed step
 // the pixels would jump across their optimum and the likelihood fall.
 func TestInpaintAdaptsAStepTooLarge(t *testing.T) {
-	c, d := tinyConfig(), syntheticData()
-	tr := mustTrainer(t, c, d)
-	steps(t, tr, 10)
-	m := tr.Model
 	const n = 5
-	D := m.Config.Dim
-	x := make([]float32, n*D)
-	d.Eval.FillBatch(x, []int32{0, 1, 2, 3, 4}, c.EvalSeed, 0)
+	m, x := inpaintModel(t, n)
 	missing, err := Mask{Kind: MaskRandom, Fraction: 0.5}.Missing(n, mnist.Cols, rand.New(rand.NewPCG(3, 4)))
 	if err != nil {
 		t.Fatal(err)
