@@ -20,6 +20,11 @@ type AdamConfig struct {
 	// ScaleLR, when positive, is the learning rate of the parameters from
 	// Adam.TailFrom on (the model's log-scales) instead of LR.
 	ScaleLR float64 `json:"scale_lr,omitempty"`
+	// WeightDecay, when positive, shrinks the parameters before
+	// Adam.TailFrom (the couplings' weights and biases; never the
+	// log-scales) by lr·WeightDecay each update, lr the scheduled learning
+	// rate, apart from the gradient's step (decoupled, as AdamW).
+	WeightDecay float64 `json:"weight_decay,omitempty"`
 }
 
 // DefaultAdam is the paper's setting: lr 1e-3, beta1 0.9, beta2 0.99 (in
@@ -45,6 +50,9 @@ func (c AdamConfig) Validate() error {
 	}
 	if !(c.ScaleLR >= 0) || math.IsInf(c.ScaleLR, 0) {
 		errs = append(errs, fmt.Errorf("scale learning rate %v: must be 0 (the learning rate) or positive", c.ScaleLR))
+	}
+	if !(c.WeightDecay >= 0) || c.WeightDecay*c.LR >= 1 {
+		errs = append(errs, fmt.Errorf("weight decay %v: must be 0 (off) or positive, and below 1/lr", c.WeightDecay))
 	}
 	if !(c.ClipNorm >= 0) {
 		errs = append(errs, fmt.Errorf("clip norm %v: must be 0 (off) or positive", c.ClipNorm))
@@ -77,7 +85,7 @@ type Adam struct {
 	// once so that an update allocates nothing.
 	params, grad    []float32
 	lr, tailLR      float32
-	eps, sc         float32
+	eps, sc, decay  float32
 	parts           [adamChunks]float64
 	normFn, applyFn func(int)
 }
@@ -151,6 +159,7 @@ func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm floa
 	a.tailLR = float32(a.Rate * tail * math.Sqrt(bc2) / bc1)
 	a.eps = float32(a.Config.Eps * math.Sqrt(bc2))
 	a.sc = float32(scale)
+	a.decay = float32(1 - a.Rate*a.Config.LR*a.Config.WeightDecay)
 	a.params, a.grad = params, gradSum
 	a.pool.run(adamChunks, a.applyFn)
 	a.params, a.grad = nil, nil
@@ -160,13 +169,13 @@ func (a *Adam) UpdateWithNorm(params, gradSum []float32, batch int, sumNorm floa
 func (a *Adam) applyChunk(c int) {
 	lo, hi := chunk(len(a.params), adamChunks, c)
 	b1, b2 := float32(a.Config.Beta1), float32(a.Config.Beta2)
-	k := vec.AdamConsts{B1: b1, C1: 1 - b1, B2: b2, C2: 1 - b2, LR: a.lr, Eps: a.eps, Scale: a.sc}
+	k := vec.AdamConsts{B1: b1, C1: 1 - b1, B2: b2, C2: 1 - b2, LR: a.lr, Eps: a.eps, Scale: a.sc, Decay: a.decay}
 	if mid := min(max(a.TailFrom, lo), hi); mid > lo {
 		vec.Adam(a.params[lo:mid], a.grad[lo:mid], a.M[lo:mid], a.V[lo:mid], k)
 		lo = mid
 	}
 	if lo < hi {
-		k.LR = a.tailLR
+		k.LR, k.Decay = a.tailLR, 1
 		vec.Adam(a.params[lo:hi], a.grad[lo:hi], a.M[lo:hi], a.V[lo:hi], k)
 	}
 }

@@ -66,7 +66,8 @@ func TestInverseUndoesForwardTiny(t *testing.T) {
 
 // refAdam is Adam written out in float64 from the paper's algorithm, ascending,
 // parameter i at learning rate lr(i).
-func refAdam(c AdamConfig, lr func(i int) float64, p, m, v []float64, g []float64, t int) {
+// Parameters before tail decay by rate·LR·WeightDecay first, as AdamW.
+func refAdam(c AdamConfig, lr func(i int) float64, rate float64, tail int, p, m, v []float64, g []float64, t int) {
 	var norm float64
 	for _, x := range g {
 		norm += x * x
@@ -82,6 +83,9 @@ func refAdam(c AdamConfig, lr func(i int) float64, p, m, v []float64, g []float6
 		v[i] = c.Beta2*v[i] + (1-c.Beta2)*gi*gi
 		mh := m[i] / (1 - math.Pow(c.Beta1, float64(t)))
 		vh := v[i] / (1 - math.Pow(c.Beta2, float64(t)))
+		if i < tail {
+			p[i] -= rate * c.LR * c.WeightDecay * p[i]
+		}
 		p[i] += lr(i) * mh / (math.Sqrt(vh) + c.Eps)
 	}
 }
@@ -92,6 +96,7 @@ func TestAdamMatchesReference(t *testing.T) {
 		name     string
 		clip     float64
 		scaleLR  float64 // for the parameters from tail on
+		decay    float64 // weight decay of the parameters before tail
 		rate     float64 // the schedule's factor
 		tailFrom int
 	}{
@@ -101,9 +106,11 @@ func TestAdamMatchesReference(t *testing.T) {
 		{name: "scale group", scaleLR: 7e-3, rate: 1, tailFrom: n - 37},
 		{name: "scheduled", clip: 0.5, scaleLR: 2e-2, rate: 0.3, tailFrom: n - 784/4},
 		{name: "scale group at the default", rate: 0.5, tailFrom: 600},
+		{name: "weight decay", decay: 30, rate: 1, tailFrom: n - 37},
+		{name: "scheduled weight decay", decay: 50, scaleLR: 2e-2, rate: 0.3, tailFrom: n - 784/4},
 	} {
 		c := DefaultAdam()
-		c.ClipNorm, c.ScaleLR = tc.clip, tc.scaleLR
+		c.ClipNorm, c.ScaleLR, c.WeightDecay = tc.clip, tc.scaleLR, tc.decay
 		a := NewAdam(c, n)
 		a.Rate, a.TailFrom = tc.rate, tc.tailFrom
 		lr := func(i int) float64 {
@@ -112,8 +119,12 @@ func TestAdamMatchesReference(t *testing.T) {
 			}
 			return tc.rate * c.LR
 		}
-		p := make([]float32, n)
+		// Parameters away from zero, so a decay shows.
+		p := randomBatch(n, 1, 99)
 		rp, rm, rv := make([]float64, n), make([]float64, n), make([]float64, n)
+		for i := range p {
+			rp[i] = float64(p[i])
+		}
 		for step := 1; step <= 5; step++ {
 			gs := randomBatch(n, 1, uint64(step))
 			g64 := make([]float64, n)
@@ -124,7 +135,7 @@ func TestAdamMatchesReference(t *testing.T) {
 			if _, err := a.Update(p, gs, batch); err != nil {
 				t.Fatal(err)
 			}
-			refAdam(c, lr, rp, rm, rv, g64, step)
+			refAdam(c, lr, tc.rate, tc.tailFrom, rp, rm, rv, g64, step)
 		}
 		for i := range p {
 			if math.Abs(float64(p[i])-rp[i]) > 1e-6*max(1, lr(i)/c.LR) {

@@ -86,12 +86,12 @@ func TestDataInitRaisesTheFirstBatchsLikelihood(t *testing.T) {
 func TestValidateNamesRecipeSettings(t *testing.T) {
 	c := tinyConfig()
 	c.Init, c.InitSamples, c.WarmupSteps, c.DecayEpochs, c.FinalLR = "ones", -1, -2, -3, 1.5
-	c.Adam.ScaleLR = -1
+	c.Adam.ScaleLR, c.Adam.WeightDecay = -1, -1
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{`init "ones"`, "init samples -1", "warm-up -2", "decay over -3", "fraction 1.5", "scale learning rate -1"} {
+	for _, want := range []string{`init "ones"`, "init samples -1", "warm-up -2", "decay over -3", "fraction 1.5", "scale learning rate -1", "weight decay -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}

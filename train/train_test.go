@@ -68,13 +68,13 @@ func sameBits(a, b []float32) bool {
 }
 
 // scheduledConfig is tinyConfig with every part of a recipe on: the data
-// initialisation, a warm-up, a decay that ends within 11 steps and a
-// learning rate of its own for the log-scales.
+// initialisation, a warm-up, a decay that ends within 11 steps, a
+// learning rate of its own for the log-scales and weight decay.
 func scheduledConfig() Config {
 	c := tinyConfig()
 	c.Init, c.InitSamples, c.IdentityStart = InitData, 20, true
 	c.WarmupSteps, c.DecayEpochs, c.FinalLR = 3, 1, 0.1
-	c.Adam.ScaleLR = 3e-3
+	c.Adam.ScaleLR, c.Adam.WeightDecay = 3e-3, 0.5
 	return c
 }
 

@@ -43,6 +43,7 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 	fs.Float64Var(&c.Adam.Eps, "eps", c.Adam.Eps, "Adam epsilon")
 	fs.Float64Var(&c.Adam.ClipNorm, "clip", c.Adam.ClipNorm, "clip the mean gradient to this global L2 norm (0: off)")
 	fs.Float64Var(&c.Adam.ScaleLR, "scale-lr", c.Adam.ScaleLR, "Adam learning rate of the log-scales s (0: --lr)")
+	fs.Float64Var(&c.Adam.WeightDecay, "weight-decay", c.Adam.WeightDecay, "shrink the couplings' parameters (not the log-scales) by lr times this every step, apart from Adam's step (decoupled, as AdamW; 0: off)")
 	fs.IntVar(&c.WarmupSteps, "warmup", c.WarmupSteps, "raise the learning rate linearly over this many first steps (0: none)")
 	c.DecayEpochs = -1 // resolved to --epochs by config
 	fs.IntVar(&c.DecayEpochs, "decay-epochs", c.DecayEpochs, "lower the learning rate along a half cosine from step 0 to --final-lr of it at the end of this epoch, and hold it there (-1: --epochs; 0: no decay)")
@@ -107,7 +108,7 @@ func loadData(dir string, c train.Config) (train.Data, error) {
 
 // trajectoryFlags change the trajectory, so they must match a resumed state.
 var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every", "gradient-wire",
-	"scale-lr", "warmup", "decay-epochs", "final-lr", "init", "init-samples", "identity-start"}
+	"scale-lr", "weight-decay", "warmup", "decay-epochs", "final-lr", "init", "init-samples", "identity-start"}
 
 func runTrain(ctx context.Context, args []string) error {
 	fs := newFlagSet("train", "[flags]",
@@ -201,9 +202,13 @@ func runTrain(ctx context.Context, args []string) error {
 		}
 	}
 	c := tr.Config
-	fmt.Printf("NICE: %d couplings of %d x %d, %s prior, %.1f M parameters; batch %d, lr %g; %d training images, scoring on %d %s images; BLAS %s (%d threads)\n",
+	decay := ""
+	if c.Adam.WeightDecay > 0 {
+		decay = fmt.Sprintf(", weight decay %g", c.Adam.WeightDecay)
+	}
+	fmt.Printf("NICE: %d couplings of %d x %d, %s prior, %.1f M parameters; batch %d, lr %g%s; %d training images, scoring on %d %s images; BLAS %s (%d threads)\n",
 		c.Model.Couplings, c.Model.HiddenLayers, c.Model.Hidden, c.Model.Prior, float64(tr.Model.NumParams())/1e6,
-		c.Batch, c.Adam.LR, tr.Data.Train.N, tr.Data.Eval.N, tr.Data.EvalName, flow.BLASName(), flow.BLASThreads())
+		c.Batch, c.Adam.LR, decay, tr.Data.Train.N, tr.Data.Eval.N, tr.Data.EvalName, flow.BLASName(), flow.BLASThreads())
 
 	loop := trainLoop{tr: tr, out: *out, statePath: statePath, samples: *nSamples}
 	err = loop.run(ctx, *maxSteps, *progress, *saveEvery)

@@ -8,11 +8,13 @@ import "math"
 
 // AdamConsts are one Adam update's constants, in the order the assembly reads them.
 type AdamConsts struct {
-	B1, C1, B2, C2, LR, Eps, Scale float32
+	B1, C1, B2, C2, LR, Eps, Scale, Decay float32
 }
 
 // Adam applies one update to len(p) elements: with gi = g*Scale,
-// m = B1 m + C1 gi, v = B2 v + C2 gi², p += LR m / (√v + Eps).
+// m = B1 m + C1 gi, v = B2 v + C2 gi², p = Decay p + LR m / (√v + Eps).
+// Decay 1 leaves p's scale as it is (p*1 is exact, so the result is then
+// bitwise that of p + LR m / (√v + Eps)).
 func Adam(p, g, m, v []float32, k AdamConsts) {
 	g, m, v = g[:len(p)], m[:len(p)], v[:len(p)]
 	n := adamVector(p, g, m, v, &k)
@@ -26,7 +28,7 @@ func adamGo(p, g, m, v []float32, k *AdamConsts) {
 		mi := k.B1*m[i] + k.C1*gi
 		vi := k.B2*v[i] + k.C2*gi*gi
 		m[i], v[i] = mi, vi
-		p[i] += k.LR * mi / (float32(math.Sqrt(float64(vi))) + k.Eps)
+		p[i] = float32(p[i]*k.Decay) + k.LR*mi/(float32(math.Sqrt(float64(vi)))+k.Eps)
 	}
 }
 

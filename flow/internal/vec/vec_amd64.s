@@ -19,6 +19,7 @@ TEXT ·adamAVX(SB), NOSPLIT, $0-48
 	VBROADCASTSS 16(DX), Y12 // lr
 	VBROADCASTSS 20(DX), Y13 // eps
 	VBROADCASTSS 24(DX), Y14 // sc
+	VBROADCASTSS 28(DX), Y15 // decay
 	XORQ AX, AX
 
 loop:
@@ -42,6 +43,7 @@ loop:
 	VMULPS  Y12, Y1, Y6     // lr*mi
 	VDIVPS  Y5, Y6, Y6      // lr*mi / (sqrt(vi)+eps)
 	VMOVUPS (DI)(AX*4), Y7
+	VMULPS  Y15, Y7, Y7     // decay*p
 	VADDPS  Y6, Y7, Y7
 	VMOVUPS Y7, (DI)(AX*4)
 	ADDQ    $8, AX
