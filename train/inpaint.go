@@ -107,7 +107,21 @@ type InpaintConfig struct {
 	LR float64
 	// Seed draws the uniform noise the missing pixels start from.
 	Seed uint64
+	// Normalise divides each pixel's gradient by the root mean square of
+	// that pixel's gradients so far (an average over about the last 100
+	// accepted points, as RMSProp does), so a step moves every missing
+	// pixel by about LR whatever its gradient's size: LR is then in pixel
+	// values. Without it a trained model's background pixels, whose
+	// gradients are hundreds of times the strokes', set the step for all.
+	Normalise bool
 }
+
+// rmsDecay is how much of a pixel's mean square gradient Normalise keeps at
+// each accepted point; rmsEps keeps its division finite.
+const (
+	rmsDecay = 0.99
+	rmsEps   = 1e-8
+)
 
 // StepGrow is how much an image's inpainting step grows after a step that
 // raised its log-likelihood; a step that lowered it halves it.
@@ -164,6 +178,10 @@ func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n i
 	bestG := make([]float32, ws.Max*D)
 	bestLL := make([]float64, ws.Max)
 	g := make([]float32, ws.Max*D)
+	var ms []float64 // each pixel's mean square gradient (Normalise)
+	if c.Normalise {
+		ms = make([]float64, ws.Max*D)
+	}
 	ll := make([]float64, ws.Max)
 	sums := make([]float64, c.Steps+1)
 	for lo := 0; lo < n; lo += ws.Max {
@@ -184,6 +202,9 @@ func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n i
 					copy(bi, xi)
 					copy(bgi, gi)
 					bestLL[i] = ll[i]
+					if ms != nil {
+						foldSquares(ms[i*D:(i+1)*D], gi, first)
+					}
 					if !first {
 						step[i] *= StepGrow
 					}
@@ -204,7 +225,11 @@ func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n i
 			for i := range b {
 				for j := i * D; j < (i+1)*D; j++ {
 					if mb[j] {
-						v := float64(xb[j]) + step[i]*float64(gb[j])
+						d := float64(gb[j])
+						if ms != nil {
+							d /= math.Sqrt(ms[j]) + rmsEps
+						}
+						v := float64(xb[j]) + step[i]*d
 						xb[j] = float32(min(max(v, 0), 1))
 					}
 				}
@@ -227,6 +252,19 @@ func Inpaint(m *flow.Model, ws *flow.Workspace, x []float32, missing []bool, n i
 		res.Trace[s] = v / float64(max(n, 1))
 	}
 	return res, nil
+}
+
+// foldSquares folds the squares of g into the running mean squares ms; the
+// first gradient sets them.
+func foldSquares(ms []float64, g []float32, first bool) {
+	for j, x := range g {
+		sq := float64(x) * float64(x)
+		if first {
+			ms[j] = sq
+		} else {
+			ms[j] = rmsDecay*ms[j] + (1-rmsDecay)*sq
+		}
+	}
 }
 
 func sumOf(v []float64) float64 {

@@ -90,6 +90,11 @@ func inpaintModel(t *testing.T, n int) (*flow.Model, []float32) {
 // and the observed pixels are untouched while the filled ones stay in
 // [0, 1].
 func TestInpaintRaisesLogLikelihood(t *testing.T) {
+	t.Run("gradient", func(t *testing.T) { testInpaintRaises(t, InpaintConfig{Steps: 30, LR: 1e-2, Seed: 5}) })
+	t.Run("normalised", func(t *testing.T) { testInpaintRaises(t, InpaintConfig{Steps: 30, LR: 1e-2, Seed: 5, Normalise: true}) })
+}
+
+func testInpaintRaises(t *testing.T, c InpaintConfig) {
 	const n = 6
 	m, x := inpaintModel(t, n)
 	orig := slices.Clone(x)
@@ -98,7 +103,7 @@ func TestInpaintRaisesLogLikelihood(t *testing.T) {
 		t.Fatal(err)
 	}
 	ws := flow.NewWorkspace(m.Config, 4) // two batches, the second partial
-	res, err := Inpaint(m, ws, x, missing, n, InpaintConfig{Steps: 30, LR: 1e-2, Seed: 5})
+	res, err := Inpaint(m, ws, x, missing, n, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +175,47 @@ func TestInpaintAdaptsAStepTooLarge(t *testing.T) {
 		if ll[i] != res.Final[i] {
 			t.Errorf("image %d: reported %.6f, x scores %.6f", i, res.Final[i], ll[i])
 		}
+	}
+}
+
+// A normalised step moves every missing pixel by the step size, whatever
+// the size of its gradient (the first step's mean square is the gradient's
+// own square), where a plain step moves each by its gradient: the pixels a
+// trained model is sure of no longer set the pace for the rest.
+func TestInpaintNormalisedMovesEveryPixelAlike(t *testing.T) {
+	const n, lr = 3, 1e-4
+	m, x := inpaintModel(t, n)
+	missing, err := Mask{Kind: MaskTop}.Missing(n, mnist.Cols, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := flow.NewWorkspace(m.Config, n)
+	start := slices.Clone(x)
+	if _, err := Inpaint(m, ws, start, missing, n, InpaintConfig{LR: lr, Seed: 9}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Inpaint(m, ws, x, missing, n, InpaintConfig{Steps: 1, LR: lr, Seed: 9, Normalise: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range res.Start {
+		if !(res.Final[i] > res.Start[i]) {
+			t.Fatalf("image %d: the step of %g was undone (%.4f -> %.4f); the test needs it kept", i, lr, res.Start[i], res.Final[i])
+		}
+	}
+	moved := 0
+	for j := range x {
+		if !missing[j] || x[j] == 0 || x[j] == 1 {
+			continue // observed, or clamped at the data's bounds
+		}
+		d := math.Abs(float64(x[j]) - float64(start[j]))
+		if math.Abs(d-lr) > 1e-6 {
+			t.Fatalf("pixel %d moved by %.3g, want the step %g", j, d, lr)
+		}
+		moved++
+	}
+	if moved < n*mnist.Pixels/4 {
+		t.Fatalf("only %v pixels moved freely", moved)
 	}
 }
 

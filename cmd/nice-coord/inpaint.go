@@ -38,7 +38,8 @@ func runInpaint(ctx context.Context, args []string) error {
 	side := fs.Int("side", 14, "side in pixels of the centred square hidden by --mask square")
 	n := fs.Int("n", 10, "number of test digits, chosen at random with --seed")
 	steps := fs.Int("steps", 500, "gradient ascent steps")
-	lr := fs.Float64("lr", 0.01, "first step size: a step adds lr x d log p(x)/dx to each hidden pixel; then each digit's step grows 1.1x after a step that raised its log-likelihood, and one that lowered it is undone and halved")
+	lr := fs.Float64("lr", 0.01, "first step size: a step moves each hidden pixel by about lr (with --normalise=false: adds lr x d log p(x)/dx); then each digit's step grows 1.1x after a step that raised its log-likelihood, and one that lowered it is undone and halved")
+	normalise := fs.Bool("normalise", true, "divide each pixel's gradient by the root mean square of its gradients so far (as RMSProp), so a step moves each hidden pixel by about lr (false: the paper's plain gradient ascent, where lr multiplies the gradient)")
 	seed := fs.Uint64("seed", 1, "seed of the digits chosen, the random mask and the starting noise")
 	cols := fs.Int("cols", 10, "digits per row of the PNG")
 	out := fs.String("out", "inpaint.png", "PNG file to write")
@@ -53,7 +54,7 @@ func runInpaint(ctx context.Context, args []string) error {
 	if err := mk.Validate(mnist.Cols); err != nil {
 		return fmt.Errorf("--mask: %w", err)
 	}
-	ic := train.InpaintConfig{Steps: *steps, LR: *lr, Seed: *seed}
+	ic := train.InpaintConfig{Steps: *steps, LR: *lr, Seed: *seed, Normalise: *normalise}
 	if err := ic.Validate(); err != nil {
 		return fmt.Errorf("--steps/--lr: %w", err)
 	}
