@@ -54,9 +54,12 @@ func TestInpaintAndEvalCommands(t *testing.T) {
 	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--mask", "diagonal"}), "--mask", `"diagonal"`, "square")
 	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--mask", "random", "--fraction", "1.5"}), "fraction", "between 0 and 1")
 	wantErr(t, runInpaint(ctx, []string{"--state", modelPath, "--lr", "0"}), "--lr", "positive")
-	if err := runEval(ctx, []string{"--state", modelPath, "--n", "50"}); err != nil {
-		t.Fatal(err)
+	for _, set := range []string{"", "train"} {
+		if err := runEval(ctx, []string{"--state", modelPath, "--n", "50", "--set", set}); err != nil {
+			t.Fatalf("eval --set %q: %v", set, err)
+		}
 	}
+	wantErr(t, runEval(ctx, []string{"--state", modelPath, "--set", "training"}), "--set", `"training"`, "test, validation or train")
 }
 
 // train --resume-from refuses what it cannot continue, before loading data.

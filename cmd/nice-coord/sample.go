@@ -67,13 +67,18 @@ func runEval(ctx context.Context, args []string) error {
 			"state folder (--state-dir), or a file (--state: a state.nice or an exported model).")
 	src := addSourceFlags(fs)
 	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
-	set := fs.String("set", "", "test or validation (default: what the run scored on)")
+	set := fs.String("set", "", "test, validation, or train (the images the run trained on, to see how far it overfits; default: what the run scored on)")
 	limit := fs.Int("n", 0, "score only the first n images (0: all)")
 	threads := fs.Int("threads", 0, "BLAS threads (0: the BLAS default)")
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return err
+	}
+	switch *set {
+	case "", "test", "validation", "train":
+	default:
+		return fmt.Errorf("--set %q: use test, validation or train", *set)
 	}
 	noteBLAS(*threads)
 	l, err := src.load(ctx)
@@ -92,12 +97,13 @@ func runEval(ctx context.Context, args []string) error {
 		c.Validation = false
 	case "validation":
 		c.Validation = true
-	default:
-		return fmt.Errorf("--set %q: use test or validation", *set)
 	}
 	d, err := loadData(*data, c)
 	if err != nil {
 		return err
+	}
+	if *set == "train" {
+		d.Eval, d.EvalName = d.Train, "training"
 	}
 	n := d.Eval.N
 	if *limit > 0 && *limit < n {
