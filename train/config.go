@@ -56,7 +56,16 @@ type Config struct {
 	DecayEpochs int `json:"decay_epochs,omitempty"`
 	// FinalLR is the fraction of the peak learning rate the decay ends at.
 	FinalLR float64 `json:"final_lr,omitempty"`
+	// DecayShape is the decay's curve: "" (a half cosine) or "linear" (a
+	// straight line from the peak to FinalLR).
+	DecayShape string `json:"decay_shape,omitempty"`
 }
+
+// DecayShape values.
+const (
+	DecayCosine = ""
+	DecayLinear = "linear"
+)
 
 // Init values.
 const (
@@ -125,6 +134,9 @@ func (c Config) Validate() error {
 	if !(c.FinalLR >= 0 && c.FinalLR <= 1) {
 		errs = append(errs, fmt.Errorf("final learning rate fraction %v: must be in [0, 1]", c.FinalLR))
 	}
+	if c.DecayShape != DecayCosine && c.DecayShape != DecayLinear {
+		errs = append(errs, fmt.Errorf("decay shape %q: want cosine (\"\") or linear", c.DecayShape))
+	}
 	if c.GradientWire != "" && c.GradientWire != "bf16" {
 		errs = append(errs, fmt.Errorf("gradient wire %q: want fp32 (\"\") or bf16", c.GradientWire))
 	}
@@ -145,7 +157,7 @@ func (c Config) Hash() string {
 
 // LRFactor is the fraction of the peak learning rate that step (counted from
 // 0) applies, in an epoch of stepsPerEpoch steps: the warm-up's ramp times the
-// decay's cosine.
+// decay's curve (a half cosine or a line).
 func (c Config) LRFactor(step int64, stepsPerEpoch int) float64 {
 	f := 1.0
 	if w := int64(c.WarmupSteps); step < w {
@@ -153,7 +165,11 @@ func (c Config) LRFactor(step int64, stepsPerEpoch int) float64 {
 	}
 	if c.DecayEpochs > 0 {
 		p := min(1, float64(step)/float64(int64(c.DecayEpochs)*int64(stepsPerEpoch)))
-		f *= c.FinalLR + (1-c.FinalLR)*0.5*(1+math.Cos(math.Pi*p))
+		down := 0.5 * (1 + math.Cos(math.Pi*p))
+		if c.DecayShape == DecayLinear {
+			down = 1 - p
+		}
+		f *= c.FinalLR + (1-c.FinalLR)*down
 	}
 	return f
 }

@@ -38,6 +38,22 @@ func TestLRFactor(t *testing.T) {
 	if f := tinyConfig().LRFactor(12345, spe); f != 1 {
 		t.Errorf("no schedule: factor %v, want 1", f)
 	}
+	c.DecayShape = DecayLinear
+	for _, tc := range []struct {
+		step int64
+		want float64
+	}{
+		{0, 0.25 * 1},
+		{3, 1 * (0.1 + 0.9*(1-3.0/20))},
+		{10, 0.1 + 0.9*0.5},
+		{15, 0.1 + 0.9*0.25},
+		{20, 0.1},
+		{1000, 0.1},
+	} {
+		if got := c.LRFactor(tc.step, spe); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("linear, step %d: factor %v, want %v", tc.step, got, tc.want)
+		}
+	}
 }
 
 // TestDataInitRaisesTheFirstBatchsLikelihood checks the data initialisation
@@ -85,13 +101,13 @@ func TestDataInitRaisesTheFirstBatchsLikelihood(t *testing.T) {
 
 func TestValidateNamesRecipeSettings(t *testing.T) {
 	c := tinyConfig()
-	c.Init, c.InitSamples, c.WarmupSteps, c.DecayEpochs, c.FinalLR = "ones", -1, -2, -3, 1.5
+	c.Init, c.InitSamples, c.WarmupSteps, c.DecayEpochs, c.FinalLR, c.DecayShape = "ones", -1, -2, -3, 1.5, "step"
 	c.Adam.ScaleLR, c.Adam.WeightDecay = -1, -1
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{`init "ones"`, "init samples -1", "warm-up -2", "decay over -3", "fraction 1.5", "scale learning rate -1", "weight decay -1"} {
+	for _, want := range []string{`init "ones"`, "init samples -1", "warm-up -2", "decay over -3", "fraction 1.5", "scale learning rate -1", "weight decay -1", `decay shape "step"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}

@@ -28,6 +28,8 @@ type trainFlags struct {
 	wire    string
 	init    string
 	threads int
+	// decayShape is --decay-shape as given (cosine or linear).
+	decayShape string
 }
 
 func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
@@ -48,6 +50,7 @@ func addTrainFlags(fs *flag.FlagSet, tf *trainFlags) {
 	c.DecayEpochs = -1 // resolved to --epochs by config
 	fs.IntVar(&c.DecayEpochs, "decay-epochs", c.DecayEpochs, "lower the learning rate along a half cosine from step 0 to --final-lr of it at the end of this epoch, and hold it there (-1: --epochs; 0: no decay)")
 	fs.Float64Var(&c.FinalLR, "final-lr", c.FinalLR, "the fraction of --lr the decay ends at")
+	fs.StringVar(&tf.decayShape, "decay-shape", "cosine", "the decay's curve from --lr to --final-lr: cosine (a half cosine) or linear")
 	initName := "zero"
 	if c.Init == train.InitData {
 		initName = "data"
@@ -79,6 +82,14 @@ func (tf *trainFlags) config() (train.Config, error) {
 	default:
 		return tf.cfg, fmt.Errorf("--init %q: want data or zero", tf.init)
 	}
+	switch tf.decayShape {
+	case "cosine", "":
+		tf.cfg.DecayShape = train.DecayCosine
+	case "linear":
+		tf.cfg.DecayShape = train.DecayLinear
+	default:
+		return tf.cfg, fmt.Errorf("--decay-shape %q: want cosine or linear", tf.decayShape)
+	}
 	switch tf.wire {
 	case "fp32", "":
 		tf.cfg.GradientWire = ""
@@ -108,7 +119,7 @@ func loadData(dir string, c train.Config) (train.Data, error) {
 
 // trajectoryFlags change the trajectory, so they must match a resumed state.
 var trajectoryFlags = []string{"batch", "seed", "lr", "beta1", "beta2", "eps", "clip", "prior", "couplings", "hidden", "layers", "validation", "log-every", "gradient-wire",
-	"scale-lr", "weight-decay", "warmup", "decay-epochs", "final-lr", "init", "init-samples", "identity-start"}
+	"scale-lr", "weight-decay", "warmup", "decay-epochs", "final-lr", "decay-shape", "init", "init-samples", "identity-start"}
 
 func runTrain(ctx context.Context, args []string) error {
 	fs := newFlagSet("train", "[flags]",
