@@ -115,3 +115,16 @@ func TestTrainResumeKeepsItsDecay(t *testing.T) {
 	}
 	wantErr(t, runTrain(ctx, append(tiny, "--resume", "--lr", "3e-3")), "--lr differs from the saved run's setting")
 }
+
+// A named choice given a name it does not know is refused with the names it
+// knows, before anything is loaded.
+func TestTrainChoiceErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ flag, value, want string }{
+		{"init", "ones", "want zero or data"},
+		{"decay-shape", "step", "want cosine or linear"},
+		{"gradient-wire", "fp16", "want fp32 or bf16"},
+	} {
+		wantErr(t, runTrain(ctx, []string{"--out", t.TempDir(), "--" + tc.flag, tc.value}), "--"+tc.flag, `"`+tc.value+`"`, tc.want)
+	}
+}

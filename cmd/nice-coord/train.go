@@ -8,6 +8,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nice-flow/nice/flow"
@@ -74,34 +75,37 @@ func (tf *trainFlags) config() (train.Config, error) {
 	if tf.cfg.DecayEpochs == -1 {
 		tf.cfg.DecayEpochs = tf.cfg.Epochs
 	}
-	switch tf.init {
-	case "zero", "":
-		tf.cfg.Init = train.InitZero
-	case "data":
-		tf.cfg.Init = train.InitData
-	default:
-		return tf.cfg, fmt.Errorf("--init %q: want data or zero", tf.init)
+	var err error
+	if tf.cfg.Init, err = choose("init", tf.init, "zero", train.InitZero, "data", train.InitData); err != nil {
+		return tf.cfg, err
 	}
-	switch tf.decayShape {
-	case "cosine", "":
-		tf.cfg.DecayShape = train.DecayCosine
-	case "linear":
-		tf.cfg.DecayShape = train.DecayLinear
-	default:
-		return tf.cfg, fmt.Errorf("--decay-shape %q: want cosine or linear", tf.decayShape)
+	if tf.cfg.DecayShape, err = choose("decay-shape", tf.decayShape, "cosine", train.DecayCosine, "linear", train.DecayLinear); err != nil {
+		return tf.cfg, err
 	}
-	switch tf.wire {
-	case "fp32", "":
-		tf.cfg.GradientWire = ""
-	case "bf16":
-		tf.cfg.GradientWire = "bf16"
-	default:
-		return tf.cfg, fmt.Errorf("--gradient-wire %q: want fp32 or bf16", tf.wire)
+	if tf.cfg.GradientWire, err = choose("gradient-wire", tf.wire, "fp32", "", "bf16", "bf16"); err != nil {
+		return tf.cfg, err
 	}
 	if err := tf.cfg.Validate(); err != nil {
 		return tf.cfg, err
 	}
 	return tf.cfg, nil
+}
+
+// choose maps the value given to flag name to its configuration value:
+// pairs lists each accepted name and its value, the first the default
+// (which "" also selects).
+func choose(name, given string, pairs ...string) (string, error) {
+	if given == "" {
+		return pairs[1], nil
+	}
+	var names []string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if given == pairs[i] {
+			return pairs[i+1], nil
+		}
+		names = append(names, pairs[i])
+	}
+	return "", fmt.Errorf("--%s %q: want %s", name, given, strings.Join(names, " or "))
 }
 
 // loadData finds and loads MNIST and splits it as c says.
