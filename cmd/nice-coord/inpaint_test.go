@@ -128,3 +128,17 @@ func TestTrainChoiceErrors(t *testing.T) {
 		wantErr(t, runTrain(ctx, []string{"--out", t.TempDir(), "--" + tc.flag, tc.value}), "--"+tc.flag, `"`+tc.value+`"`, tc.want)
 	}
 }
+
+func TestDescribeSchedule(t *testing.T) {
+	c := train.DefaultConfig()
+	if got, want := describeSchedule(c), " (warm-up 200 steps, cosine decay to 0 over 22 epochs)"; got != want {
+		t.Errorf("default: %q, want %q", got, want)
+	}
+	c.DecayShape, c.FinalLR, c.Adam.WeightDecay, c.Adam.ClipNorm, c.Adam.ScaleLR = train.DecayLinear, 0.1, 0.5, 3, 5e-3
+	if got, want := describeSchedule(c), " (warm-up 200 steps, linear decay to 0.0002 over 22 epochs, log-scales at 0.005, weight decay 0.5, clipped to norm 3)"; got != want {
+		t.Errorf("every part: %q, want %q", got, want)
+	}
+	if got := describeSchedule(train.PaperConfig()); got != "" {
+		t.Errorf("the paper's constant rate: %q, want nothing", got)
+	}
+}

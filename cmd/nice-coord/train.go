@@ -217,13 +217,9 @@ func runTrain(ctx context.Context, args []string) error {
 		}
 	}
 	c := tr.Config
-	decay := ""
-	if c.Adam.WeightDecay > 0 {
-		decay = fmt.Sprintf(", weight decay %g", c.Adam.WeightDecay)
-	}
 	fmt.Printf("NICE: %d couplings of %d x %d, %s prior, %.1f M parameters; batch %d, lr %g%s; %d training images, scoring on %d %s images; BLAS %s (%d threads)\n",
 		c.Model.Couplings, c.Model.HiddenLayers, c.Model.Hidden, c.Model.Prior, float64(tr.Model.NumParams())/1e6,
-		c.Batch, c.Adam.LR, decay, tr.Data.Train.N, tr.Data.Eval.N, tr.Data.EvalName, flow.BLASName(), flow.BLASThreads())
+		c.Batch, c.Adam.LR, describeSchedule(c), tr.Data.Train.N, tr.Data.Eval.N, tr.Data.EvalName, flow.BLASName(), flow.BLASThreads())
 
 	loop := trainLoop{tr: tr, out: *out, statePath: statePath, samples: *nSamples}
 	err = loop.run(ctx, *maxSteps, *progress, *saveEvery)
@@ -240,6 +236,35 @@ func runTrain(ctx context.Context, args []string) error {
 		return nil
 	}
 	return err
+}
+
+// describeSchedule says, after the learning rate, what else shapes a run's
+// steps: " (warm-up 200 steps, cosine decay to 0 over 22 epochs)".
+func describeSchedule(c train.Config) string {
+	var parts []string
+	if c.WarmupSteps > 0 {
+		parts = append(parts, fmt.Sprintf("warm-up %d steps", c.WarmupSteps))
+	}
+	if c.DecayEpochs > 0 {
+		shape := "cosine"
+		if c.DecayShape == train.DecayLinear {
+			shape = "linear"
+		}
+		parts = append(parts, fmt.Sprintf("%s decay to %g over %d epochs", shape, c.FinalLR*c.Adam.LR, c.DecayEpochs))
+	}
+	if c.Adam.ScaleLR > 0 {
+		parts = append(parts, fmt.Sprintf("log-scales at %g", c.Adam.ScaleLR))
+	}
+	if c.Adam.WeightDecay > 0 {
+		parts = append(parts, fmt.Sprintf("weight decay %g", c.Adam.WeightDecay))
+	}
+	if c.Adam.ClipNorm > 0 {
+		parts = append(parts, fmt.Sprintf("clipped to norm %g", c.Adam.ClipNorm))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 type trainLoop struct {
