@@ -5,6 +5,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/nice-flow/nice/internal/plot"
@@ -140,5 +141,64 @@ func TestDescribeSchedule(t *testing.T) {
 	}
 	if got := describeSchedule(train.PaperConfig()); got != "" {
 		t.Errorf("the paper's constant rate: %q, want nothing", got)
+	}
+}
+
+// train keeps the model of its highest-scoring epoch in best.nice, an
+// export that the model commands read.
+func TestTrainKeepsTheBestEpoch(t *testing.T) {
+	if _, err := mnist.FindDir(""); err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	ctx := context.Background()
+	out := t.TempDir()
+	if err := runTrain(ctx, []string{"--out", out, "--hidden", "8", "--layers", "1", "--progress", "1h", "--samples", "0", "--epochs", "2"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := train.LoadFile(filepath.Join(out, "state.nice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	best, err := train.LoadSaved(filepath.Join(out, bestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if best.State != nil {
+		t.Fatal("best.nice holds Adam's moments: want the model alone")
+	}
+	eps := s.History.Epochs
+	b := bestEpoch(eps)
+	if len(eps) != 2 || best.Model.Position.Epoch != eps[b].Epoch {
+		t.Fatalf("best.nice is at epoch %d; the run's scores %+v", best.Model.Position.Epoch, eps)
+	}
+	if b == len(eps)-1 && !slices.Equal(best.Model.Params, s.Params) {
+		t.Fatal("the last epoch scored best, and best.nice holds other parameters")
+	}
+	if err := runEval(ctx, []string{"--state", filepath.Join(out, bestFile), "--n", "20"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBestEpoch(t *testing.T) {
+	e := func(lls ...float64) []train.EpochResult {
+		var out []train.EpochResult
+		for i, ll := range lls {
+			out = append(out, train.EpochResult{Epoch: i + 1, TestLL: ll})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		eps  []train.EpochResult
+		want int
+	}{
+		{nil, -1},
+		{e(5), 0},
+		{e(5, 7, 6), 1},
+		{e(5, 7, 7), 1},
+		{e(5, 6, 8), 2},
+	} {
+		if got := bestEpoch(tc.eps); got != tc.want {
+			t.Errorf("%+v: %d, want %d", tc.eps, got, tc.want)
+		}
 	}
 }

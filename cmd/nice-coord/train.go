@@ -129,7 +129,9 @@ func runTrain(ctx context.Context, args []string) error {
 	fs := newFlagSet("train", "[flags]",
 		"Trains NICE on MNIST in this process: a progress line every few seconds, the test set scored\n"+
 			"every epoch, a sample grid and the learning curves written as PNG files every epoch, and the\n"+
-			"complete state saved (every epoch, every --save-every, on Ctrl-C) so --resume continues exactly.")
+			"complete state saved (every epoch, every --save-every, on Ctrl-C) so --resume continues exactly.\n"+
+			"best.nice holds the model of the epoch that scored highest so far (with --validation: early\n"+
+			"stopping chosen on the validation split, which sample, eval and inpaint read with --state).")
 	var tf trainFlags
 	addTrainFlags(fs, &tf)
 	out := fs.String("out", "run", "folder for the state, sample grids and learning curves")
@@ -354,5 +356,26 @@ func (l *trainLoop) endEpoch(samplesPerSec float64) error {
 	if err := train.WriteEpochImages(l.out, tr.Model, tr.History, tr.Data.EvalName, r.Epoch, l.samples, tr.Config.Seed+uint64(r.Epoch)); err != nil {
 		return err
 	}
+	if bestEpoch(tr.History.Epochs) == len(tr.History.Epochs)-1 {
+		if err := tr.State().Export().SaveFile(filepath.Join(l.out, bestFile)); err != nil {
+			return err
+		}
+	}
 	return l.save()
+}
+
+// bestFile is the model of the epoch that scored highest so far, in train's
+// --out folder.
+const bestFile = "best.nice"
+
+// bestEpoch is the index of the highest-scoring epoch (the earliest of
+// equals; -1 for none).
+func bestEpoch(eps []train.EpochResult) int {
+	best := -1
+	for i, e := range eps {
+		if best < 0 || e.TestLL > eps[best].TestLL {
+			best = i
+		}
+	}
+	return best
 }
