@@ -132,11 +132,11 @@ func TestTrainChoiceErrors(t *testing.T) {
 
 func TestDescribeSchedule(t *testing.T) {
 	c := train.DefaultConfig()
-	if got, want := describeSchedule(c), " (warm-up 200 steps, cosine decay to 0 over 22 epochs)"; got != want {
+	if got, want := describeSchedule(c), " (warm-up 200 steps, cosine decay to 0 over 24 epochs, weight decay 0.1)"; got != want {
 		t.Errorf("default: %q, want %q", got, want)
 	}
 	c.DecayShape, c.FinalLR, c.Adam.WeightDecay, c.Adam.ClipNorm, c.Adam.ScaleLR = train.DecayLinear, 0.1, 0.5, 3, 5e-3
-	if got, want := describeSchedule(c), " (warm-up 200 steps, linear decay to 0.0002 over 22 epochs, log-scales at 0.005, weight decay 0.5, clipped to norm 3)"; got != want {
+	if got, want := describeSchedule(c), " (warm-up 200 steps, linear decay to 0.0002 over 24 epochs, log-scales at 0.005, weight decay 0.5, clipped to norm 3)"; got != want {
 		t.Errorf("every part: %q, want %q", got, want)
 	}
 	if got := describeSchedule(train.PaperConfig()); got != "" {

@@ -241,7 +241,7 @@ func runTrain(ctx context.Context, args []string) error {
 }
 
 // describeSchedule says, after the learning rate, what else shapes a run's
-// steps: " (warm-up 200 steps, cosine decay to 0 over 22 epochs)".
+// steps: " (warm-up 200 steps, cosine decay to 0 over 24 epochs)".
 func describeSchedule(c train.Config) string {
 	var parts []string
 	if c.WarmupSteps > 0 {
