@@ -132,7 +132,7 @@ func TestTrainChoiceErrors(t *testing.T) {
 
 func TestDescribeSchedule(t *testing.T) {
 	c := train.DefaultConfig()
-	if got, want := describeSchedule(c), " (warm-up 200 steps, cosine decay to 0 over 24 epochs, weight decay 0.1)"; got != want {
+	if got, want := describeSchedule(c), " (warm-up 200 steps, cosine decay to 0 over 24 epochs, weight decay 0.3)"; got != want {
 		t.Errorf("default: %q, want %q", got, want)
 	}
 	c.DecayShape, c.FinalLR, c.Adam.WeightDecay, c.Adam.ClipNorm, c.Adam.ScaleLR = train.DecayLinear, 0.1, 0.5, 3, 5e-3
