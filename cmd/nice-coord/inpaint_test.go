@@ -91,16 +91,22 @@ func TestStepSummary(t *testing.T) {
 	}
 }
 
+// tinyTrainArgs skips without real MNIST, and otherwise gives train's
+// arguments for a tiny, quiet run into a new --out folder.
+func tinyTrainArgs(t *testing.T) (ctx context.Context, out string, args []string) {
+	t.Helper()
+	if _, err := mnist.FindDir(""); err != nil {
+		t.Skipf("real MNIST not available: %v", err)
+	}
+	out = t.TempDir()
+	return context.Background(), out, []string{"--out", out, "--hidden", "8", "--layers", "1", "--progress", "1h", "--samples", "0"}
+}
+
 // TestTrainResumeKeepsItsDecay: the decay follows --epochs when not given, so
 // resuming with more epochs and a trajectory flag at its saved value is no
 // change of trajectory, while another value of it is refused by name.
 func TestTrainResumeKeepsItsDecay(t *testing.T) {
-	if _, err := mnist.FindDir(""); err != nil {
-		t.Skipf("real MNIST not available: %v", err)
-	}
-	ctx := context.Background()
-	out := t.TempDir()
-	tiny := []string{"--out", out, "--hidden", "8", "--layers", "1", "--progress", "1h", "--samples", "0"}
+	ctx, out, tiny := tinyTrainArgs(t)
 	if err := runTrain(ctx, append(tiny, "--epochs", "1", "--max-steps", "2")); err != nil {
 		t.Fatal(err)
 	}
@@ -147,12 +153,8 @@ func TestDescribeSchedule(t *testing.T) {
 // train keeps the model of its highest-scoring epoch in best.nice, an
 // export that the model commands read.
 func TestTrainKeepsTheBestEpoch(t *testing.T) {
-	if _, err := mnist.FindDir(""); err != nil {
-		t.Skipf("real MNIST not available: %v", err)
-	}
-	ctx := context.Background()
-	out := t.TempDir()
-	if err := runTrain(ctx, []string{"--out", out, "--hidden", "8", "--layers", "1", "--progress", "1h", "--samples", "0", "--epochs", "2"}); err != nil {
+	ctx, out, tiny := tinyTrainArgs(t)
+	if err := runTrain(ctx, append(tiny, "--epochs", "2")); err != nil {
 		t.Fatal(err)
 	}
 	s, err := train.LoadFile(filepath.Join(out, "state.nice"))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -248,10 +249,7 @@ func describeSchedule(c train.Config) string {
 		parts = append(parts, fmt.Sprintf("warm-up %d steps", c.WarmupSteps))
 	}
 	if c.DecayEpochs > 0 {
-		shape := "cosine"
-		if c.DecayShape == train.DecayLinear {
-			shape = "linear"
-		}
+		shape := cmp.Or(c.DecayShape, "cosine") // DecayCosine is ""
 		parts = append(parts, fmt.Sprintf("%s decay to %g over %d epochs", shape, c.FinalLR*c.Adam.LR, c.DecayEpochs))
 	}
 	if c.Adam.ScaleLR > 0 {
