@@ -3,6 +3,7 @@ package flow
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 
 	"github.com/nice-flow/nice/flow/internal/vec"
@@ -87,7 +88,9 @@ type Adam struct {
 	lr, tailLR      float32
 	eps, sc, decay  float32
 	parts           [adamChunks]float64
+	crcs            [adamChunks]uint32
 	normFn, applyFn func(int)
+	checkFn         func(int)
 }
 
 // NewAdam returns zeroed optimiser state for n parameters.
@@ -95,6 +98,7 @@ func NewAdam(c AdamConfig, n int) *Adam {
 	a := &Adam{Config: c, M: make([]float32, n), V: make([]float32, n), Rate: 1, TailFrom: n, pool: defaultPool()}
 	a.normFn = a.normChunk
 	a.applyFn = a.applyChunk
+	a.checkFn = a.checkChunk
 	return a
 }
 
@@ -107,6 +111,12 @@ func (a *Adam) GradNorm(g []float32) float64 {
 	a.grad = g
 	a.pool.run(adamChunks, a.normFn)
 	a.grad = nil
+	return a.partsNorm()
+}
+
+// partsNorm is the square root of the chunks' sums of squares, added in
+// chunk order.
+func (a *Adam) partsNorm() float64 {
 	var s float64
 	for _, p := range a.parts {
 		s += p
@@ -117,6 +127,30 @@ func (a *Adam) GradNorm(g []float32) float64 {
 func (a *Adam) normChunk(c int) {
 	lo, hi := chunk(len(a.grad), adamChunks, c)
 	a.parts[c] = vec.SumSquares(a.grad[lo:hi])
+}
+
+// GradNormDigest returns GradNorm(g) and the CRC-32C of g's bytes (what
+// train.Digest gives) in one pass over g: each chunk's CRC is taken right
+// after its sum of squares, while the chunk is still in cache, and on the
+// pool's threads; the chunks' CRCs are then combined in order. A worker
+// needs both of the reduced gradient before it reports a step, and the
+// gradient is 77 MB: two passes over memory cost about twice this one.
+func (a *Adam) GradNormDigest(g []float32) (float64, uint32) {
+	a.grad = g
+	a.pool.run(adamChunks, a.checkFn)
+	a.grad = nil
+	crc := a.crcs[0]
+	for c := 1; c < adamChunks; c++ {
+		lo, hi := chunk(len(g), adamChunks, c)
+		crc = crcCombine(crc, a.crcs[c], 4*(hi-lo))
+	}
+	return a.partsNorm(), crc
+}
+
+func (a *Adam) checkChunk(c int) {
+	lo, hi := chunk(len(a.grad), adamChunks, c)
+	a.parts[c] = vec.SumSquares(a.grad[lo:hi])
+	a.crcs[c] = crc32.Checksum(f32Bytes(a.grad[lo:hi]), castagnoli)
 }
 
 // Update applies one Adam step that increases the log-likelihood, given

@@ -1,6 +1,8 @@
 package flow
 
 import (
+	"fmt"
+	"hash/crc32"
 	"testing"
 )
 
@@ -87,4 +89,52 @@ func BenchmarkProducts(b *testing.B) {
 			b.ReportMetric(p.flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOPS")
 		})
 	}
+}
+
+// BenchmarkGradient is a worker's part of a step: the gradient of its shard of
+// a 256-sample batch when N workers share it (N = 1, 2, 4). Run two or four
+// copies at once with GOMAXPROCS=1 to see what sharing the cores costs.
+func BenchmarkGradient(b *testing.B) {
+	for _, batch := range []int{256, 128, 64} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			m, err := New(DefaultConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.Init(1)
+			ws := NewWorkspace(m.Config, batch)
+			g := make([]float32, m.NumParams())
+			x := randomBatch(batch, m.Config.Dim, 1)
+			m.Gradient(ws, x, batch, g) // warm up
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				m.Gradient(ws, x, batch, g)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/gradient")
+		})
+	}
+}
+
+// BenchmarkNormDigest is what a worker does to the reduced gradient before
+// it reports a step: its norm and its CRC-32C, as two passes over the
+// full model's 77 MB and as the fused pass.
+func BenchmarkNormDigest(b *testing.B) {
+	n := NewLayout(DefaultConfig()).Size()
+	g := randomBatch(1, n, 1)
+	a := NewAdam(DefaultAdam(), n)
+	b.Run("two-passes", func(b *testing.B) {
+		b.SetBytes(int64(4 * n))
+		for i := 0; i < b.N; i++ {
+			a.GradNorm(g)
+			crc32.Checksum(f32Bytes(g), castagnoli)
+		}
+	})
+	b.Run("fused", func(b *testing.B) {
+		b.SetBytes(int64(4 * n))
+		for i := 0; i < b.N; i++ {
+			a.GradNormDigest(g)
+		}
+	})
 }

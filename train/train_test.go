@@ -277,3 +277,21 @@ func TestEncodeRefusesNonFiniteHeader(t *testing.T) {
 		t.Errorf("Encode of a state with mismatched buffers: no error")
 	}
 }
+
+// TestDigestIsTheFusedPass: workers and the replay take a reduced
+// gradient's digest from Adam's fused pass; the coordinator compares it
+// with other members' and the ledger keeps it, so it must be Digest.
+func TestDigestIsTheFusedPass(t *testing.T) {
+	g := make([]float32, 100003)
+	for i := range g {
+		g[i] = float32(math.Sin(float64(i))) * 7
+	}
+	a := flow.NewAdam(flow.DefaultAdam(), len(g))
+	norm, d := a.GradNormDigest(g)
+	if want := Digest(g); d != want {
+		t.Errorf("fused digest %08x, Digest %08x", d, want)
+	}
+	if want := a.GradNorm(g); norm != want {
+		t.Errorf("fused norm %v, GradNorm %v", norm, want)
+	}
+}

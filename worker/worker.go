@@ -657,10 +657,12 @@ func (w *Worker) compute(ctx context.Context, o ComputeOrder) ComputeResult {
 	w.obs.allreduceSeconds.Observe(r.AllreduceSeconds)
 	w.obs.computed.Inc()
 	// The norm serves twice: a NaN or Inf anywhere makes it non-finite,
-	// and the update after the commit reuses it.
-	w.norm = tr.Opt.GradNorm(tr.Grad)
+	// and the update after the commit reuses it. The digest (train.Digest)
+	// comes from the same pass over the gradient.
+	var digest uint32
+	w.norm, digest = tr.Opt.GradNormDigest(tr.Grad)
 	r.NonFinite = math.IsNaN(w.norm) || math.IsInf(w.norm, 0) || math.IsNaN(r.SumLL) || math.IsInf(r.SumLL, 0)
-	r.GradDigest = train.Digest(tr.Grad)
+	r.GradDigest = digest
 	w.faultAt(ctx, "report", o.Position.Step)
 	return r
 }

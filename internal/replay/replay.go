@@ -210,12 +210,12 @@ func (r *Replayer) Step(ctx context.Context, s Step) error {
 	if s.SumLL != 0 && math.Float64bits(s.SumLL) != math.Float64bits(sum) {
 		return &MismatchError{Step: s.Step, What: "log-likelihoods of the batch", Run: fmt.Sprint(s.SumLL), Mine: fmt.Sprint(sum)}
 	}
-	if s.GradDigest != 0 {
-		if d := train.Digest(tr.Grad); d != s.GradDigest {
-			return &MismatchError{Step: s.Step, What: "reduced gradients", Run: fmt.Sprintf("digest %08x", s.GradDigest), Mine: fmt.Sprintf("%08x", d)}
-		}
+	// One pass for the norm and the digest, as a worker takes them.
+	norm, d := tr.Opt.GradNormDigest(tr.Grad)
+	if s.GradDigest != 0 && d != s.GradDigest {
+		return &MismatchError{Step: s.Step, What: "reduced gradients", Run: fmt.Sprintf("digest %08x", s.GradDigest), Mine: fmt.Sprintf("%08x", d)}
 	}
-	if err := tr.Apply(s.Batch, sum); err != nil {
+	if err := tr.ApplyWithNorm(s.Batch, sum, norm); err != nil {
 		return fmt.Errorf("ledger step %d: %w", s.Step, err)
 	}
 	return nil
