@@ -282,7 +282,10 @@ func TestEncodeRefusesNonFiniteHeader(t *testing.T) {
 // gradient's digest from Adam's fused pass; the coordinator compares it
 // with other members' and the ledger keeps it, so it must be Digest.
 func TestDigestIsTheFusedPass(t *testing.T) {
-	g := make([]float32, 100003)
+	g := make([]float32, 300007) // over pieceBytes: Digest goes piece by piece
+	if 4*len(g) <= pieceBytes {
+		t.Fatalf("%d floats fit in one piece of %d bytes", len(g), pieceBytes)
+	}
 	for i := range g {
 		g[i] = float32(math.Sin(float64(i))) * 7
 	}
