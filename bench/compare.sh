@@ -48,7 +48,7 @@ done
 # PyTorch's tensors come from glibc's malloc, which hands large blocks back to the kernel
 # when they are freed, so every step faults its activations in again. On these VMs that cost
 # PyTorch up to half its speed (267-726 samples/s on one thread within minutes, against
-# 769-794 with this). The references run with it, as a user tuning PyTorch would:
+# 763-794 with this). The references run with it, as a user tuning PyTorch would:
 # nice is compared with PyTorch at its best.
 pyrun() { MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 "$py" "$@"; }
 

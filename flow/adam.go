@@ -3,10 +3,10 @@ package flow
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"math"
 
 	"github.com/nice-flow/nice/flow/internal/vec"
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 // AdamConfig holds the optimiser's settings.
@@ -129,8 +129,8 @@ func (a *Adam) normChunk(c int) {
 	a.parts[c] = vec.SumSquares(a.grad[lo:hi])
 }
 
-// GradNormDigest returns GradNorm(g) and the CRC-32C of g's bytes (what
-// train.Digest gives) in one pass over g: each chunk's CRC is taken right
+// GradNormDigest returns GradNorm(g) and f32.CRC(0, g) (what train.Digest
+// gives) in one pass over g: each chunk's CRC is taken right
 // after its sum of squares, while the chunk is still in cache, and on the
 // pool's threads; the chunks' CRCs are then combined in order. A worker
 // needs both of the reduced gradient before it reports a step, and the
@@ -142,7 +142,7 @@ func (a *Adam) GradNormDigest(g []float32) (float64, uint32) {
 	crc := a.crcs[0]
 	for c := 1; c < adamChunks; c++ {
 		lo, hi := chunk(len(g), adamChunks, c)
-		crc = crcCombine(crc, a.crcs[c], 4*(hi-lo))
+		crc = f32.CombineCRC(crc, a.crcs[c], 4*(hi-lo))
 	}
 	return a.partsNorm(), crc
 }
@@ -150,7 +150,7 @@ func (a *Adam) GradNormDigest(g []float32) (float64, uint32) {
 func (a *Adam) checkChunk(c int) {
 	lo, hi := chunk(len(a.grad), adamChunks, c)
 	a.parts[c] = vec.SumSquares(a.grad[lo:hi])
-	a.crcs[c] = crc32.Checksum(f32Bytes(a.grad[lo:hi]), castagnoli)
+	a.crcs[c] = f32.CRC(0, a.grad[lo:hi])
 }
 
 // Update applies one Adam step that increases the log-likelihood, given

@@ -2,8 +2,9 @@ package flow
 
 import (
 	"fmt"
-	"hash/crc32"
 	"testing"
+
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 // BenchmarkTrainStep is one full-size training step at batch 256: forward,
@@ -128,7 +129,7 @@ func BenchmarkNormDigest(b *testing.B) {
 		b.SetBytes(int64(4 * n))
 		for i := 0; i < b.N; i++ {
 			a.GradNorm(g)
-			crc32.Checksum(f32Bytes(g), castagnoli)
+			f32.CRC(0, g)
 		}
 	})
 	b.Run("fused", func(b *testing.B) {

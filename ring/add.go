@@ -1,11 +1,13 @@
 package ring
 
+import "github.com/nice-flow/nice/internal/f32"
+
 // addFloats adds src element-wise into dst (len(src) <= len(dst)).
 func addFloats(dst, src []float32) {
 	if len(src) == 0 {
 		return
 	}
-	addTo(dst[:len(src)], floatBytes(src))
+	addTo(dst[:len(src)], f32.Bytes(src))
 }
 
 // addBytes adds the little-endian floats in b to dst (len(b) >= 4*len(dst)).

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 // codecName is the gRPC content-subtype of ring streams.
@@ -328,7 +330,7 @@ func (r *bufCursor) varint() (uint64, error) {
 // split between two buffers; its bytes are gathered in carry.
 func (r *bufCursor) apply(dst []float32, op Apply) {
 	if op == ApplyCopy {
-		out := floatBytes(dst)
+		out := f32.Bytes(dst)
 		for len(out) > 0 && r.fill() {
 			n := copy(out, r.cur)
 			out, r.cur = out[n:], r.cur[n:]

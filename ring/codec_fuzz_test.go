@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nice-flow/nice/internal/f32"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -149,11 +150,11 @@ func checkDecoded(t *testing.T, wire []byte, got *inFrame, before []float32, wan
 
 func FuzzFrameCodec(f *testing.F) {
 	valid := func(h FrameHeader, floats ...float32) []byte {
-		data := slices.Clone(floatBytes(floats))
+		data := slices.Clone(f32.Bytes(floats))
 		if h.Width == 2 {
 			roundBF16(floats)
 			data = make([]byte, 2*len(floats))
-			packBF16(data, floatBytes(floats))
+			packBF16(data, f32.Bytes(floats))
 		}
 		b, err := proto.Marshal(&nicepb.RingFrame{Generation: h.Generation, Seq: h.Seq, Step: h.Step, Chunk: h.Chunk,
 			Offset: h.Offset, Total: h.Total, Data: data, Width: h.Width})
@@ -206,7 +207,7 @@ func FuzzFrameCodec(f *testing.F) {
 		for i := range payload {
 			payload[i] *= float32(len(wire)%7) - 2.5
 		}
-		out := outFrame{h: want, data: floatBytes(payload), release: newReleaseTracker()}
+		out := outFrame{h: want, data: f32.Bytes(payload), release: newReleaseTracker()}
 		sent := out.marshal()
 		whole := sent.Materialize()
 		sent.Free()

@@ -3,7 +3,6 @@ package ring
 import (
 	"encoding/binary"
 	"math"
-	"unsafe"
 )
 
 // FrameHeader says where the floats of a frame belong. Its fields are those
@@ -61,27 +60,6 @@ func CheckFrame(got *FrameHeader, gotFloats int, want *FrameHeader, wantFloats i
 		return &FrameError{Field: "length", Got: uint64(gotFloats), Want: uint64(wantFloats), Kind: ErrBadFrame}
 	}
 	return nil
-}
-
-// littleEndian is checked at init: the payload is the memory of the float
-// slice itself, which is only the wire format on little-endian machines.
-var littleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()
-
-func init() {
-	if !littleEndian {
-		panic("ring: the wire format is the memory of []float32, which needs a little-endian machine")
-	}
-}
-
-// floatBytes views f as its bytes, without copying.
-func floatBytes(f []float32) []byte {
-	if len(f) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
 }
 
 func f32le(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nice-flow/nice/internal/f32"
 	nicepb "github.com/nice-flow/nice/proto"
 )
 
@@ -348,7 +349,7 @@ func (o *grpcOutgoing) watch() {
 
 func (o *grpcOutgoing) Send(h *FrameHeader, data []float32, deadline time.Time) error {
 	o.frame.h = *h
-	o.frame.data = floatBytes(data)
+	o.frame.data = f32.Bytes(data)
 	o.waitingFor.Store(&whatSend)
 	o.timer.Reset(time.Until(deadline))
 	err := o.stream.SendMsg(&o.frame)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/mem"
+
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 func TestRoundBF16(t *testing.T) {
@@ -117,7 +119,7 @@ func TestAllReduceRefusesAnotherWire(t *testing.T) {
 func TestCodecBFloat16(t *testing.T) {
 	src := []float32{1.5, -2, 3.25, 1e-3, -7e5}
 	roundBF16(src)
-	out := outFrame{h: FrameHeader{Generation: 3, Seq: 1, Total: 5, Width: 2}, data: floatBytes(src), release: newReleaseTracker()}
+	out := outFrame{h: FrameHeader{Generation: 3, Seq: 1, Total: 5, Width: 2}, data: f32.Bytes(src), release: newReleaseTracker()}
 	whole := out.marshal().Materialize()
 	for cut := 1; cut < len(whole); cut++ {
 		dst := make([]float32, 5)

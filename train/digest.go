@@ -3,36 +3,21 @@ package train
 import (
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
-)
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+	"github.com/nice-flow/nice/internal/f32"
+)
 
 // Digest identifies the floats of a buffer: CRC-32C of its bytes, which the
 // CPU computes at memory speed. Replicas compare digests to prove they hold
 // the same parameters or the same reduced gradient.
-func Digest(f []float32) uint32 { return crcUpdate(0, f) }
-
-// crcUpdate continues crc over f's bytes in pieces of pieceBytes: the CRC
-// instruction loop cannot be preempted, and one call over a 77 MB buffer
-// (7 ms) kept a GOMAXPROCS=1 worker from answering its ring neighbours for
-// that long.
-func crcUpdate(crc uint32, f []float32) uint32 {
-	b := floatBytes(f)
-	for len(b) > 0 {
-		k := min(len(b), pieceBytes)
-		crc = crc32.Update(crc, castagnoli, b[:k])
-		b = b[k:]
-	}
-	return crc
-}
+func Digest(f []float32) uint32 { return f32.CRC(0, f) }
 
 // Digest identifies a state: CRC-32C over parameters and both Adam moments
 // in the high half, the step in the low half.
 func (s *State) Digest() uint64 {
-	c := crcUpdate(0, s.Params)
-	c = crcUpdate(c, s.M)
-	c = crcUpdate(c, s.V)
+	c := f32.CRC(0, s.Params)
+	c = f32.CRC(c, s.M)
+	c = f32.CRC(c, s.V)
 	return uint64(c)<<32 | uint64(uint32(s.Position.Step))
 }
 

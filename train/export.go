@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 // Exported is a trained model without its optimiser state: the run's
@@ -60,7 +62,7 @@ func (e *Exported) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: io.MultiWriter(w, sum)}
 	var lenBuf [8]byte
 	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(js)))
-	for _, part := range [][]byte{[]byte(exportMagic), lenBuf[:], js, floatBytes(e.Params)} {
+	for _, part := range [][]byte{[]byte(exportMagic), lenBuf[:], js, f32.Bytes(e.Params)} {
 		for len(part) > 0 {
 			k := min(len(part), pieceBytes)
 			if _, err := cw.Write(part[:k]); err != nil {

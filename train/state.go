@@ -13,7 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"unsafe"
+
+	"github.com/nice-flow/nice/internal/f32"
 )
 
 // Point is one entry of the training-loss history.
@@ -95,7 +96,7 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: io.MultiWriter(w, sum)}
 	var lenBuf [8]byte
 	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(js)))
-	for _, part := range [][]byte{[]byte(stateMagic), lenBuf[:], js, floatBytes(s.Params), floatBytes(s.M), floatBytes(s.V)} {
+	for _, part := range [][]byte{[]byte(stateMagic), lenBuf[:], js, f32.Bytes(s.Params), f32.Bytes(s.M), f32.Bytes(s.V)} {
 		// In pieces: one write of 77 MB (a copy and a hash that cannot be
 		// preempted) stalls the process's other goroutines (see copyFloats).
 		for len(part) > 0 {
@@ -228,7 +229,7 @@ func readFloats(r io.Reader, n int, whole bool) ([]float32, error) {
 		if cap(f)-len(f) < k {
 			f = slices.Grow(f, min(n, 2*cap(f))-len(f))
 		}
-		b := floatBytes(f[len(f) : len(f)+k])
+		b := f32.Bytes(f[len(f) : len(f)+k])
 		if _, err := io.ReadFull(r, b); err != nil {
 			return nil, fmt.Errorf("%w: truncated data: %v", ErrCorruptState, err)
 		}
@@ -328,22 +329,6 @@ func LoadFile(path string) (*State, error) {
 		return nil, fmt.Errorf("loading state %s: %w", path, err)
 	}
 	return s, nil
-}
-
-// floatBytes views a float32 slice as its little-endian bytes (every platform
-// Go supports for this project is little-endian; see init).
-func floatBytes(f []float32) []byte {
-	if len(f) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), len(f)*4)
-}
-
-func init() {
-	x := uint16(1)
-	if *(*byte)(unsafe.Pointer(&x)) != 1 {
-		panic("train: the state encoding assumes a little-endian machine")
-	}
 }
 
 type countWriter struct {

@@ -5,25 +5,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
-)
 
-func TestCRCCombineEqualsTheWholeMessage(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, lens := range [][2]int{{0, 0}, {0, 5}, {5, 0}, {1, 1}, {3, 4093}, {4096, 4096}, {70001, 129}, {1, 1 << 20}} {
-		a, b := make([]byte, lens[0]), make([]byte, lens[1])
-		for i := range a {
-			a[i] = byte(rng.Uint32())
-		}
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		whole := crc32.Checksum(append(append([]byte{}, a...), b...), castagnoli)
-		got := crcCombine(crc32.Checksum(a, castagnoli), crc32.Checksum(b, castagnoli), len(b))
-		if got != whole {
-			t.Errorf("|A| %d, |B| %d: combined %08x, the whole message's CRC is %08x", lens[0], lens[1], got, whole)
-		}
-	}
-}
+	"github.com/nice-flow/nice/internal/f32"
+)
 
 // TestGradNormDigestEqualsTheTwoPasses checks the fused pass against
 // GradNorm and a CRC-32C of the whole slice, bit for bit, at sizes that
@@ -40,7 +24,7 @@ func TestGradNormDigestEqualsTheTwoPasses(t *testing.T) {
 		if want := a.GradNorm(g); math.Float64bits(norm) != math.Float64bits(want) {
 			t.Errorf("n %d: fused norm %v, GradNorm %v", n, norm, want)
 		}
-		if want := crc32.Checksum(f32Bytes(g), castagnoli); crc != want {
+		if want := crc32.Checksum(f32.Bytes(g), crc32.MakeTable(crc32.Castagnoli)); crc != want {
 			t.Errorf("n %d: fused CRC %08x, the slice's CRC-32C is %08x", n, crc, want)
 		}
 		g[n/2] = float32(math.NaN())
