@@ -513,6 +513,14 @@ func FuzzMachineMessages(f *testing.F) {
 		// The same, each worker delivering its own.
 		f.Add(setup, []byte{0x80, 0, 0x81, 0, 0x82, 0, 0x80, 0, 0x81, 0, 0x82, 0})
 	}
+	// At the first epoch's end (setup 15: three workers, step 7), w2 sends
+	// its snapshot's digest, w3 is dropped for an evaluation outside the
+	// test set, which starts generation 2, and then w1 sends its digest of
+	// generation 1's snapshot: the two left of the generation that asked
+	// for it agree on it.
+	badEval := messageRecords(f, []byte{2}, []*nicepb.WorkerMessage{{Kind: &nicepb.WorkerMessage_Eval{
+		Eval: &nicepb.EvalReport{Generation: 1, Epoch: 1, Lo: 48}}}})
+	f.Add(byte(15), slices.Concat([]byte{0x81, 0}, badEval, []byte{0x80, 0}))
 	f.Fuzz(func(t *testing.T, setup byte, records []byte) {
 		c := messagesCluster(t, setup)
 		if t.Failed() {

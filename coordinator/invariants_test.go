@@ -64,6 +64,11 @@ func (w *machineWatch) after(out Output) {
 			w.fail("generation %d planned for %v, its ring is %v", v.Generation, planned, v.Ring)
 		}
 	}
+	for id := range w.snaps {
+		if w.m.workers[id] == nil {
+			delete(w.snaps, id) // a worker attached again vouches anew
+		}
+	}
 	w.checkRing(v)
 	w.checkMembers(v)
 	w.checkNext(v, out)
@@ -399,6 +404,10 @@ func (w *machineWatch) deliver(now nowFunc, id string, msg *nicepb.WorkerMessage
 		out = m.RingFailure(now(), id, k.RingFailure)
 	case *nicepb.WorkerMessage_Snapshotted:
 		w.note("%s: snapshotted %v", id, k.Snapshotted)
+		// A snapshot's digest belongs to the generation that asked for
+		// the snapshot, which a later one may have replaced (a member
+		// dropped after the commit): the machine takes it then too.
+		foreign = m.workers[id] == nil || gen != m.gen && gen != m.snapGen
 		if !foreign {
 			w.snaps[id] = append(w.snaps[id], Agreement{Position: statexfer.FromPB(k.Snapshotted.Position), Digest: k.Snapshotted.StateDigest})
 		}

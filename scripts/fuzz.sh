@@ -65,7 +65,7 @@ for dir in "${dirs[@]}"; do
     if [ "$verdict" = ok ]; then
       printf '%-26s %-24s %10d execs in %ss  %8d execs/s  ok\n' "$name" "$dir" "$execs" "$secs" $((execs / secs))
     else
-      after=$(grep -o -m1 -- "--- FAIL: $name ([0-9.]*s)" "$log" | grep -o '[0-9.]*s' || echo '?')
+      after=$(grep -o -m1 -- "--- FAIL: $name ([0-9.]*s)" "$log" | grep -o '([0-9.]*s)' | tr -d '()' || echo '?')
       printf '%-26s %-24s %10d execs, FAILED after %s\n' "$name" "$dir" "$execs" "$after"
       grep -v '^fuzz: elapsed' "$log" | head -n 60 | sed 's/^/    /'
     fi
