@@ -75,20 +75,6 @@ func maxDiff(a, b []float32) float64 {
 	return d
 }
 
-func sameBits(a, b *train.State) error {
-	if a.Position != b.Position || a.AdamStep != b.AdamStep {
-		return fmt.Errorf("positions %+v/%d and %+v/%d", a.Position, a.AdamStep, b.Position, b.AdamStep)
-	}
-	for name, pair := range map[string][2][]float32{"params": {a.Params, b.Params}, "m": {a.M, b.M}, "v": {a.V, b.V}} {
-		for i := range pair[0] {
-			if math.Float32bits(pair[0][i]) != math.Float32bits(pair[1][i]) {
-				return fmt.Errorf("%s[%d]: %v vs %v", name, i, pair[0][i], pair[1][i])
-			}
-		}
-	}
-	return nil
-}
-
 func startCluster(t *testing.T, workers int, args ...string) *Cluster {
 	t.Helper()
 	c := New(t, append(append([]string{}, tinyArgs...), args...)...)
@@ -136,7 +122,7 @@ func TestDistributedEqualsSingleProcess(t *testing.T) {
 		}
 	}
 	again := startCluster(t, 2, "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0", "--min-workers", "2").Held(k, 2*time.Minute)
-	if err := sameBits(first, again); err != nil {
+	if err := replay.SameFloats(first, again); err != nil {
 		t.Fatalf("two runs with 2 workers differ: %v", err)
 	}
 }
@@ -179,7 +165,7 @@ func TestWorkerKilledMidStep(t *testing.T) {
 			}
 			pos := &nicepb.Position{Step: held.Position.Step, Epoch: int32(held.Position.Epoch), StepInEpoch: int32(held.Position.StepInEpoch)}
 			for _, w := range final.Workers {
-				if err := sameBits(c.FetchState(w.Addr, pos), held); err != nil {
+				if err := replay.SameFloats(c.FetchState(w.Addr, pos), held); err != nil {
 					t.Fatalf("worker %s holds another state than the checkpoint: %v", w.ID, err)
 				}
 			}
@@ -216,7 +202,7 @@ func TestFrozenWorkerDroppedAndBack(t *testing.T) {
 	}
 	pos := &nicepb.Position{Step: held.Position.Step, Epoch: int32(held.Position.Epoch), StepInEpoch: int32(held.Position.StepInEpoch)}
 	for _, w := range final.Workers {
-		if err := sameBits(c.FetchState(w.Addr, pos), held); err != nil {
+		if err := replay.SameFloats(c.FetchState(w.Addr, pos), held); err != nil {
 			t.Fatalf("worker %s holds another state than the checkpoint: %v", w.ID, err)
 		}
 	}
@@ -251,7 +237,7 @@ func TestCoordinatorKilledResumes(t *testing.T) {
 			t.Logf("then: %s", l) // the workers' newer state adopted, or the checkpoint's sent
 		}
 	}
-	if err := sameBits(got, want); err != nil {
+	if err := replay.SameFloats(got, want); err != nil {
 		t.Fatalf("the resumed run differs from an uninterrupted one: %v", err)
 	}
 	checkLedger(t, c, stop)
@@ -427,7 +413,7 @@ func checkReplay(t *testing.T, c *Cluster, trainSet, testSet *mnist.Set, held *t
 		}
 		sizes[len(s.Shards)]++
 	}
-	if err := sameBits(tr.State(), held); err != nil {
+	if err := replay.SameFloats(tr.State(), held); err != nil {
 		t.Fatalf("the run differs from its ledger replayed in one process (steps per ring size %v): %v", sizes, err)
 	}
 	t.Logf("the ledger replayed in one process gives the held state bit for bit (steps per ring size %v)", sizes)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/flow"
+	"github.com/nice-flow/nice/internal/replay"
 	"github.com/nice-flow/nice/train"
 )
 
@@ -34,7 +35,7 @@ func TestContinuedAcrossKindsEqualsUninterrupted(t *testing.T) {
 	c := startCluster(t, 1, "--max-steps", fmt.Sprint(k+m), "--checkpoint-every", "0", "--resume-from", file)
 	c.Coord.WaitLine(t, "resuming from checkpoint", 10*time.Second)
 	got := c.Held(k+m, 2*time.Minute)
-	if err := sameBits(got, reference(t, trainSet, testSet, k+m)); err != nil {
+	if err := replay.SameFloats(got, reference(t, trainSet, testSet, k+m)); err != nil {
 		t.Fatalf("the cluster continuing a single-process state.nice left the trajectory: %v", err)
 	}
 	for _, w := range c.Workers {
@@ -57,7 +58,7 @@ func TestContinuedAcrossKindsEqualsUninterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sameBits(alone, reference(t, trainSet, testSet, k+m+j)); err != nil {
+	if err := replay.SameFloats(alone, reference(t, trainSet, testSet, k+m+j)); err != nil {
 		t.Fatalf("train continuing the cluster's checkpoint left the trajectory: %v", err)
 	}
 }

@@ -225,6 +225,30 @@ func (r *Replayer) Step(ctx context.Context, s Step) error {
 // same position, Adam step, parameters, moments and training-loss record,
 // bit for bit. Otherwise it names the first difference.
 func SameState(a, b *train.State) error {
+	if err := SameFloats(a, b); err != nil {
+		return err
+	}
+	if math.Float64bits(a.LossSum) != math.Float64bits(b.LossSum) || a.LossN != b.LossN {
+		return fmt.Errorf("training loss since the last record %v over %d steps against %v over %d", a.LossSum, a.LossN, b.LossSum, b.LossN)
+	}
+	pa, pb := a.History.Points, b.History.Points
+	if len(pa) != len(pb) {
+		return fmt.Errorf("%d training-loss records against %d", len(pa), len(pb))
+	}
+	for i := range pa {
+		if pa[i] != pb[i] {
+			return fmt.Errorf("training-loss record %d is %+v against %+v", i, pa[i], pb[i])
+		}
+	}
+	return nil
+}
+
+// SameFloats returns nil when a and b hold the same position, Adam step,
+// parameters and moments, bit for bit: the same model and optimiser, whatever
+// their training-loss records say (a run whose workers summed the loss in
+// another order still takes the same steps). Otherwise it names the first
+// difference.
+func SameFloats(a, b *train.State) error {
 	if a.Position != b.Position || a.AdamStep != b.AdamStep {
 		return fmt.Errorf("position %+v (Adam step %d) against %+v (Adam step %d)", a.Position, a.AdamStep, b.Position, b.AdamStep)
 	}
@@ -239,18 +263,6 @@ func SameState(a, b *train.State) error {
 			if math.Float32bits(f.a[i]) != math.Float32bits(f.b[i]) {
 				return fmt.Errorf("%s %d of %d is %v against %v", f.name, i, len(f.a), f.a[i], f.b[i])
 			}
-		}
-	}
-	if math.Float64bits(a.LossSum) != math.Float64bits(b.LossSum) || a.LossN != b.LossN {
-		return fmt.Errorf("training loss since the last record %v over %d steps against %v over %d", a.LossSum, a.LossN, b.LossSum, b.LossN)
-	}
-	pa, pb := a.History.Points, b.History.Points
-	if len(pa) != len(pb) {
-		return fmt.Errorf("%d training-loss records against %d", len(pa), len(pb))
-	}
-	for i := range pa {
-		if pa[i] != pb[i] {
-			return fmt.Errorf("training-loss record %d is %+v against %+v", i, pa[i], pb[i])
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package replay
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -149,5 +150,48 @@ func TestReplayRefusesAStepThatIsNotNext(t *testing.T) {
 	}
 	if tr.Position.Step != 0 {
 		t.Fatalf("a refused step moved the trainer to %+v", tr.Position)
+	}
+}
+
+// SameFloats compares what the next steps depend on, SameState also the
+// training-loss record; each names the first difference.
+func TestSameStateAndSameFloats(t *testing.T) {
+	tr := trainer(t)
+	if _, err := tr.Step(); err != nil {
+		t.Fatal(err)
+	}
+	a := tr.State()
+	clone := func() *train.State {
+		b := *a
+		b.Params, b.M, b.V = slices.Clone(a.Params), slices.Clone(a.M), slices.Clone(a.V)
+		b.History.Points = slices.Clone(a.History.Points)
+		return &b
+	}
+	if err := SameState(a, clone()); err != nil {
+		t.Fatalf("a copy: %v", err)
+	}
+	loss := clone()
+	loss.LossSum = math.Nextafter(loss.LossSum, math.Inf(1))
+	if err := SameFloats(a, loss); err != nil {
+		t.Fatalf("another loss sum, SameFloats: %v", err)
+	}
+	if err := SameState(a, loss); err == nil || !strings.Contains(err.Error(), "training loss") {
+		t.Fatalf("another loss sum, SameState: %v", err)
+	}
+	for _, c := range []struct {
+		what string
+		edit func(*train.State)
+	}{
+		{"parameter 3 of", func(s *train.State) { s.Params[3] = -s.Params[3] + 1 }},
+		{"second moment 0 of", func(s *train.State) { s.V[0] = math.Float32frombits(math.Float32bits(s.V[0]) ^ 1) }},
+		{"Adam step", func(s *train.State) { s.AdamStep++ }},
+	} {
+		b := clone()
+		c.edit(b)
+		for name, same := range map[string]func(a, b *train.State) error{"SameFloats": SameFloats, "SameState": SameState} {
+			if err := same(a, b); err == nil || !strings.Contains(err.Error(), c.what) {
+				t.Errorf("%s after an edit of %s: %v", name, c.what, err)
+			}
+		}
 	}
 }
