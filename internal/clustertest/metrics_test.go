@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nice-flow/nice/internal/testwait"
-
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -27,6 +25,7 @@ import (
 	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/internal/logbuf"
+	"github.com/nice-flow/nice/internal/testwait"
 	"github.com/nice-flow/nice/mnist"
 	"github.com/nice-flow/nice/train"
 	"github.com/nice-flow/nice/worker"
