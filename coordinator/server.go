@@ -697,7 +697,10 @@ func (s *Server) stopWhenSaved() {
 	}
 }
 
-type ledgerLine struct {
+// LedgerLine is one line of the ledger (ledger.jsonl): a committed step,
+// who computed which shard of it, what the members reported, and when.
+// `nice-coord verify` reads the same lines as replay.Steps.
+type LedgerLine struct {
 	Generation  uint64  `json:"generation"`
 	Step        int64   `json:"step"`
 	Epoch       int     `json:"epoch"`
@@ -720,7 +723,7 @@ type ledgerLine struct {
 // snapshot: the ledger is then durable up to each checkpoint) and updates
 // the throughput figures.
 func (s *Server) recordCommit(c *Commit) {
-	b, err := json.Marshal(ledgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
+	b, err := json.Marshal(LedgerLine{Generation: c.Generation, Step: c.Position.Step, Epoch: c.Position.Epoch,
 		StepInEpoch: c.Position.StepInEpoch, Batch: c.Batch, Shards: c.Shards, Coordinator: s.incarnation,
 		Snapshot: c.Snapshot, SumLL: c.SumLL, GradDigest: c.GradDigest, ParamsDigest: c.ParamsDigest, UnixNano: time.Now().UnixNano(), Compute: finiteOr0(c.Compute), Allreduce: finiteOr0(c.Allreduce)})
 	if err == nil {

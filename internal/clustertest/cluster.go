@@ -368,19 +368,7 @@ func (c *Cluster) FetchState(addr string, pos *nicepb.Position) *train.State {
 }
 
 // LedgerEntry is one line of the coordinator's ledger.
-type LedgerEntry struct {
-	Generation  uint64              `json:"generation"`
-	Step        int64               `json:"step"`
-	Epoch       int                 `json:"epoch"`
-	StepInEpoch int                 `json:"step_in_epoch"`
-	Batch       int                 `json:"batch"`
-	Shards      []coordinator.Shard `json:"shards"`
-	Coordinator uint64              `json:"coordinator"`
-	Snapshot    bool                `json:"snapshot"`
-	UnixNano    int64               `json:"unix_nano"`
-	Compute     float64             `json:"compute_seconds"`
-	Allreduce   float64             `json:"allreduce_seconds"`
-}
+type LedgerEntry = coordinator.LedgerLine
 
 // Ledger reads the coordinator's ledger of committed steps.
 func (c *Cluster) Ledger() []LedgerEntry {
