@@ -699,7 +699,7 @@ func (s *Server) stopWhenSaved() {
 
 // LedgerLine is one line of the ledger (ledger.jsonl): a committed step,
 // who computed which shard of it, what the members reported, and when.
-// `nice-coord verify` reads the same lines as replay.Steps.
+// `nice-coord verify` reads the same lines with replay.ReadLedger.
 type LedgerLine struct {
 	Generation  uint64  `json:"generation"`
 	Step        int64   `json:"step"`

@@ -1,5 +1,7 @@
 package train
 
+import "github.com/nice-flow/nice/internal/f32"
+
 // copyFloats copies src into dst (as copy does) in pieces of 1 MiB: the
 // runtime's memmove cannot be preempted, and one copy of a 77 MB buffer,
 // page faults included, kept every other goroutine of a GOMAXPROCS=1
@@ -16,4 +18,4 @@ func copyFloats(dst, src []float32) int {
 }
 
 // pieceBytes is how much a long copy, hash or write handles at once.
-const pieceBytes = 1 << 20
+const pieceBytes = f32.PieceBytes

@@ -26,18 +26,18 @@ func Bytes(f []float32) []byte {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// pieceBytes is the most CRC taken in one call. The CRC instruction loop is
-// assembly and cannot be preempted: one call over a 77 MB buffer (about
-// 7 ms) kept a GOMAXPROCS=1 worker from answering its ring neighbours for
-// that long.
-const pieceBytes = 1 << 20
+// PieceBytes is the most a long pass over a buffer (a CRC, a copy, a hash,
+// a write) handles in one call. Such loops are assembly and cannot be
+// preempted: one CRC over a 77 MB buffer (about 7 ms) kept a GOMAXPROCS=1
+// worker from answering its ring neighbours for that long.
+const PieceBytes = 1 << 20
 
 // CRC continues the CRC-32C crc over f's bytes (start with 0), in pieces
 // of 1 MiB.
 func CRC(crc uint32, f []float32) uint32 {
 	b := Bytes(f)
 	for len(b) > 0 {
-		k := min(len(b), pieceBytes)
+		k := min(len(b), PieceBytes)
 		crc = crc32.Update(crc, castagnoli, b[:k])
 		b = b[k:]
 	}

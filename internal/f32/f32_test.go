@@ -30,7 +30,7 @@ func TestCombineCRCEqualsTheWholeMessage(t *testing.T) {
 // continued from a CRC, it is the CRC-32C of all the bytes.
 func TestCRCInPiecesIsTheWholeCRC(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	f := make([]float32, 3*pieceBytes/4+7)
+	f := make([]float32, 3*PieceBytes/4+7)
 	for i := range f {
 		f[i] = float32(rng.NormFloat64())
 	}
