@@ -23,6 +23,9 @@ func bigCase(transport string, n int) bool {
 	if transport == "grpc" {
 		return n == 2 || n == 3 || n == 4 || n == 8
 	}
+	if transport == "grpc-local" {
+		return n == 4
+	}
 	return true
 }
 

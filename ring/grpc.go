@@ -104,6 +104,9 @@ type GRPCTransport struct {
 	nicepb.UnimplementedRingServiceServer
 	dialOpts []grpc.DialOption
 	queue    *acceptQueue
+	routes   routeCounts
+
+	localDir string // set before the first dial; see SetLocalDir
 
 	mu     sync.Mutex
 	closed bool
@@ -140,6 +143,27 @@ func NewGRPCTransport(extra ...grpc.DialOption) *GRPCTransport {
 // SetStreamLimits bounds the streams announced from now on that wait to be
 // accepted (DefaultStreamLimits until called).
 func (t *GRPCTransport) SetStreamLimits(l StreamLimits) { t.queue.setLimits(l) }
+
+// SetLocalDir makes the transport reach each peer through its socket in dir
+// (LocalSocketPath of the peer's address) when one answers there, and over
+// TCP otherwise; the peer serves it with ListenLocal. Call it before the
+// first Dial.
+func (t *GRPCTransport) SetLocalDir(dir string) {
+	t.mu.Lock()
+	t.localDir = dir
+	t.mu.Unlock()
+}
+
+// routeCounts counts the connections a transport with a local folder made,
+// by route.
+type routeCounts struct{ local, tcp atomic.Int64 }
+
+// Routes returns how many connections to peers went through their local
+// sockets and how many over TCP, since the transport was created (both zero
+// without a local folder: gRPC's own dialer is used then).
+func (t *GRPCTransport) Routes() (local, tcp int64) {
+	return t.routes.local.Load(), t.routes.tcp.Load()
+}
 
 // RegisterServer registers the ring service on s (a worker's server,
 // created with ServerOptions).
@@ -199,7 +223,11 @@ func (t *GRPCTransport) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := t.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, t.dialOpts...)
+	opts := t.dialOpts
+	if t.localDir != "" {
+		opts = append(opts[:len(opts):len(opts)], grpc.WithContextDialer(localFirst(LocalSocketPath(t.localDir, addr), &t.routes)))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("creating client for %s: %w", addr, err)
 	}

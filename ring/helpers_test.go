@@ -31,6 +31,7 @@ var transports = []struct {
 }{
 	{"inmem", newInmemCluster},
 	{"grpc", newGRPCCluster},
+	{"grpc-local", newLocalGRPCCluster},
 }
 
 func newInmemCluster(t testing.TB, n int, cfg Config, fault FrameFault) *testCluster {

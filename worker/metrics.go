@@ -130,7 +130,9 @@ var (
 	descRingSize   = prometheus.NewDesc("nice_worker_ring_members", "Members of the current generation's ring (0: not in a ring).", nil, nil)
 	descStep       = prometheus.NewDesc("nice_worker_step", "Global step of the state the worker holds (the next step it computes).", nil, nil)
 	descAttached   = prometheus.NewDesc("nice_worker_attached", "1 while the worker has a session with the coordinator.", nil, nil)
-	descReady      = prometheus.NewDesc("nice_worker_ready", "1 when GET /readyz answers 200 (in the current generation, or attached and waiting for the next).", nil, nil)
+	descRingConns  = prometheus.NewDesc("nice_worker_ring_connections_total",
+		"Connections this worker opened to ring neighbours with a local folder (--local-dir), by route: local (the peer's Unix socket) or tcp (no socket answered). Both stay 0 without a local folder.", []string{"route"}, nil)
+	descReady = prometheus.NewDesc("nice_worker_ready", "1 when GET /readyz answers 200 (in the current generation, or attached and waiting for the next).", nil, nil)
 )
 
 // standingCollector reads the worker's counters and readiness at scrape
@@ -139,7 +141,7 @@ type standingCollector struct{ w *Worker }
 
 // Describe implements prometheus.Collector.
 func (c *standingCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descApplied, descGeneration, descRank, descRingSize, descStep, descAttached, descReady} {
+	for _, d := range []*prometheus.Desc{descApplied, descGeneration, descRank, descRingSize, descStep, descAttached, descReady, descRingConns} {
 		ch <- d
 	}
 }
@@ -163,6 +165,9 @@ func (c *standingCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStep, prometheus.GaugeValue, float64(st.Position.Step))
 	ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, flag(r.attached))
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, flag(r.ready))
+	local, tcp := c.w.transport.Routes()
+	ch <- prometheus.MustNewConstMetric(descRingConns, prometheus.CounterValue, float64(local), "local")
+	ch <- prometheus.MustNewConstMetric(descRingConns, prometheus.CounterValue, float64(tcp), "tcp")
 }
 
 // countingTransport counts the gradient bytes a ring member sends and

@@ -40,6 +40,7 @@ type Worker struct {
 	incarnation uint64
 
 	lis       net.Listener
+	localLis  net.Listener // the socket in Config.LocalDir; nil without one
 	srv       *grpc.Server
 	health    *health.Server
 	httpLis   net.Listener
@@ -105,7 +106,23 @@ func New(cfg Config) (*Worker, error) {
 	}
 	rc := cfg.Ring
 	rc.Logger = log
+	var localLis net.Listener
+	if cfg.LocalDir != "" {
+		if localLis, err = ring.ListenLocal(cfg.LocalDir, addr); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("worker %s: %w (or leave the local folder unset to use TCP only)", cfg.ID, err)
+		}
+	}
+	closeListeners := func() {
+		lis.Close()
+		if localLis != nil {
+			localLis.Close()
+		}
+	}
 	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
+	if cfg.LocalDir != "" {
+		tp.SetLocalDir(cfg.LocalDir)
+	}
 	var rt ring.RingTransport = tp
 	w := &Worker{log: log}
 	obs := newObservability(w)
@@ -115,13 +132,13 @@ func New(cfg Config) (*Worker, error) {
 	rt = &countingTransport{RingTransport: rt, sent: obs.ringSent, received: obs.ringReceived}
 	member, err := ring.NewMember(rt, rc)
 	if err != nil {
-		lis.Close()
+		closeListeners()
 		return nil, err
 	}
 	var httpLis net.Listener
 	if cfg.HTTP != "" {
 		if httpLis, err = net.Listen("tcp", cfg.HTTP); err != nil {
-			lis.Close()
+			closeListeners()
 			member.Close()
 			return nil, fmt.Errorf("worker %s: listening on %s (HTTP): %w", cfg.ID, cfg.HTTP, err)
 		}
@@ -133,6 +150,7 @@ func New(cfg Config) (*Worker, error) {
 		log:         log,
 		incarnation: uint64(time.Now().UnixNano()),
 		lis:         lis,
+		localLis:    localLis,
 		transport:   tp,
 		ring:        member,
 		addr:        addr,
@@ -162,6 +180,15 @@ func (w *Worker) HTTPAddr() string {
 		return ""
 	}
 	return w.httpLis.Addr().String()
+}
+
+// LocalSocket is the path of the worker's socket in Config.LocalDir ("" if
+// none).
+func (w *Worker) LocalSocket() string {
+	if w.localLis == nil {
+		return ""
+	}
+	return w.localLis.Addr().String()
 }
 
 // Addr is the address the worker advertises for its gRPC server.
@@ -205,8 +232,11 @@ type sessionEvent struct {
 // it go once its state is checkpointed (Leave) and waits for that, at most
 // Config.LeaveTimeout; then it stops everything it started.
 func (w *Worker) Run(ctx context.Context) error {
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	go func() { serveErr <- w.srv.Serve(w.lis) }()
+	if w.localLis != nil {
+		go func() { serveErr <- w.srv.Serve(w.localLis) }()
+	}
 	w.turn.mark(time.Now())
 	if w.httpSrv != nil {
 		go func() { serveErr <- w.httpSrv.Serve(w.httpLis) }()
@@ -240,7 +270,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer conn.Close()
 		dialer = session.GRPC(conn)
 	}
-	w.log.Info("worker started", "addr", w.addr, "http", w.HTTPAddr(), "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
+	w.log.Info("worker started", "addr", w.addr, "local_socket", w.LocalSocket(), "http", w.HTTPAddr(), "coordinator", w.cfg.Coordinator, "cluster_ca", w.cfg.Creds.Fingerprint())
 
 	life, endLife := context.WithCancel(context.Background())
 	sess := make(chan sessionEvent, 64)

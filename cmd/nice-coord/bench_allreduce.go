@@ -31,6 +31,7 @@ type benchOptions struct {
 	TCPBytes   int64
 	CPUProfile string
 	TLSDir     string // credentials the members use (mutual TLS); "" for plaintext
+	LocalDir   string // the members' shared folder of Unix sockets; "" for TCP only
 	Timeout    time.Duration
 	Tuning     ring.GRPCTuning
 	// Member is the command line that starts one member process; the
@@ -68,6 +69,10 @@ type benchResult struct {
 	SwitchesPerMiB float64         `json:"switches_per_mib"`
 	Tuning         ring.GRPCTuning `json:"grpc"`
 	TLS            bool            `json:"tls"`
+	// LocalLinks counts the members' connections that went through Unix
+	// sockets (--local-sockets); TCPLinks those over loopback TCP.
+	LocalLinks int64 `json:"local_links"`
+	TCPLinks   int64 `json:"tcp_links"`
 	// Wire is how the floats travel: fp32, or bf16 (half the bytes; the
 	// bandwidths above still count the float32 gradient reduced).
 	Wire string `json:"wire"`
@@ -91,6 +96,7 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
 	fs.StringVar(&o.TLSDir, "tls-dir", "", "credentials folder (`nice-coord init`): the members' ring runs over mutual TLS, as a cluster with credentials does")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up after this long")
+	local := fs.Bool("local-sockets", true, "members reach each other over Unix sockets in a private folder, as `up`'s workers do (false: loopback TCP, as between hosts)")
 	o.Tuning = ring.DefaultGRPCTuning()
 	windowMB := int(o.Tuning.WindowBytes >> 20)
 	fs.IntVar(&windowMB, "window-mb", windowMB, "HTTP/2 stream and connection window, MiB")
@@ -122,6 +128,13 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 			return fmt.Errorf("bench allreduce: --tls-dir: %w", err)
 		}
 		o.Member = append(o.Member, o.TLSDir)
+	}
+	if *local {
+		if o.LocalDir, err = os.MkdirTemp("", "nice-bench-"); err != nil {
+			return fmt.Errorf("bench allreduce: a folder for the members' sockets (or pass --local-sockets=false): %w", err)
+		}
+		defer os.RemoveAll(o.LocalDir)
+		o.MemberEnv = append(o.MemberEnv, benchLocalEnv+"="+o.LocalDir)
 	}
 	res, err := benchAllReduce(ctx, o, os.Stderr)
 	if err != nil {
@@ -193,6 +206,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	}
 	var (
 		mu       sync.Mutex
+		routes   [2]int64 // local, tcp
 		killedAt time.Time
 		failures []string
 		report   = &killReport{survivors: make(map[int]survivor)}
@@ -208,6 +222,11 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 					killedAt = time.Now()
 					mu.Unlock()
 					m.cmd.Process.Kill()
+				case ev.Done:
+					mu.Lock()
+					routes[0] += ev.LocalLinks
+					routes[1] += ev.TCPLinks
+					mu.Unlock()
 				case ev.Iter > 0 && !ev.Warm:
 					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
 					cpus[ev.Iter-o.Warmup-1][r] = ev.CPU
@@ -236,7 +255,8 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 		members[r] = nil
 	}
 
-	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != "", Wire: o.Wire}
+	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != "", Wire: o.Wire,
+		LocalLinks: routes[0], TCPLinks: routes[1]}
 	var runCPU []float64
 	for _, run := range cpus {
 		sum := 0.0
@@ -350,6 +370,9 @@ func printBench(w io.Writer, o benchOptions, r *benchResult) {
 	security := "plaintext"
 	if r.TLS {
 		security = "mutual TLS"
+	}
+	if r.LocalLinks > 0 {
+		security += fmt.Sprintf(", %d of %d links over Unix sockets", r.LocalLinks, r.LocalLinks+r.TCPLinks)
 	}
 	fmt.Fprintf(w, "ring all-reduce over gRPC (%s) on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
 		security, r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)

@@ -34,6 +34,11 @@ type benchPlan struct {
 	Wire       string      `json:"wire,omitempty"`       // fp32 (also when empty) or bf16
 }
 
+// benchLocalEnv names the members' shared folder of Unix sockets in their
+// environment (unset: TCP only). The environment, not the plan, carries it:
+// a member must serve its socket before any neighbour dials.
+const benchLocalEnv = "NICE_BENCH_LOCAL_DIR"
+
 // memberEvent is one JSON line a member writes on its stdout.
 type memberEvent struct {
 	Addr     string  `json:"addr,omitempty"`     // first line: where it listens
@@ -44,8 +49,12 @@ type memberEvent struct {
 	CPU      float64 `json:"cpu,omitempty"`      // CPU seconds (user+system) the run used
 	Switches int64   `json:"switches,omitempty"` // context switches (voluntary and not) during the run
 	Done     bool    `json:"done,omitempty"`
-	Error    string  `json:"error,omitempty"`
-	Broken   bool    `json:"broken,omitempty"` // the error wraps ring.ErrRingBroken
+	// With Done: the member's connections to its neighbour through a Unix
+	// socket and over TCP (both 0 without a local folder).
+	LocalLinks int64  `json:"local_links,omitempty"`
+	TCPLinks   int64  `json:"tcp_links,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Broken     bool   `json:"broken,omitempty"` // the error wraps ring.ErrRingBroken
 }
 
 // runBenchMember is one member process: it serves the ring on a loopback
@@ -60,13 +69,25 @@ func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, b *creds.Bundle
 	srv := grpc.NewServer(append(tuning.ServerOptions(), b.ServerOption(nil))...)
 	tr := ring.NewGRPCTransport(append(tuning.DialOptions(), b.DialOption())...)
 	tr.RegisterServer(srv)
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(lis) }()
+	serving := 1
 	defer func() {
 		tr.Close()
 		srv.Stop()
-		<-served
+		for range serving {
+			<-served
+		}
 	}()
+	if dir := os.Getenv(benchLocalEnv); dir != "" {
+		tr.SetLocalDir(dir)
+		ul, err := ring.ListenLocal(dir, lis.Addr().String())
+		if err != nil {
+			return fmt.Errorf("bench member: %w", err)
+		}
+		serving++
+		go func() { served <- srv.Serve(ul) }()
+	}
 	if err := enc.Encode(memberEvent{Addr: lis.Addr().String()}); err != nil {
 		return fmt.Errorf("bench member: announcing the address: %w", err)
 	}
@@ -84,7 +105,8 @@ func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, b *creds.Bundle
 		enc.Encode(memberEvent{Error: err.Error(), Broken: errors.Is(err, ring.ErrRingBroken)})
 		return err
 	}
-	return enc.Encode(memberEvent{Done: true})
+	local, tcp := tr.Routes()
+	return enc.Encode(memberEvent{Done: true, LocalLinks: local, TCPLinks: tcp})
 }
 
 func runPlan(ctx context.Context, tr ring.RingTransport, plan benchPlan, enc *json.Encoder) error {

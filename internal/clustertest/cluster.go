@@ -218,7 +218,22 @@ type Cluster struct {
 	// Creds.
 	TLSDir string
 	Creds  *creds.Bundle
-	conn   *grpc.ClientConn
+	// LocalDir, if set before StartWorker, is passed as --local-dir: the
+	// workers' rings run over Unix sockets there (ShortTempDir makes one).
+	LocalDir string
+	conn     *grpc.ClientConn
+}
+
+// ShortTempDir is a fresh folder whose path is short enough for Unix
+// sockets (t.TempDir holds the test's name and can pass their 107 bytes).
+func ShortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nice-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // New prepares a cluster whose coordinator runs with the training flags
@@ -264,6 +279,9 @@ func (c *Cluster) StartWorker(id string, extra ...string) *Proc {
 	args := append([]string{"--id", id, "--coordinator", c.Addr, "--listen", "127.0.0.1:0",
 		"--join", c.gossip, "--gossip", "127.0.0.1:0", "--threads", fmt.Sprint(c.Threads), "--tls-dir", c.TLSDir,
 		"--http", "127.0.0.1:0"}, extra...)
+	if c.LocalDir != "" {
+		args = append(args, "--local-dir", c.LocalDir)
+	}
 	p := Start(c.t, id, filepath.Join(c.Bin, "nice-worker"), filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", id, time.Now().UnixNano())), c.Threads, args...)
 	c.Workers[id] = p
 	return p

@@ -121,9 +121,21 @@ func TestDistributedEqualsSingleProcess(t *testing.T) {
 			first = got
 		}
 	}
-	again := startCluster(t, 2, "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0", "--min-workers", "2").Held(k, 2*time.Minute)
+	// Again, with the ring over Unix sockets instead of TCP: the route
+	// changes no bit.
+	c := New(t, append(append([]string{}, tinyArgs...), "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0", "--min-workers", "2")...)
+	c.LocalDir = ShortTempDir(t)
+	c.StartCoordinator()
+	c.StartWorker("w1")
+	c.StartWorker("w2")
+	again := c.Held(k, 2*time.Minute)
 	if err := replay.SameFloats(first, again); err != nil {
 		t.Fatalf("two runs with 2 workers differ: %v", err)
+	}
+	for id, p := range c.Workers {
+		if n := ringConnections(t, p, "local"); n == 0 {
+			t.Errorf("worker %s opened no ring connection through its peer's socket", id)
+		}
 	}
 }
 
@@ -139,6 +151,9 @@ func TestWorkerKilledMidStep(t *testing.T) {
 		t.Run(tc.phase, func(t *testing.T) {
 			const killStep, stop = 5, 14
 			c := New(t, append(append([]string{}, tinyArgs...), "--max-steps", fmt.Sprint(stop), "--checkpoint-every", "4")...)
+			// The rings run over Unix sockets, as under `up`: a killed
+			// worker leaves its socket behind.
+			c.LocalDir = ShortTempDir(t)
 			c.StartCoordinator()
 			c.StartWorker("w1")
 			victim := c.StartWorker("w2", "--fault", fmt.Sprintf("%s@%d:%s", tc.phase, killStep, tc.pause))
@@ -171,8 +186,44 @@ func TestWorkerKilledMidStep(t *testing.T) {
 			}
 			checkLedger(t, c, stop)
 			checkReplay(t, c, trainSet, testSet, held)
+			// Every ring connection took a socket (the restarted w2 may
+			// not have joined a ring before the last step).
+			local := 0.0
+			for id, p := range c.Workers {
+				local += ringConnections(t, p, "local")
+				if n := ringConnections(t, p, "tcp"); n != 0 {
+					t.Errorf("worker %s opened %v ring connections over TCP with its peers' sockets in the folder", id, n)
+				}
+			}
+			if local < 2 {
+				t.Errorf("the workers opened %v ring connections through sockets, want at least 2 (w1's and w3's)", local)
+			}
 		})
 	}
+}
+
+// ringConnections reads a worker process's count of ring connections by
+// route from its /metrics.
+func ringConnections(t *testing.T, p *Proc, route string) float64 {
+	t.Helper()
+	line := p.WaitLine(t, "worker started", 10*time.Second)
+	m := regexp.MustCompile(`\bhttp=(\S+)`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("worker %s: no http= in %q", p.Name, line)
+	}
+	fam := scrape(t, p.Name, m[1])["nice_worker_ring_connections_total"]
+	if fam == nil {
+		t.Fatalf("worker %s: no nice_worker_ring_connections_total", p.Name)
+	}
+	for _, mt := range fam.GetMetric() {
+		for _, l := range mt.GetLabel() {
+			if l.GetName() == "route" && l.GetValue() == route {
+				return mt.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("worker %s: no route=%q", p.Name, route)
+	return 0
 }
 
 // A worker frozen (SIGSTOP: its connections stay open and silent, as with
