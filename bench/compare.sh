@@ -6,12 +6,14 @@
 # For each of R rounds (default 2) it runs, back to back:
 #   step  BenchmarkTrainStep at 1 and 2 threads, then PyTorch at 1 thread and PyTorch tuned
 #         (1 OpenMP + 2 BLAS threads), the same model and batch (bench/pytorch_nice.py)
-#   ring  nice-coord bench allreduce at N = 2 and 4 (it also times raw loopback TCP), then
-#         gloo's all-reduce of the same buffer (bench/gloo_allreduce.py)
+#   ring  nice-coord bench allreduce at N = 2 and 4 over Unix sockets (its default, as up's
+#         workers) and over loopback TCP (it also times raw loopback TCP), then gloo's
+#         all-reduce of the same buffer (bench/gloo_allreduce.py)
 #   up    nice-coord up --workers 1, 2, 4 (full-size model, batch 256, checkpoints at their
 #         default interval) over a window of S seconds (default 60) once 5 steps are in,
-#         with the step-time breakdown from the dashboard's history; then PyTorch DDP on
-#         gloo at N = 2 and 4 (bench/pytorch_ddp.py)
+#         with the step-time breakdown from the dashboard's history, at N = 2 and 4 also
+#         with --local-sockets=false (rings over loopback TCP); then PyTorch DDP on gloo at
+#         N = 2 and 4 (bench/pytorch_ddp.py)
 #   compose  (not in the default parts) the compose cluster as users run it, 4 workers with
 #         the cluster's credentials, over the same window, against up --workers 4 with
 #         credentials (--tls-dir) and without; needs Docker and `make images` first
@@ -79,6 +81,8 @@ ring_part() {
 		out=$("$work/bin/nice-coord" bench allreduce --workers "$n" --floats 19200000 --tcp-mb 512)
 		record "ring nice N=$n busbw GB/s" "$(awk '$1 == "median" {print $4}' <<<"$out")"
 		record "ring raw TCP N=$n GB/s" "$(awk '/^raw TCP/ {print $(NF-1)}' <<<"$out")"
+		out=$("$work/bin/nice-coord" bench allreduce --workers "$n" --floats 19200000 --tcp-mb 64 --local-sockets=false)
+		record "ring nice tcp N=$n busbw GB/s" "$(awk '$1 == "median" {print $4}' <<<"$out")"
 		out=$(cd "$here/bench" && OPENBLAS_NUM_THREADS=1 pyrun gloo_allreduce.py --workers "$n")
 		record "ring gloo N=$n busbw GB/s" "$(grep -o 'busbw [0-9.]*' <<<"$out" | cut -d' ' -f2)"
 	done
@@ -144,6 +148,7 @@ up_part() {
 	up_once 1
 	for n in 2 4; do
 		up_once "$n"
+		up_once "$n" "up tcp N=$n" --local-sockets=false
 		out=$(cd "$here/bench" && OPENBLAS_NUM_THREADS=1 pyrun pytorch_ddp.py --workers "$n" --steps 20)
 		record "up pytorch DDP N=$n samples/s" "$(grep -o '[0-9.]* samples/s' <<<"$out" | cut -d' ' -f1)"
 	done
@@ -176,11 +181,15 @@ case ,$parts, in *,ring,*)
 	for n in 2 4; do
 		row "all-reduce N=$n busbw GB/s (gloo)" "ring nice N=$n busbw GB/s" "ring gloo N=$n busbw GB/s"
 		row "all-reduce N=$n busbw GB/s (raw TCP)" "ring nice N=$n busbw GB/s" "ring raw TCP N=$n GB/s"
+		row "all-reduce N=$n over TCP, busbw GB/s (gloo)" "ring nice tcp N=$n busbw GB/s" "ring gloo N=$n busbw GB/s"
 	done ;;
 esac
 case ,$parts, in *,up,*)
 	printf '| up --workers 1 (samples/s) | %s | - | - |\n' "$(median "up nice N=1 samples/s")"
-	for n in 2 4; do row "up --workers $n (samples/s; DDP gloo)" "up nice N=$n samples/s" "up pytorch DDP N=$n samples/s"; done ;;
+	for n in 2 4; do
+		row "up --workers $n (samples/s; DDP gloo)" "up nice N=$n samples/s" "up pytorch DDP N=$n samples/s"
+		row "up --workers $n --local-sockets=false (samples/s; DDP gloo)" "up tcp N=$n samples/s" "up pytorch DDP N=$n samples/s"
+	done ;;
 esac
 case ,$parts, in *,compose,*)
 	row "compose, 4 workers (samples/s; up --workers 4)" "compose N=4 samples/s" "up nice N=4 samples/s"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,7 +107,8 @@ type GRPCTransport struct {
 	queue    *acceptQueue
 	routes   routeCounts
 
-	localDir string // set before the first dial; see SetLocalDir
+	localDir string       // set before the first dial; see SetLocalDir
+	localLog *slog.Logger // where the routes of new connections are logged
 
 	mu     sync.Mutex
 	closed bool
@@ -147,10 +149,11 @@ func (t *GRPCTransport) SetStreamLimits(l StreamLimits) { t.queue.setLimits(l) }
 // SetLocalDir makes the transport reach each peer through its socket in dir
 // (LocalSocketPath of the peer's address) when one answers there, and over
 // TCP otherwise; the peer serves it with ListenLocal. Call it before the
-// first Dial.
-func (t *GRPCTransport) SetLocalDir(dir string) {
+// first Dial. Each new connection's route is logged on log at Info (nil:
+// not logged).
+func (t *GRPCTransport) SetLocalDir(dir string, log *slog.Logger) {
 	t.mu.Lock()
-	t.localDir = dir
+	t.localDir, t.localLog = dir, log
 	t.mu.Unlock()
 }
 
@@ -225,7 +228,7 @@ func (t *GRPCTransport) conn(addr string) (*grpc.ClientConn, error) {
 	}
 	opts := t.dialOpts
 	if t.localDir != "" {
-		opts = append(opts[:len(opts):len(opts)], grpc.WithContextDialer(localFirst(LocalSocketPath(t.localDir, addr), &t.routes)))
+		opts = append(opts[:len(opts):len(opts)], grpc.WithContextDialer(localFirst(addr, LocalSocketPath(t.localDir, addr), &t.routes, t.localLog)))
 	}
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {

@@ -53,7 +53,7 @@ func newGRPCClusterIn(t testing.TB, dir string, n int, cfg Config, fault FrameFa
 		tr.RegisterServer(srv)
 		go srv.Serve(lis)
 		if dir != "" {
-			tr.SetLocalDir(dir)
+			tr.SetLocalDir(dir, nil)
 			if i%2 == 0 {
 				ul, err := ListenLocal(dir, lis.Addr().String())
 				if err != nil {

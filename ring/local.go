@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -136,19 +137,27 @@ func sizeLocal(c net.Conn) {
 	}
 }
 
-// localFirst returns a gRPC dialer that tries the Unix socket at path and
-// then target over TCP; routes counts the connections each way took.
-func localFirst(path string, routes *routeCounts) func(context.Context, string) (net.Conn, error) {
+// localFirst returns a gRPC dialer of the peer at addr that tries its Unix
+// socket at path and then the resolved target over TCP; routes counts the
+// connections each way took, and log (if not nil) hears of each.
+func localFirst(addr, path string, routes *routeCounts, log *slog.Logger) func(context.Context, string) (net.Conn, error) {
 	return func(ctx context.Context, target string) (net.Conn, error) {
 		var d net.Dialer
-		if c, err := d.DialContext(ctx, "unix", path); err == nil {
+		c, uerr := d.DialContext(ctx, "unix", path)
+		if uerr == nil {
 			sizeLocal(c)
 			routes.local.Add(1)
+			if log != nil {
+				log.Info("ring connection", "peer", addr, "route", "local", "socket", path)
+			}
 			return c, nil
 		}
 		c, err := d.DialContext(ctx, "tcp", target)
 		if err == nil {
 			routes.tcp.Add(1)
+			if log != nil {
+				log.Info("ring connection", "peer", addr, "route", "tcp", "why_not_local", uerr)
+			}
 		}
 		return c, err
 	}

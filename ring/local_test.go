@@ -35,7 +35,7 @@ func newLocalRing(t *testing.T, dir string, local []bool, b *creds.Bundle) []loc
 		}
 		srv := grpc.NewServer(append(ServerOptions(), b.ServerOption(nil))...)
 		tr := NewGRPCTransport(b.DialOption())
-		tr.SetLocalDir(dir)
+		tr.SetLocalDir(dir, nil)
 		tr.RegisterServer(srv)
 		go srv.Serve(lis)
 		if local[i] {

@@ -13,6 +13,10 @@
 #                rootfs/tmp/            an empty, world-writable /tmp (mode 1777)
 #                state/                 an empty folder the Dockerfiles copy to
 #                                       /var/lib/nice, owned by the image's user
+#                ring/                  an empty folder (mode 0700) the Dockerfiles copy to
+#                                       /run/nice-ring, owned by the image's user: the
+#                                       workers' Unix sockets (--local-dir), in a volume
+#                                       that starts as a copy of it
 #
 # Each binary must be statically linked: an image FROM scratch has no dynamic
 # loader and no shared libraries. The check uses readelf (binutils), which the
@@ -50,8 +54,9 @@ for m in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-
 done
 
 rm -rf "$out_dir"
-mkdir -p "$out_dir/rootfs/mnist" "$out_dir/rootfs/tmp" "$out_dir/state"
+mkdir -p "$out_dir/rootfs/mnist" "$out_dir/rootfs/tmp" "$out_dir/state" "$out_dir/ring"
 chmod 0755 "$out_dir/rootfs" "$out_dir/rootfs/mnist" "$out_dir/state"
+chmod 0700 "$out_dir/ring"
 chmod 1777 "$out_dir/rootfs/tmp"
 for b in "$@"; do
 	cp "$bin_dir/$b" "$out_dir/rootfs/$b"

@@ -121,7 +121,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	tp := ring.NewGRPCTransport(cfg.Creds.DialOption())
 	if cfg.LocalDir != "" {
-		tp.SetLocalDir(cfg.LocalDir)
+		tp.SetLocalDir(cfg.LocalDir, log)
 	}
 	var rt ring.RingTransport = tp
 	w := &Worker{log: log}

@@ -80,7 +80,7 @@ func runBenchMember(ctx context.Context, tuning ring.GRPCTuning, b *creds.Bundle
 		}
 	}()
 	if dir := os.Getenv(benchLocalEnv); dir != "" {
-		tr.SetLocalDir(dir)
+		tr.SetLocalDir(dir, nil)
 		ul, err := ring.ListenLocal(dir, lis.Addr().String())
 		if err != nil {
 			return fmt.Errorf("bench member: %w", err)

@@ -388,6 +388,15 @@ inside=$(timeout 30 "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" 
 jq -e '.workers | length >= 1' >/dev/null <<<"$inside" ||
 	fail "nice-coord status inside the coordinator container printed no workers: $inside"
 log "status from inside the coordinator container: ok"
+# The workers reach each other's rings over the Unix sockets in their shared
+# volume (NICE_LOCAL_DIR), never over the bridge.
+ring_routes=$(dc logs --no-color worker 2>&1 | grep -E 'ring connection' || true)
+grep -Eq 'route(=|":")local' <<<"$ring_routes" ||
+	fail "no worker logged a ring connection through a peer's socket in the nice-ring volume: $(tail -n 5 <<<"$ring_routes")"
+if grep -Eq 'route(=|":")tcp' <<<"$ring_routes"; then
+	fail "a worker reached a peer's ring over TCP although both share the nice-ring volume: $(grep -E 'route(=|":")tcp' <<<"$ring_routes" | head -n 3)"
+fi
+log "ring connections through the nice-ring volume's sockets: $(grep -Ec 'route(=|":")local' <<<"$ring_routes")"
 # Health: docker counts every container healthy (their checks run
 # `probe --url .../healthz`), and the coordinator and a worker say they are
 # ready (/readyz) while training; the coordinator's /metrics, published on
