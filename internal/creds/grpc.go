@@ -45,18 +45,33 @@ func (b *Bundle) ClientTLS() *tls.Config {
 }
 
 // DialOption is the transport security of a gRPC client: mutual TLS with
-// credentials, plaintext without.
+// credentials, plaintext without. Over a Unix socket (a ring's local link)
+// the mutual TLS handshake authenticates both ends and the stream then
+// stays in the clear (unixClear).
 func (b *Bundle) DialOption() grpc.DialOption {
 	if b == nil {
 		return grpc.WithTransportCredentials(insecure.NewCredentials())
 	}
-	return grpc.WithTransportCredentials(batching{credentials.NewTLS(b.ClientTLS())})
+	return grpc.WithTransportCredentials(b.clientCreds())
+}
+
+// clientCreds and serverCreds are the transport credentials of the two
+// ends: batched TLS over TCP, the TLS handshake and then the clear over a
+// Unix socket.
+func (b *Bundle) clientCreds() credentials.TransportCredentials {
+	return unixClear{TransportCredentials: batching{credentials.NewTLS(b.ClientTLS())}, client: b.ClientTLS()}
+}
+
+func (b *Bundle) serverCreds() credentials.TransportCredentials {
+	return unixClear{TransportCredentials: batching{credentials.NewTLS(b.ServerTLS())}, server: b.ServerTLS()}
 }
 
 // ServerOption is the transport security of a gRPC server: mutual TLS with
 // credentials (handshakes refused are logged to log, nil meaning
 // slog.Default(), at most once a second per peer host and ten lines a
-// second in all), nothing without.
+// second in all), nothing without. Connections that arrive over a Unix
+// socket are authenticated by the same handshake and then stay in the
+// clear (unixClear).
 func (b *Bundle) ServerOption(log *slog.Logger) grpc.ServerOption {
 	return b.serverOption(log, time.Second)
 }
@@ -68,7 +83,7 @@ func (b *Bundle) serverOption(log *slog.Logger, every time.Duration) grpc.Server
 	if log == nil {
 		log = slog.Default()
 	}
-	return grpc.Creds(&refusalLogging{TransportCredentials: batching{credentials.NewTLS(b.ServerTLS())},
+	return grpc.Creds(&refusalLogging{TransportCredentials: b.serverCreds(),
 		refusals: &refusals{log: log, limiter: &RefusalLimiter{Every: every}}})
 }
 
@@ -102,7 +117,9 @@ type refusals struct {
 
 func (r *refusals) note(from net.Addr, err error) {
 	addr, host := "unknown", ""
-	if from != nil {
+	if from != nil && from.Network() == "unix" {
+		addr, host = "a Unix socket", "unix"
+	} else if from != nil {
 		addr = from.String()
 		host = addr
 		if h, _, splitErr := net.SplitHostPort(addr); splitErr == nil {
