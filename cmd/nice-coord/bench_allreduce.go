@@ -373,6 +373,9 @@ func printBench(w io.Writer, o benchOptions, r *benchResult) {
 	}
 	if r.LocalLinks > 0 {
 		security += fmt.Sprintf(", %d of %d links over Unix sockets", r.LocalLinks, r.LocalLinks+r.TCPLinks)
+		if r.TLS {
+			security += " (there TLS authenticates both ends and the floats cross unencrypted)"
+		}
 	}
 	fmt.Fprintf(w, "ring all-reduce over gRPC (%s) on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
 		security, r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)
