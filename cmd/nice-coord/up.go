@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/ring"
 )
 
 func init() {
@@ -55,10 +56,11 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	}
 	var localDir string
 	if *local {
-		if localDir, err = os.MkdirTemp("", "nice-ring-"); err != nil {
-			return fmt.Errorf("a folder for the workers' sockets (or pass --local-sockets=false): %w", err)
+		if localDir, err = localRingDir(); err != nil {
+			fmt.Fprintf(os.Stderr, "up: the workers' rings run over loopback TCP: %v\n", err)
+		} else {
+			defer os.RemoveAll(localDir)
 		}
-		defer os.RemoveAll(localDir)
 	}
 	srv, cfg, err := sf.start(store)
 	if err != nil {
@@ -235,4 +237,22 @@ func superviseWorker(ctx context.Context, shuttingDown <-chan struct{}, bin stri
 			return
 		}
 	}
+}
+
+// localRingDir makes a private folder for the workers' ring sockets and
+// checks that a socket for the longest loopback address fits in it (a long
+// TMPDIR can leave too little of a socket path's 107 bytes); the error says
+// why not, and the caller falls back to TCP.
+func localRingDir() (string, error) {
+	dir, err := os.MkdirTemp("", "nice-ring-")
+	if err != nil {
+		return "", fmt.Errorf("a folder for their sockets: %w", err)
+	}
+	lis, err := ring.ListenLocal(dir, "127.0.0.1:65535")
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	lis.Close()
+	return dir, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -49,5 +50,40 @@ func TestUpFailsWhenNoCheckpointCanBeStored(t *testing.T) {
 	case <-time.After(5 * time.Minute):
 		// Against a hang only: loading MNIST on a loaded machine is slow.
 		t.Fatal("up still runs after 5 minutes")
+	}
+}
+
+// up's folder for the ring's sockets: a usable one holds a socket for any
+// loopback address; under a TMPDIR too long for a socket path it is refused
+// with the reason (up then runs the rings over TCP) and nothing is left.
+func TestLocalRingDir(t *testing.T) {
+	dir, err := localRingDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("folder %s: %v, %v; want mode 0700", dir, fi, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("the probe left %d files in %s", len(entries), dir)
+	}
+	os.RemoveAll(dir)
+
+	long, err := os.MkdirTemp("", "up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(long)
+	deep := filepath.Join(long, strings.Repeat("x", 90))
+	if err := os.Mkdir(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", deep)
+	if dir, err := localRingDir(); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("under a long TMPDIR: %q, %v; want a path too long", dir, err)
+	}
+	if entries, _ := os.ReadDir(deep); len(entries) != 0 {
+		t.Errorf("a refused folder was left in TMPDIR")
 	}
 }
