@@ -77,7 +77,15 @@ func maxDiff(a, b []float32) float64 {
 
 func startCluster(t *testing.T, workers int, args ...string) *Cluster {
 	t.Helper()
+	return startClusterIn(t, "", workers, args...)
+}
+
+// startClusterIn is startCluster with the workers' rings over Unix sockets
+// in localDir ("" for TCP).
+func startClusterIn(t *testing.T, localDir string, workers int, args ...string) *Cluster {
+	t.Helper()
 	c := New(t, append(append([]string{}, tinyArgs...), args...)...)
+	c.LocalDir = localDir
 	c.StartCoordinator()
 	for i := 1; i <= workers; i++ {
 		c.StartWorker(fmt.Sprintf("w%d", i))
@@ -123,17 +131,13 @@ func TestDistributedEqualsSingleProcess(t *testing.T) {
 	}
 	// Again, with the ring over Unix sockets instead of TCP: the route
 	// changes no bit.
-	c := New(t, append(append([]string{}, tinyArgs...), "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0", "--min-workers", "2")...)
-	c.LocalDir = ShortTempDir(t)
-	c.StartCoordinator()
-	c.StartWorker("w1")
-	c.StartWorker("w2")
+	c := startClusterIn(t, ShortTempDir(t), 2, "--max-steps", fmt.Sprint(k), "--checkpoint-every", "0", "--min-workers", "2")
 	again := c.Held(k, 2*time.Minute)
 	if err := replay.SameFloats(first, again); err != nil {
 		t.Fatalf("two runs with 2 workers differ: %v", err)
 	}
 	for id, p := range c.Workers {
-		if n := ringConnections(t, p, "local"); n == 0 {
+		if n := ringConnections(t, p)["local"]; n == 0 {
 			t.Errorf("worker %s opened no ring connection through its peer's socket", id)
 		}
 	}
@@ -190,8 +194,9 @@ func TestWorkerKilledMidStep(t *testing.T) {
 			// not have joined a ring before the last step).
 			local := 0.0
 			for id, p := range c.Workers {
-				local += ringConnections(t, p, "local")
-				if n := ringConnections(t, p, "tcp"); n != 0 {
+				routes := ringConnections(t, p)
+				local += routes["local"]
+				if n := routes["tcp"]; n != 0 {
 					t.Errorf("worker %s opened %v ring connections over TCP with its peers' sockets in the folder", id, n)
 				}
 			}
@@ -202,9 +207,9 @@ func TestWorkerKilledMidStep(t *testing.T) {
 	}
 }
 
-// ringConnections reads a worker process's count of ring connections by
-// route from its /metrics.
-func ringConnections(t *testing.T, p *Proc, route string) float64 {
+// ringConnections reads a worker process's counts of ring connections by
+// route ("local", "tcp") from its /metrics.
+func ringConnections(t *testing.T, p *Proc) map[string]float64 {
 	t.Helper()
 	line := p.WaitLine(t, "worker started", 10*time.Second)
 	m := regexp.MustCompile(`\bhttp=(\S+)`).FindStringSubmatch(line)
@@ -215,15 +220,20 @@ func ringConnections(t *testing.T, p *Proc, route string) float64 {
 	if fam == nil {
 		t.Fatalf("worker %s: no nice_worker_ring_connections_total", p.Name)
 	}
+	routes := map[string]float64{}
 	for _, mt := range fam.GetMetric() {
 		for _, l := range mt.GetLabel() {
-			if l.GetName() == "route" && l.GetValue() == route {
-				return mt.GetCounter().GetValue()
+			if l.GetName() == "route" {
+				routes[l.GetValue()] = mt.GetCounter().GetValue()
 			}
 		}
 	}
-	t.Fatalf("worker %s: no route=%q", p.Name, route)
-	return 0
+	for _, r := range []string{"local", "tcp"} {
+		if _, ok := routes[r]; !ok {
+			t.Fatalf("worker %s: no route=%q in nice_worker_ring_connections_total", p.Name, r)
+		}
+	}
+	return routes
 }
 
 // A worker frozen (SIGSTOP: its connections stay open and silent, as with

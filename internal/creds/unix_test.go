@@ -19,16 +19,20 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
-// unixPair returns the two ends of a connection over a Unix socket (the
-// server's end first).
-func unixPair(t *testing.T) (server, client net.Conn) {
+// connPair returns the two ends of a connection over network, "unix" (a
+// socket in a fresh folder) or "tcp" (loopback): the server's end first.
+func connPair(t *testing.T, network string) (server, client net.Conn) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "creds")
-	if err != nil {
-		t.Fatal(err)
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		dir, err := os.MkdirTemp("", "creds")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		addr = filepath.Join(dir, "s")
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	lis, err := net.Listen("unix", filepath.Join(dir, "s"))
+	lis, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +42,7 @@ func unixPair(t *testing.T) (server, client net.Conn) {
 		c, _ := lis.Accept()
 		accepted <- c
 	}()
-	client, err = net.Dial("unix", filepath.Join(dir, "s"))
+	client, err = net.Dial(network, lis.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +86,7 @@ func TestUnixSocketHandshakeThenClear(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	b := generate(t)
 	for i := range 20 {
-		sraw, craw := unixPair(t)
+		sraw, craw := connPair(t, "unix")
 		s, c := handshake(t, b.serverCreds(), b.clientCreds(), sraw, craw)
 		if s.err != nil || c.err != nil {
 			t.Fatalf("round %d: handshakes: server %v, client %v", i, s.err, c.err)
@@ -136,14 +140,14 @@ func TestUnixSocketHandshakeThenClear(t *testing.T) {
 func TestUnixSocketRefusesStrangers(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	b, other := generate(t), generate(t)
-	sraw, craw := unixPair(t)
+	sraw, craw := connPair(t, "unix")
 	s, c := handshake(t, b.serverCreds(), other.clientCreds(), sraw, craw)
 	if s.err == nil || c.err == nil {
 		t.Fatalf("another CA's client: server %v, client %v; want both refused", s.err, c.err)
 	}
 	// A client that sends plain bytes (gRPC's preface) instead of a
 	// ClientHello.
-	sraw, craw = unixPair(t)
+	sraw, craw = connPair(t, "unix")
 	go craw.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
 	sraw.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, _, err := b.serverCreds().ServerHandshake(sraw); err == nil || !strings.Contains(err.Error(), "tls") {
@@ -156,31 +160,23 @@ func TestUnixSocketRefusesStrangers(t *testing.T) {
 func TestTCPStaysEncrypted(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	b := generate(t)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := lis.Accept()
-		accepted <- c
-	}()
-	craw, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer craw.Close()
-	sraw := <-accepted
-	defer sraw.Close()
+	sraw, craw := connPair(t, "tcp")
 	s, c := handshake(t, b.serverCreds(), b.clientCreds(), sraw, craw)
 	if s.err != nil || c.err != nil {
 		t.Fatalf("handshakes: server %v, client %v", s.err, c.err)
 	}
-	defer s.conn.Close()
-	defer c.conn.Close()
-	if s.conn == sraw || c.conn == craw {
-		t.Fatal("over TCP the handshake returned the bare socket")
+	msg := bytes.Repeat([]byte("gradient "), 100)
+	if _, err := c.conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	// Read what arrived below the server's TLS.
+	wire := make([]byte, len(msg))
+	sraw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(sraw, wire); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(wire, []byte("gradient")) {
+		t.Fatal("over TCP the bytes crossed the socket in the clear")
 	}
 }
 
@@ -247,7 +243,7 @@ func (g *gatedConn) Read(p []byte) (int, error) {
 func TestServerHandshakeLeavesWhatFollows(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	b := generate(t)
-	sraw, craw := unixPair(t)
+	sraw, craw := connPair(t, "unix")
 	g := &gatedConn{Conn: sraw, gate: make(chan struct{})}
 	type result struct {
 		conn net.Conn
