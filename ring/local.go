@@ -20,8 +20,9 @@ import (
 // sockets in a folder they share (the local folder): each serves its gRPC
 // server there too, on a socket named after the address it advertises, and
 // a transport with the same folder dials that socket before the address
-// over TCP. Only the route changes: the same gRPC streams, credentials and
-// checks run over it. A Unix socket costs the kernel about half of what
+// over TCP. The same gRPC streams and checks run over it; with the
+// cluster's credentials, the TLS handshake authenticates both ends and the
+// stream then stays in the clear (internal/creds). A Unix socket costs the kernel about half of what
 // loopback TCP does per byte (no protocol, no acknowledgements), and
 // containers that share the folder as a volume skip the bridge between them.
 // A peer whose socket is absent or dead is reached over TCP as before, so

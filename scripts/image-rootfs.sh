@@ -13,7 +13,7 @@
 #                rootfs/tmp/            an empty, world-writable /tmp (mode 1777)
 #                state/                 an empty folder the Dockerfiles copy to
 #                                       /var/lib/nice, owned by the image's user
-#                ring/                  an empty folder (mode 0700) the Dockerfiles copy to
+#                ring/                  an empty folder the Dockerfiles copy to
 #                                       /run/nice-ring, owned by the image's user: the
 #                                       workers' Unix sockets (--local-dir), in a volume
 #                                       that starts as a copy of it
@@ -55,8 +55,7 @@ done
 
 rm -rf "$out_dir"
 mkdir -p "$out_dir/rootfs/mnist" "$out_dir/rootfs/tmp" "$out_dir/state" "$out_dir/ring"
-chmod 0755 "$out_dir/rootfs" "$out_dir/rootfs/mnist" "$out_dir/state"
-chmod 0700 "$out_dir/ring"
+chmod 0755 "$out_dir/rootfs" "$out_dir/rootfs/mnist" "$out_dir/state" "$out_dir/ring"
 chmod 1777 "$out_dir/rootfs/tmp"
 for b in "$@"; do
 	cp "$bin_dir/$b" "$out_dir/rootfs/$b"
