@@ -67,8 +67,8 @@ func (m *Model) Gradient(w *Workspace, x []float32, n int, grad []float32) float
 }
 
 // reluMask zeroes d wherever the ReLU output a is not positive. a comes
-// from biasReLU, so it is +0 or positive; the mask is all ones exactly when
-// a's bits are not zero, computed without a branch (see biasReLU).
+// from layer's ReLU, so it is +0 or positive; the mask is all ones exactly when
+// a's bits are not zero, computed without a branch (see layer).
 func reluMask(d, a []float32) {
 	a = a[:len(d)]
 	for i, v := range a {

@@ -2,56 +2,83 @@ package flow
 
 import "math"
 
-// mlp runs coupling k's MLP on the n rows of a (n x Dim/2, leading dimension
-// lda), rows lo to lo+n of the batch, and writes beta*out + MLP(a) into out
-// (leading dimension ldo), keeping the hidden activations in the workspace for
-// the backward pass.
-func (m *Model) mlp(w *Workspace, k, lo, n int, a []float32, lda int, beta float32, out []float32, ldo int) {
-	layers := m.P.Couplings[k].Layers
-	L := len(layers) - 1
-	for l, d := range layers {
-		if l == L {
-			gemm(false, false, n, d.Out, d.In, 1, a, lda, d.W, d.Out, beta, out, ldo)
-			for i := 0; i < n; i++ {
-				row := out[i*ldo : i*ldo+d.Out]
-				for j, b := range d.B {
-					row[j] += b
-				}
+// layer writes into out (rows of leading dimension ldo) columns [c0, c1) of
+// dense layer d applied to the n rows of a (leading dimension lda): beta*out
+// plus a W + B, through a ReLU when relu.
+func layer(d Dense, n, c0, c1 int, a []float32, lda int, beta float32, out []float32, ldo int, relu bool) {
+	if c0 >= c1 || n == 0 {
+		return
+	}
+	gemm(false, false, n, c1-c0, d.In, 1, a, lda, d.W[c0:], d.Out, beta, out[c0:], ldo)
+	b := d.B[c0:c1]
+	for i := 0; i < n; i++ {
+		row := out[i*ldo+c0 : i*ldo+c1 : i*ldo+c1]
+		if relu {
+			// Branch-free: ReLU inputs have random signs, and a branch on
+			// them mispredicts half the time.
+			for j, bj := range b {
+				row[j] = max(row[j]+bj, 0)
 			}
-			return
+			continue
 		}
-		act := w.activation(k, l, lo+n)[lo*d.Out:]
-		gemm(false, false, n, d.Out, d.In, 1, a, lda, d.W, d.Out, 0, act, d.Out)
-		biasReLU(act, d.B)
-		a, lda = act, d.Out
+		for j, bj := range b {
+			row[j] += bj
+		}
 	}
 }
 
-// biasReLU sets each row r of x (rows of len(b)) to max(0, r + b).
-func biasReLU(x, b []float32) {
-	n := len(b)
-	for i := 0; i+n <= len(x); i += n {
-		row := x[i : i+n : i+n]
-		for j, bj := range b {
-			// Branch-free: ReLU inputs have random signs, and a branch on
-			// them mispredicts half the time.
-			row[j] = max(row[j]+bj, 0)
+// layerInput returns the input of layer l of coupling k for the first n rows:
+// the conditioning half of state k for the first layer, else the previous
+// layer's activations.
+func (m *Model) layerInput(w *Workspace, k, l, n int) ([]float32, int) {
+	if l == 0 {
+		x1, _ := m.halves(k)
+		return w.state(k, n)[x1:], m.Config.Dim
+	}
+	return w.activation(k, l-1, n), m.Config.Hidden
+}
+
+// mlp runs coupling k's MLP on the n rows of a (n x Dim/2, leading dimension
+// lda) and writes beta*out + MLP(a) into out (leading dimension ldo), keeping
+// the hidden activations in the workspace. It cuts each layer's columns as the
+// forward pass does.
+func (m *Model) mlp(w *Workspace, k, n int, a []float32, lda int, beta float32, out []float32, ldo int) {
+	layers := m.P.Couplings[k].Layers
+	L := len(layers) - 1
+	for l, d := range layers {
+		dst, ldd, b := out, ldo, beta
+		if l < L {
+			dst, ldd, b = w.activation(k, l, n), d.Out, 0
 		}
+		parts := columnParts(d.Out)
+		for i := range parts {
+			c0, c1 := columnCut(d.Out, parts, i)
+			layer(d, n, c0, c1, a, lda, b, dst, ldd, l < L)
+		}
+		a, lda = dst, ldd
 	}
 }
 
 // run pushes n samples of x (natural order) through the flow, leaving every
 // state in the workspace, h and d log p(h)/dh in w.h and w.gh, and per-sample
-// log-likelihoods in w.ll. It returns their sum. The rows are split among the
-// workspace's threads; each row's arithmetic is the same however they are split.
+// log-likelihoods in w.ll. It returns their sum. Each layer's product is cut
+// by its output columns and the element-wise passes by rows (split.go); each
+// row's arithmetic is the same however the parts are run.
 func (m *Model) run(w *Workspace, x []float32, n int) float64 {
 	w.sumS = 0
 	for j, s := range m.P.Scale {
 		w.expS[j] = float32(math.Exp(float64(s)))
 		w.sumS += float64(s)
 	}
-	w.model, w.x = m, x
-	w.split(n, w.forwardFn)
+	w.model, w.x, w.n = m, x, n
+	parallel(forwardParts(n), w.permuteFn)
+	for k, c := range m.P.Couplings {
+		for l, d := range c.Layers {
+			w.k, w.l = k, l
+			parallel(columnParts(d.Out), w.layerFn)
+		}
+	}
+	parallel(forwardParts(n), w.priorFn)
 	w.model, w.x = nil, nil
 	var total float64
 	for _, ll := range w.ll[:n] {
@@ -60,22 +87,44 @@ func (m *Model) run(w *Workspace, x []float32, n int) float64 {
 	return total
 }
 
-// forwardRows is run on rows [lo, hi) of the batch.
-func (m *Model) forwardRows(w *Workspace, x []float32, lo, hi int) {
-	D, n := m.Config.Dim, hi-lo
-	z := w.state(0, hi)[lo*D:]
-	for i := 0; i < n; i++ {
-		xi, zi := x[(lo+i)*D:(lo+i+1)*D], z[i*D:(i+1)*D]
+// permuteRows puts rows [lo, hi) of x into state 0, in partition order.
+func (m *Model) permuteRows(w *Workspace, x []float32, lo, hi int) {
+	D := m.Config.Dim
+	z := w.state(0, hi)
+	for i := lo; i < hi; i++ {
+		xi, zi := x[i*D:(i+1)*D], z[i*D:(i+1)*D]
 		for p, j := range m.perm {
 			zi[p] = xi[j]
 		}
 	}
-	for k := range m.P.Couplings {
-		in, out := w.state(k, hi)[lo*D:], w.state(k+1, hi)[lo*D:]
-		copy(out, in)
-		x1, x2 := m.halves(k)
-		m.mlp(w, k, lo, n, in[x1:], D, 1, out[x2:], D)
+}
+
+// layerPart runs part i of layer w.l of coupling w.k on all w.n rows: the
+// columns columnCut gives it. Part i of a coupling's first layer also copies
+// its share of the rows of state k into state k+1, which the last layer then
+// adds the MLP's output to.
+func (m *Model) layerPart(w *Workspace, i int) {
+	k, l, n, D := w.k, w.l, w.n, m.Config.Dim
+	layers := m.P.Couplings[k].Layers
+	d, parts := layers[l], columnParts(layers[l].Out)
+	if l == 0 {
+		lo, hi := chunk(n, parts, i)
+		copy(w.state(k+1, hi)[lo*D:], w.state(k, hi)[lo*D:])
 	}
+	a, lda := m.layerInput(w, k, l, n)
+	c0, c1 := columnCut(d.Out, parts, i)
+	if l == len(layers)-1 {
+		_, x2 := m.halves(k)
+		layer(d, n, c0, c1, a, lda, 1, w.state(k+1, n)[x2:], D, false)
+		return
+	}
+	layer(d, n, c0, c1, a, lda, 0, w.activation(k, l, n), d.Out, true)
+}
+
+// priorRows maps rows [lo, hi) of the last state to h, and writes
+// d log p(h)/dh and each row's log-likelihood.
+func (m *Model) priorRows(w *Workspace, lo, hi int) {
+	D := m.Config.Dim
 	zC := w.state(m.Config.Couplings, hi)
 	gaussian := m.Config.Prior == Gaussian
 	for i := lo; i < hi; i++ {
@@ -148,7 +197,7 @@ func (m *Model) Inverse(w *Workspace, h []float32, n int, x []float32) {
 	out := w.out[:n*half]
 	for k := m.Config.Couplings - 1; k >= 0; k-- {
 		x1, x2 := m.halves(k)
-		m.mlp(w, k, 0, n, z[x1:], D, 0, out, half)
+		m.mlp(w, k, n, z[x1:], D, 0, out, half)
 		for i := 0; i < n; i++ {
 			zi, oi := z[i*D+x2:i*D+x2+half], out[i*half:(i+1)*half]
 			for j := range zi {

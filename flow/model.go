@@ -106,9 +106,11 @@ type Workspace struct {
 	// functions that run them, bound once so that a step allocates nothing.
 	model     *Model
 	x         []float32
-	n, parts  int
+	n, k, l   int
 	back      backLayer
-	forwardFn func(int)
+	permuteFn func(int)
+	layerFn   func(int)
+	priorFn   func(int)
 	backFn    func(int)
 }
 
@@ -136,7 +138,9 @@ func NewWorkspace(c Config, max int) *Workspace {
 	for i := range w.one {
 		w.one[i] = 1
 	}
-	w.forwardFn = w.forwardPart
+	w.permuteFn = w.permutePart
+	w.layerFn = w.layerPartFn
+	w.priorFn = w.priorPart
 	w.backFn = w.backPart
 	return w
 }

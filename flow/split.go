@@ -2,8 +2,18 @@ package flow
 
 // A step's matrix products each run on one BLAS thread; a step uses two
 // threads by running two products at once, on the shared pool: the forward
-// pass cuts the batch's rows in two halves, and each layer's backward pass
-// runs its weight gradient beside its input gradient.
+// pass cuts each layer's output columns in two, and each layer's backward
+// pass runs its weight gradient beside its input gradient. The element-wise
+// passes of the forward pass (the permutation, the copy of each state, the
+// prior) are cut by rows.
+//
+// The forward pass cuts columns, not rows, because every part of a product
+// packs its share of the weight matrix into OpenBLAS's layout, and at a
+// worker's batch the weights are most of what is packed: halves of the rows
+// packed all of W twice a layer, halves of the columns pack it once, and
+// the batch's rows (a quarter of the weights' size at 256 rows, less on
+// fewer) twice. perf of `up --workers 2` put that second packing at 3.5 % of
+// all CPU.
 //
 // How the work is cut is a function of the shapes alone, never of the
 // thread count: one thread runs the same parts one after the other. The cut
@@ -13,8 +23,35 @@ package flow
 // a worker with one thread and a worker with two, and a run could not be
 // replayed bit for bit (internal/replay).
 
-// forwardParts is how many parts the forward pass cuts n rows into.
+// forwardParts is how many parts the forward pass cuts n rows into for its
+// element-wise passes.
 func forwardParts(n int) int { return min(2, max(n, 1)) }
+
+// columnParts is how many parts a layer with out output columns is cut
+// into: two once each half holds a cache line of floats.
+func columnParts(out int) int {
+	if out >= 2*columnAlign {
+		return 2
+	}
+	return 1
+}
+
+// columnAlign is the unit columns are cut in: 16 floats, one 64-byte cache
+// line, so two threads writing the halves of a row share no line.
+const columnAlign = 16
+
+// columnCut returns the columns [c0, c1) of part i of out columns cut into
+// parts: the first part's end is rounded up to a whole cache line.
+func columnCut(out, parts, i int) (c0, c1 int) {
+	if parts == 1 {
+		return 0, out
+	}
+	mid := (out/2 + columnAlign - 1) / columnAlign * columnAlign
+	if i == 0 {
+		return 0, mid
+	}
+	return mid, out
+}
 
 // backLayer is one dense layer's backward pass: with delta = dL/d(output)
 // (n x Out, leading dimension ldd) and a its input (n x In, lda), it writes
@@ -40,16 +77,16 @@ func parallel(parts int, fn func(int)) {
 	defaultPool().run(parts, fn)
 }
 
-// split runs fn on the forward parts of n rows: part i is rows
-// chunk(n, parts, i).
-func (w *Workspace) split(n int, fn func(int)) {
-	w.n, w.parts = n, forwardParts(n)
-	parallel(w.parts, fn)
+func (w *Workspace) permutePart(i int) {
+	lo, hi := chunk(w.n, forwardParts(w.n), i)
+	w.model.permuteRows(w, w.x, lo, hi)
 }
 
-func (w *Workspace) forwardPart(i int) {
-	lo, hi := chunk(w.n, w.parts, i)
-	w.model.forwardRows(w, w.x, lo, hi)
+func (w *Workspace) layerPartFn(i int) { w.model.layerPart(w, i) }
+
+func (w *Workspace) priorPart(i int) {
+	lo, hi := chunk(w.n, forwardParts(w.n), i)
+	w.model.priorRows(w, lo, hi)
 }
 
 // backward runs b: its weight gradient, and beside it its input gradient

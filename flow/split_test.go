@@ -74,3 +74,28 @@ func TestStepAllocatesNothing(t *testing.T) {
 		t.Fatalf("a step allocates %v times (%d threads)", allocs, BLASThreads())
 	}
 }
+
+// The forward pass's column cut covers every column once, in at most two
+// parts, with the first part's end on a 64-byte line.
+func TestColumnCut(t *testing.T) {
+	for _, out := range []int{1, 16, 31, 32, 33, 100, 392, 1000} {
+		parts := columnParts(out)
+		next := 0
+		for i := range parts {
+			c0, c1 := columnCut(out, parts, i)
+			if c0 != next || c1 <= c0 {
+				t.Fatalf("out %d, part %d of %d: columns [%d, %d), want a non-empty part from %d", out, i, parts, c0, c1, next)
+			}
+			if i < parts-1 && c1%columnAlign != 0 {
+				t.Errorf("out %d: part %d ends at %d, not on a cache line", out, i, c1)
+			}
+			next = c1
+		}
+		if next != out {
+			t.Errorf("out %d: the parts end at %d", out, next)
+		}
+		if want := 1 + min(out/32, 1); parts != want {
+			t.Errorf("out %d: %d parts, want %d", out, parts, want)
+		}
+	}
+}
