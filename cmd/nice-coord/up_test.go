@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -85,5 +86,27 @@ func TestLocalRingDir(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(deep); len(entries) != 0 {
 		t.Errorf("a refused folder was left in TMPDIR")
+	}
+}
+
+// A worker gets one P more than its BLAS threads while the workers' threads
+// fit the CPUs (never more than the CPUs, at least one), and no more than its
+// threads once they oversubscribe them.
+func TestWorkerProcs(t *testing.T) {
+	cpus := runtime.NumCPU()
+	for _, tc := range []struct{ threads, workers, want int }{
+		{1, 1, min(2, cpus)},
+		{cpus, 1, cpus},
+		{1, cpus, min(2, cpus)},
+		{1, cpus + 1, 1},
+		{2, cpus, 2},
+		{0, 1, 1},
+	} {
+		if tc.threads == 2 && cpus < 2 {
+			continue
+		}
+		if got := workerProcs(tc.threads, tc.workers); got != tc.want {
+			t.Errorf("workerProcs(%d threads, %d workers) = %d, want %d (%d CPUs)", tc.threads, tc.workers, got, tc.want, cpus)
+		}
 	}
 }
