@@ -41,6 +41,9 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	workerBin := fs.String("worker-bin", "", "path of nice-worker (default: next to this nice-coord, else on PATH)")
 	restart := fs.Bool("restart", true, "start a worker again when it dies")
 	progress := fs.Duration("progress", 10*time.Second, "interval between progress lines")
+	if f := fs.Lookup("threads"); f != nil {
+		f.Usage = "BLAS threads of each worker (0: the cores shared among the workers, at least 1); a worker also gets one Go thread (GOMAXPROCS) more while the workers' threads fit the cores, for its ring"
+	}
 	local := fs.Bool("local-sockets", true, "workers reach each other's rings over Unix sockets in a private folder, which costs the kernel about half of what loopback TCP does (false: loopback TCP, as between hosts)")
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -66,7 +69,8 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	if err != nil {
 		return err
 	}
-	// Share the cores: each worker gets its part for Go and for BLAS.
+	// Share the cores: each worker gets its part for BLAS, and for Go one
+	// more while they fit (workerProcs).
 	threads := sf.tf.threads
 	if threads == 0 {
 		threads = max(1, runtime.NumCPU() / *n)
