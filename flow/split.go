@@ -28,7 +28,8 @@ package flow
 func forwardParts(n int) int { return min(2, max(n, 1)) }
 
 // columnParts is how many parts a layer with out output columns is cut
-// into: two once each half holds a cache line of floats.
+// into: two once it has at least two columnAligns of columns (part 1 may
+// then hold fewer than one: 45 columns cut at 32).
 func columnParts(out int) int {
 	if out >= 2*columnAlign {
 		return 2
@@ -36,12 +37,16 @@ func columnParts(out int) int {
 	return 1
 }
 
-// columnAlign is the unit columns are cut in: 16 floats, one 64-byte cache
-// line, so two threads writing the halves of a row share no line.
+// columnAlign is the unit columns are cut in: 16 floats, 64 bytes, so that
+// where a row starts on a 64-byte line and holds a multiple of 16 floats,
+// two threads writing its halves share no cache line. Where it does not
+// (the hidden layers' rows are 1000 floats), they may share one at the cut,
+// which costs speed, never bits: the cut depends on out alone.
 const columnAlign = 16
 
 // columnCut returns the columns [c0, c1) of part i of out columns cut into
-// parts: the first part's end is rounded up to a whole cache line.
+// parts: the first part's end is out/2 rounded up to a multiple of
+// columnAlign.
 func columnCut(out, parts, i int) (c0, c1 int) {
 	if parts == 1 {
 		return 0, out

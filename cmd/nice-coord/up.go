@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nice-flow/nice/flow"
+
 	"github.com/nice-flow/nice/coordinator/checkpoint"
 	"github.com/nice-flow/nice/ring"
 )
@@ -42,7 +44,7 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 	restart := fs.Bool("restart", true, "start a worker again when it dies")
 	progress := fs.Duration("progress", 10*time.Second, "interval between progress lines")
 	if f := fs.Lookup("threads"); f != nil {
-		f.Usage = "BLAS threads of each worker (0: the cores shared among the workers, at least 1); a worker also gets one Go thread (GOMAXPROCS) more while the workers' threads fit the cores, for its ring"
+		f.Usage = "BLAS threads of each worker (0: the cores shared among the workers, at least 1); with OpenBLAS a worker also gets one P (GOMAXPROCS) more while the workers' threads fit the cores, for its ring"
 	}
 	local := fs.Bool("local-sockets", true, "workers reach each other's rings over Unix sockets in a private folder, which costs the kernel about half of what loopback TCP does (false: loopback TCP, as between hosts)")
 	if _, err := parseFlags(fs, args); errors.Is(err, flag.ErrHelp) {
@@ -98,7 +100,7 @@ func upWith(ctx context.Context, args []string, store checkpoint.Store) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, workerProcs(threads, *n), logPath, *restart)
+			superviseWorker(wctx, ctx.Done(), bin, wargs, threads, workerProcs(threads, *n, flow.FastBLAS()), logPath, *restart)
 		}()
 	}
 	security := "no credentials: plaintext on loopback"
@@ -199,10 +201,12 @@ func findWorkerBin(flagValue string) (string, error) {
 // P only adds contention (the garbage collector's worker, spinning threads):
 // at N = 4 on 2 CPUs the gradient took 0-10 % longer with two Ps (5 % in
 // the median of seven rounds) and the steps were even or slower, so there it
-// stays at threads.
-func workerProcs(threads, workers int) int {
+// stays at threads. A worker built without OpenBLAS (spare false) also stays
+// at threads: gonum's products start a goroutine for each P, so a spare P
+// would become one more compute thread.
+func workerProcs(threads, workers int, spare bool) int {
 	cpus := runtime.NumCPU()
-	if threads*workers > cpus {
+	if !spare || threads*workers > cpus {
 		return max(1, threads)
 	}
 	return max(1, min(threads+1, cpus))

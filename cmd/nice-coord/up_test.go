@@ -105,8 +105,12 @@ func TestWorkerProcs(t *testing.T) {
 		if tc.threads == 2 && cpus < 2 {
 			continue
 		}
-		if got := workerProcs(tc.threads, tc.workers); got != tc.want {
+		if got := workerProcs(tc.threads, tc.workers, true); got != tc.want {
 			t.Errorf("workerProcs(%d threads, %d workers) = %d, want %d (%d CPUs)", tc.threads, tc.workers, got, tc.want, cpus)
+		}
+		// Without OpenBLAS, gonum's products use every P: no spare.
+		if got, want := workerProcs(tc.threads, tc.workers, false), max(1, tc.threads); got != want {
+			t.Errorf("workerProcs(%d threads, %d workers, pure Go) = %d, want %d", tc.threads, tc.workers, got, want)
 		}
 	}
 }
