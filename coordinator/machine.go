@@ -96,6 +96,8 @@ type Machine struct {
 
 	// the step in flight
 	reports map[string]*nicepb.Report
+	// mixedNumericsGen is the generation whose mixed builds were logged.
+	mixedNumericsGen uint64
 
 	// evaluation of a completed epoch
 	evalEpoch int
@@ -264,10 +266,12 @@ type MemberTimes struct {
 	Compute, Allreduce, CommitWait, Update float64
 }
 
-// Shard is the part of a global batch one worker computed.
+// Shard is the part of a global batch one worker computed, and the
+// Numerics (train.Numerics) of the worker's build (0: it did not say).
 type Shard struct {
-	Worker string
-	Lo, Hi int
+	Worker   string
+	Lo, Hi   int
+	Numerics uint32 `json:",omitempty"`
 }
 
 // NewMachine returns a machine whose own state (served at coordAddr) is at
@@ -849,6 +853,24 @@ func (m *Machine) phaseRefValid() bool {
 	return false
 }
 
+// noteMixedNumerics logs, once a generation, that the ring's members run
+// builds that compute a step's floats differently (train.Numerics). The run
+// is still sound (every member applies the one reduced gradient, and the
+// digests say so), but no single build can replay it bit for bit.
+func (m *Machine) noteMixedNumerics(shards []Shard, out *Output) {
+	if m.mixedNumericsGen == m.gen {
+		return
+	}
+	for _, sh := range shards[1:] {
+		if sh.Numerics != shards[0].Numerics {
+			m.mixedNumericsGen = m.gen
+			out.Logs = append(out.Logs, fmt.Sprintf("generation %d mixes builds that compute a step's floats differently (worker %s: numerics %d, worker %s: numerics %d): training goes on, but nice-coord verify cannot replay these steps bit for bit; run one build on every worker",
+				m.gen, shards[0].Worker, shards[0].Numerics, sh.Worker, sh.Numerics))
+			return
+		}
+	}
+}
+
 // Report handles a worker's report of a finished all-reduce.
 func (m *Machine) Report(now time.Time, id string, r *nicepb.Report) Output {
 	var out Output
@@ -902,7 +924,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 			ledgerOK = false
 		}
 		pos = int(r.Hi)
-		c.Shards = append(c.Shards, Shard{Worker: id, Lo: int(r.Lo), Hi: int(r.Hi)})
+		c.Shards = append(c.Shards, Shard{Worker: id, Lo: int(r.Lo), Hi: int(r.Hi), Numerics: r.Numerics})
 		if c.ParamsDigest == 0 {
 			c.ParamsDigest = r.ParamsDigest
 		}
@@ -920,6 +942,7 @@ func (m *Machine) commit(now time.Time, out *Output) {
 		return
 	}
 	c.SumLL = sum
+	m.noteMixedNumerics(c.Shards, out)
 	after := m.next.Next(m.spe)
 	if m.cfg.StopAt > 0 && after.Step >= m.cfg.StopAt {
 		m.RequestStop()

@@ -114,6 +114,8 @@ type simWorker struct {
 	// faults of its next report
 	badGrad, badParams bool
 	shard              func(lo, hi int) (int, int)
+
+	numerics uint32 // its build's, said in every report
 }
 
 func (w *simWorker) send(m *nicepb.WorkerMessage) { w.outbox = append(w.outbox, m) }
@@ -211,7 +213,7 @@ func (c *simCluster) attach(id string) *simWorker {
 func (c *simCluster) attachWith(id string, st simState) *simWorker {
 	c.t.Helper()
 	c.nextInc++
-	w := &simWorker{id: id, addr: id + ":7100", incarnation: c.nextInc, state: st}
+	w := &simWorker{id: id, addr: id + ":7100", incarnation: c.nextInc, state: st, numerics: train.Numerics}
 	c.workers[id] = w
 	out, err := c.m.Attach(c.now, id, w.addr, w.incarnation, w.gen)
 	if err != nil {
@@ -451,7 +453,7 @@ func (c *simCluster) report(w *simWorker) {
 	}
 	w.send(&nicepb.WorkerMessage{Kind: &nicepb.WorkerMessage_Report{Report: &nicepb.Report{
 		Generation: w.gen, Step: pos.Step, GradDigest: grad, SumLl: batchLL(pos.Epoch, blo+lo, blo+hi),
-		Lo: int32(lo), Hi: int32(hi), ParamsDigest: params, AllreduceSeconds: 0.01,
+		Lo: int32(lo), Hi: int32(hi), ParamsDigest: params, AllreduceSeconds: 0.01, Numerics: w.numerics,
 	}}})
 }
 
@@ -895,6 +897,38 @@ func TestMachineStartsAndTrainsInOrder(t *testing.T) {
 	// The last batch of each epoch is the remainder: 50 = 6*8 + 2.
 	wantEq(t, "batch of step 6", c.ledger[6].Batch, 2)
 	wantEq(t, "shards of step 6", len(c.ledger[6].Shards), 3)
+}
+
+// Each committed shard carries the numerics its worker said. A ring that
+// mixes builds of other numerics trains on (the digests agree), and the
+// coordinator says once a generation that no single build replays it.
+func TestMachineNumerics(t *testing.T) {
+	c := newSimCluster(t, simConfig(), "w1", "w2", "w3")
+	c.workers["w2"].numerics = train.Numerics + 1
+	c.tick(c.cfg.Settle)
+	c.runUntilNext(5)
+	wantEq(t, "generation", c.m.Generation(), 1)
+	for _, cm := range c.ledger {
+		for _, sh := range cm.Shards {
+			want := train.Numerics
+			if sh.Worker == "w2" {
+				want++
+			}
+			if sh.Numerics != want {
+				t.Fatalf("step %d: shard %+v, want numerics %d", cm.Position.Step, sh, want)
+			}
+		}
+	}
+	var said int
+	for _, l := range c.logs {
+		if strings.Contains(l, "mixes builds") {
+			said++
+			if !strings.Contains(l, "worker w2: numerics") || !strings.Contains(l, "run one build on every worker") {
+				t.Errorf("the log does not name the worker and what to do: %s", l)
+			}
+		}
+	}
+	wantEq(t, "logs of the mixed generation", said, 1)
 }
 
 func TestMachineMemberDiesMidStep(t *testing.T) {

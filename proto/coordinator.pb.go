@@ -482,8 +482,11 @@ type Report struct {
 	// The previous committed step's times on this worker (0: none yet):
 	CommitWaitSeconds float64 `protobuf:"fixed64,11,opt,name=commit_wait_seconds,json=commitWaitSeconds,proto3" json:"commit_wait_seconds,omitempty"` // from sending its report to receiving the commit
 	UpdateSeconds     float64 `protobuf:"fixed64,12,opt,name=update_seconds,json=updateSeconds,proto3" json:"update_seconds,omitempty"`               // applying the committed update (and any snapshot)
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How the worker's build computes a step's floats (train.Numerics; 0: a
+	// build that did not say): the ledger keeps it with the worker's shard.
+	Numerics      uint32 `protobuf:"varint,13,opt,name=numerics,proto3" json:"numerics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Report) Reset() {
@@ -596,6 +599,13 @@ func (x *Report) GetCommitWaitSeconds() float64 {
 func (x *Report) GetUpdateSeconds() float64 {
 	if x != nil {
 		return x.UpdateSeconds
+	}
+	return 0
+}
+
+func (x *Report) GetNumerics() uint32 {
+	if x != nil {
+		return x.Numerics
 	}
 	return 0
 }
@@ -1858,7 +1868,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x12\x1b\n" +
 	"\thas_state\x18\x02 \x01(\bR\bhasState\x12-\n" +
 	"\bposition\x18\x03 \x01(\v2\x11.nice.v1.PositionR\bposition\x12!\n" +
-	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\x85\x03\n" +
+	"\fstate_digest\x18\x04 \x01(\x04R\vstateDigest\"\xa1\x03\n" +
 	"\x06Report\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1876,7 +1886,8 @@ const file_coordinator_proto_rawDesc = "" +
 	"non_finite\x18\n" +
 	" \x01(\bR\tnonFinite\x12.\n" +
 	"\x13commit_wait_seconds\x18\v \x01(\x01R\x11commitWaitSeconds\x12%\n" +
-	"\x0eupdate_seconds\x18\f \x01(\x01R\rupdateSeconds\"y\n" +
+	"\x0eupdate_seconds\x18\f \x01(\x01R\rupdateSeconds\x12\x1a\n" +
+	"\bnumerics\x18\r \x01(\rR\bnumerics\"y\n" +
 	"\n" +
 	"EvalReport\x12\x1e\n" +
 	"\n" +

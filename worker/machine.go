@@ -426,7 +426,7 @@ func (m *Machine) Computed(now time.Time, r ComputeResult) Actions {
 		Generation: r.Generation, Step: r.Step, GradDigest: r.GradDigest, SumLl: r.SumLL,
 		Lo: int32(r.Lo), Hi: int32(r.Hi), ParamsDigest: r.ParamsDigest,
 		ComputeSeconds: r.ComputeSeconds, AllreduceSeconds: r.AllreduceSeconds, NonFinite: r.NonFinite,
-		CommitWaitSeconds: m.commitWait, UpdateSeconds: m.update,
+		CommitWaitSeconds: m.commitWait, UpdateSeconds: m.update, Numerics: train.Numerics,
 	}}})
 	return a
 }

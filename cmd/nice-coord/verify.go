@@ -40,7 +40,10 @@ func runVerify(ctx context.Context, args []string) error {
 			"every step, so a difference is found at the step it happens. Whatever failed during the run (killed\n"+
 			"workers, a restarted coordinator, redone steps), a run that kept its invariants replays exactly;\n"+
 			"the first checkpoint that does not names the step where the run left the mathematics of its\n"+
-			"steps. It costs about what training on one process costs. The coordinator must be stopped.")
+			"steps. It costs about what training on one process costs. The coordinator must be stopped.\n\n"+
+			"A replay needs a build that computes a step's floats as the run's workers did: each worker says its\n"+
+			"build's numerics (this build: "+fmt.Sprint(train.Numerics)+") and the ledger keeps it with its shard, and verify refuses a\n"+
+			"ledger of other numerics before replaying, naming the step and the worker.")
 	stateDir := fs.String("state-dir", "", "the stopped coordinator's state folder (its nice.db, ledger.jsonl and scores.json)")
 	data := fs.String("data", "", "folder with the four MNIST IDX .gz files (default: found automatically)")
 	from := fs.Int64("from", 0, "start from the stored checkpoint at this step instead of the run's initial state (0)")
@@ -130,6 +133,14 @@ func (v *verification) run(ctx context.Context, dataDir string, from int64) erro
 	end := v.newest.Position.Step
 	if int64(len(v.steps)) < end {
 		return fmt.Errorf("%s holds steps 0 to %d, the newest checkpoint is at step %d: the steps between cannot be replayed", v.ledgerPath, len(v.steps)-1, end)
+	}
+	unknown, err := replay.CheckNumerics(v.steps[from:end])
+	if err != nil {
+		return fmt.Errorf("%s: %w", v.ledgerPath, err)
+	}
+	if unknown > 0 {
+		fmt.Printf("%d shards of the ledger do not say how their builds computed a step (builds before numerics were recorded); they replay bit for bit only on a build that computed a step as theirs did (this build: numerics %d)\n",
+			unknown, train.Numerics)
 	}
 	dir, err := mnist.FindDir(dataDir)
 	if err != nil {

@@ -524,6 +524,23 @@ func TestVerifyCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(string(b), "\n")
+	// Every worker said its build's numerics, and the ledger kept them.
+	var said int
+	for _, l := range lines {
+		var e struct{ Shards []replay.Shard }
+		if l == "" || json.Unmarshal([]byte(l), &e) != nil {
+			continue
+		}
+		for _, sh := range e.Shards {
+			if sh.Numerics != train.Numerics {
+				t.Fatalf("a ledger shard holds numerics %d, want this build's %d: %s", sh.Numerics, train.Numerics, l)
+			}
+			said++
+		}
+	}
+	if said == 0 {
+		t.Fatalf("no shards in the ledger:\n%s", b)
+	}
 	for i, l := range lines {
 		var e map[string]any
 		if json.Unmarshal([]byte(l), &e) != nil || e["step"] != 125.0 {
@@ -546,6 +563,30 @@ func TestVerifyCommand(t *testing.T) {
 		t.Fatalf("nice-coord verify on a ledger altered at step 125: %v\n%s", err, out)
 	}
 	t.Logf("on a ledger altered at step 125: %s", strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:]))
+
+	// Step 127 as a build that computes a step's floats otherwise would have
+	// run it: verify says so before it replays anything, rather than
+	// reporting the run as wrong.
+	var worker string
+	for i, l := range lines {
+		var e map[string]any
+		if json.Unmarshal([]byte(l), &e) != nil || e["step"] != 127.0 {
+			continue
+		}
+		sh := e["shards"].([]any)[1].(map[string]any)
+		worker = sh["Worker"].(string)
+		sh["Numerics"] = float64(train.Numerics + 1)
+		nb, _ := json.Marshal(e)
+		lines[i] = string(nb)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = verify()
+	want := fmt.Sprintf("step 127: worker %s computed its shard with a build of numerics %d, and this build is numerics %d", worker, train.Numerics+1, train.Numerics)
+	if err == nil || !strings.Contains(out, want) || strings.Contains(out, "replaying steps") {
+		t.Fatalf("nice-coord verify on a ledger with another build's step 127: %v, want it to refuse before replaying, saying %q:\n%s", err, want, out)
+	}
 }
 
 // A worker SIGKILLed around an epoch's end: after the commit of the epoch's

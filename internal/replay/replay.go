@@ -61,6 +61,46 @@ type Shard struct {
 	Worker string `json:"Worker"`
 	Lo     int    `json:"Lo"`
 	Hi     int    `json:"Hi"`
+	// Numerics is that of the worker's build (train.Numerics; 0: a build
+	// that did not say).
+	Numerics uint32 `json:"Numerics,omitempty"`
+}
+
+// NumericsError says that a shard of the ledger was computed by a build
+// whose step floats differ from this build's (train.Numerics), so a replay
+// here would differ from the run without the run having done anything
+// wrong.
+type NumericsError struct {
+	Step     int64
+	Worker   string
+	Numerics uint32
+}
+
+func (e *NumericsError) Error() string {
+	return fmt.Sprintf("step %d: worker %s computed its shard with a build of numerics %d, and this build is numerics %d: "+
+		"the two compute a step's floats differently (how products are cut), so this build cannot replay the run bit for bit; "+
+		"verify it with a build of numerics %d (the release the run was trained with)",
+		e.Step, e.Worker, e.Numerics, train.Numerics, e.Numerics)
+}
+
+// CheckNumerics looks at the shards of steps and returns a *NumericsError
+// for the first one a build of other numerics than this one computed, and
+// how many shards do not say their numerics (ledgers written before workers
+// said it: such a run replays here only if its builds computed as this one
+// does).
+func CheckNumerics(steps []Step) (unknown int, err error) {
+	for _, s := range steps {
+		for _, sh := range s.Shards {
+			switch sh.Numerics {
+			case 0:
+				unknown++
+			case train.Numerics:
+			default:
+				return unknown, &NumericsError{Step: s.Step, Worker: sh.Worker, Numerics: sh.Numerics}
+			}
+		}
+	}
+	return unknown, nil
 }
 
 // ReadLedger reads the lines of a ledger (ledger.jsonl) and returns the

@@ -1,6 +1,8 @@
 package replay
 
 import (
+	"encoding/json"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -10,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/nice-flow/nice/coordinator"
 	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/mnist"
 	"github.com/nice-flow/nice/train"
@@ -193,5 +196,42 @@ func TestSameStateAndSameFloats(t *testing.T) {
 				t.Errorf("%s after an edit of %s: %v", name, c.what, err)
 			}
 		}
+	}
+}
+
+// The coordinator's ledger lines carry each shard's numerics, ReadLedger
+// reads them, and CheckNumerics refuses a shard of another build's numerics
+// by step and worker, and counts shards that do not say theirs.
+func TestCheckNumerics(t *testing.T) {
+	var ledger strings.Builder
+	for step, shards := range [][]coordinator.Shard{
+		{{Worker: "a", Lo: 0, Hi: 5, Numerics: train.Numerics}, {Worker: "b", Lo: 5, Hi: 10, Numerics: train.Numerics}},
+		{{Worker: "a", Lo: 0, Hi: 10}},
+		{{Worker: "a", Lo: 0, Hi: 5, Numerics: train.Numerics}, {Worker: "c", Lo: 5, Hi: 10, Numerics: train.Numerics + 1}},
+	} {
+		b, err := json.Marshal(coordinator.LedgerLine{Generation: 1, Step: int64(step), StepInEpoch: step, Batch: 10, Shards: shards})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledger.Write(append(b, '\n'))
+	}
+	steps, err := ReadLedger(strings.NewReader(ledger.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := steps[0].Shards[1].Numerics; got != train.Numerics {
+		t.Fatalf("ReadLedger gives numerics %d for a shard the coordinator wrote with %d", got, train.Numerics)
+	}
+	unknown, err := CheckNumerics(steps[:2])
+	if err != nil || unknown != 1 {
+		t.Fatalf("steps 0 and 1: %d shards unknown, error %v; want 1 and none", unknown, err)
+	}
+	_, err = CheckNumerics(steps)
+	var ne *NumericsError
+	if !errors.As(err, &ne) || ne.Step != 2 || ne.Worker != "c" || ne.Numerics != train.Numerics+1 {
+		t.Fatalf("CheckNumerics of all steps: %v, want a NumericsError for step 2, worker c", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "verify it with a build of numerics") {
+		t.Errorf("the error does not say what to do: %s", msg)
 	}
 }
