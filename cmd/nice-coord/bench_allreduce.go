@@ -207,13 +207,29 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	var (
 		mu       sync.Mutex
 		routes   [2]int64 // local, tcp
+		done     int      // members that reported Done
+		letGoing sync.Once
 		killedAt time.Time
 		failures []string
 		report   = &killReport{survivors: make(map[int]survivor)}
 		wg       sync.WaitGroup
 	)
+	// letGo closes every member's stdin, which a member that is done waits
+	// for before it leaves: once all are done, or once one failed or ended
+	// (then the others cannot all be done).
+	letGo := func() {
+		letGoing.Do(func() {
+			for _, m := range members {
+				if m != nil {
+					m.stdin.Close()
+				}
+			}
+		})
+	}
+	defer letGo()
 	for r, m := range members {
 		wg.Go(func() {
+			defer letGo()
 			for ev := range m.events {
 				switch {
 				case ev.Starting > 0 && r == o.KillRank && ev.Starting == o.KillRun:
@@ -226,12 +242,19 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 					mu.Lock()
 					routes[0] += ev.LocalLinks
 					routes[1] += ev.TCPLinks
+					done++
+					if done == len(members) {
+						// Every member is done: let them leave (they wait
+						// for their stdin to close, see runBenchMember).
+						letGo()
+					}
 					mu.Unlock()
 				case ev.Iter > 0 && !ev.Warm:
 					times[ev.Iter-o.Warmup-1][r] = ev.Seconds
 					cpus[ev.Iter-o.Warmup-1][r] = ev.CPU
 					switches[ev.Iter-o.Warmup-1][r] = ev.Switches
 				case ev.Error != "":
+					letGo()
 					mu.Lock()
 					after := time.Duration(-1)
 					if !killedAt.IsZero() {
