@@ -7,10 +7,10 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nice-flow/nice/internal/logbuf"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -41,27 +41,9 @@ func testBenchOptions(workers, floats int) benchOptions {
 	}
 }
 
-// lockedBuffer collects the members' logs, which they write at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestBenchAllReduce(t *testing.T) {
 	o := testBenchOptions(3, 100_003)
-	var logs lockedBuffer
+	var logs logbuf.Buffer
 	res, err := benchAllReduce(context.Background(), o, &logs)
 	if err != nil {
 		t.Fatalf("%v; the members logged:\n%s", err, logs.String())
@@ -99,7 +81,7 @@ func TestBenchAllReduce(t *testing.T) {
 func TestBenchLeavesNoBrokenRing(t *testing.T) {
 	o := testBenchOptions(4, 2_000_000)
 	for run := range 3 {
-		var logs lockedBuffer
+		var logs logbuf.Buffer
 		if _, err := benchAllReduce(context.Background(), o, &logs); err != nil {
 			t.Fatalf("run %d: %v; the members logged:\n%s", run, err, logs.String())
 		}
