@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nice-flow/nice/internal/creds"
+	"github.com/nice-flow/nice/internal/schedpolicy"
 	"github.com/nice-flow/nice/ring"
 )
 
@@ -34,6 +35,7 @@ type benchOptions struct {
 	LocalDir   string // the members' shared folder of Unix sockets; "" for TCP only
 	Timeout    time.Duration
 	Tuning     ring.GRPCTuning
+	SchedBatch bool // this process, and so the members it starts, run under SCHED_BATCH
 	// Member is the command line that starts one member process; the
 	// default re-executes this binary in member mode.
 	Member    []string
@@ -76,6 +78,9 @@ type benchResult struct {
 	// Wire is how the floats travel: fp32, or bf16 (half the bytes; the
 	// bandwidths above still count the float32 gradient reduced).
 	Wire string `json:"wire"`
+	// SchedBatch says the members and the raw TCP copy ran under
+	// SCHED_BATCH, as workers run.
+	SchedBatch bool `json:"sched_batch"`
 }
 
 func runBenchAllReduce(ctx context.Context, args []string) error {
@@ -96,6 +101,7 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "folder where each member writes a CPU profile of its timed runs")
 	fs.StringVar(&o.TLSDir, "tls-dir", "", "credentials folder (`nice-coord init`): the members' ring runs over mutual TLS, as a cluster with credentials does")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up after this long")
+	batch := fs.Bool("sched-batch", true, "run this process and the members under SCHED_BATCH, as workers run (nice-worker --sched-batch); the raw TCP copy runs under it too (false: the default policy)")
 	local := fs.Bool("local-sockets", true, "members reach each other over Unix sockets in a private folder, as `up`'s workers do (false: loopback TCP, as between hosts)")
 	o.Tuning = ring.DefaultGRPCTuning()
 	windowMB := int(o.Tuning.WindowBytes >> 20)
@@ -136,10 +142,19 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 		defer os.RemoveAll(o.LocalDir)
 		o.MemberEnv = append(o.MemberEnv, benchLocalEnv+"="+o.LocalDir)
 	}
+	if *batch {
+		// The members, started from this process's threads, inherit it.
+		if _, err := schedpolicy.Batch(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench allreduce: batch scheduling not set, the default policy stays: %v\n", err)
+		} else {
+			o.SchedBatch = true
+		}
+	}
 	res, err := benchAllReduce(ctx, o, os.Stderr)
 	if err != nil {
 		return err
 	}
+	res.SchedBatch = o.SchedBatch
 	printBench(os.Stdout, o, res)
 	return nil
 }
@@ -402,7 +417,11 @@ func printBench(w io.Writer, o benchOptions, r *benchResult) {
 	}
 	fmt.Fprintf(w, "ring all-reduce over gRPC (%s) on loopback: %d member processes, %d float32 (%.1f MB), frames of %d KiB\n",
 		security, r.Workers, r.Floats, float64(r.Bytes)/1e6, r.FrameBytes>>10)
-	fmt.Fprintf(w, "%d timed runs after %d warm-up; a run's time is that of its slowest member\n\n", r.Iters, o.Warmup)
+	policy := "the default scheduling policy"
+	if r.SchedBatch {
+		policy = "SCHED_BATCH, as workers run"
+	}
+	fmt.Fprintf(w, "%d timed runs after %d warm-up, under %s; a run's time is that of its slowest member\n\n", r.Iters, o.Warmup, policy)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "run\tseconds\talgbw GB/s\tbusbw GB/s\t\n")
 	for i, s := range r.RunSeconds {
