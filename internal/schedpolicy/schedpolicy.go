@@ -8,9 +8,10 @@
 // a full machine that means many more context switches, each of which
 // costs the hypervisor an exit on the virtual machines we measured on.
 // SCHED_BATCH keeps the fair share of the CPU but gives up that wake-up
-// preemption. `up --workers 4` on 2 cores, fresh runs alternating: 528,
-// 533 and 516 samples/s under the default policy, 567, 596 and 572 with
-// every process under SCHED_BATCH (README, "Batch scheduling").
+// preemption. `up` on 2 cores, fresh runs alternating, workers under the
+// default policy against SCHED_BATCH: 909, 811, 851 against 977, 885, 913
+// samples/s with 2 workers, 505, 493, 533 against 532, 543, 533 with 4
+// (README, "Batch scheduling").
 //
 // Linux only; the policy needs no privilege (it cannot raise a share).
 package schedpolicy
