@@ -56,8 +56,10 @@ pyrun() { MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 "$
 # nice's workers and ring members run under SCHED_BATCH (nice-worker --sched-batch), which
 # spares the context switches of wake-up preemption; gloo gained as much from it here. So
 # the multi-process references (gloo, DDP) run under it too: at their best, as above.
+batch_ok=false
+if command -v chrt >/dev/null && chrt -b 0 true 2>/dev/null; then batch_ok=true; fi
 pybatch() {
-	if command -v chrt >/dev/null; then
+	if $batch_ok; then
 		MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 chrt -b 0 "$py" "$@"
 	else
 		pyrun "$@"

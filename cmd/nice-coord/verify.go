@@ -134,6 +134,9 @@ func (v *verification) run(ctx context.Context, dataDir string, from int64) erro
 	if int64(len(v.steps)) < end {
 		return fmt.Errorf("%s holds steps 0 to %d, the newest checkpoint is at step %d: the steps between cannot be replayed", v.ledgerPath, len(v.steps)-1, end)
 	}
+	if from < 0 || from > end {
+		return fmt.Errorf("--from %d: name a stored checkpoint's step between 0 and %d (stored: %v)", from, end, v.storedSteps())
+	}
 	unknown, err := replay.CheckNumerics(v.steps[from:end])
 	if err != nil {
 		return fmt.Errorf("%s: %w", v.ledgerPath, err)

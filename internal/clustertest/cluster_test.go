@@ -515,6 +515,12 @@ func TestVerifyCommand(t *testing.T) {
 		}
 	}
 	t.Logf("nice-coord verify:\n%s", out)
+	for _, from := range []string{"-1", "100000"} {
+		out, err := exec.Command(filepath.Join(c.Bin, "nice-coord"), "verify", "--state-dir", stateDir, "--from", from).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--from "+from+": name a stored checkpoint's step between 0 and 130") {
+			t.Fatalf("nice-coord verify --from %s: %v, want a refusal naming the range:\n%s", from, err, out)
+		}
+	}
 
 	// Cut step 125 in other places: a run that had computed that would not
 	// be the run its ledger describes.

@@ -33,6 +33,11 @@ func Batch() (int, error) {
 		if a.Policy != unix.SCHED_NORMAL && a.Policy != unix.SCHED_BATCH {
 			return 0, fmt.Errorf("thread %d runs under scheduling policy %d, neither the default nor batch: the process is left as it is", tid, a.Policy)
 		}
+		if a.Flags&unix.SCHED_FLAG_RESET_ON_FORK != 0 {
+			// Its children would start under the default policy again,
+			// and only a privileged process may clear the flag.
+			return 0, fmt.Errorf("thread %d resets its scheduling policy in the threads it starts (SCHED_RESET_ON_FORK): the process is left as it is", tid)
+		}
 	}
 	moved := 0
 	// A thread can be started by one not yet moved while the others are:
@@ -71,14 +76,17 @@ func moveAll() (int, error) {
 		if err := unix.SchedSetAttr(tid, a, 0); errors.Is(err, unix.ESRCH) {
 			continue
 		} else if err != nil {
-			return n, fmt.Errorf("setting SCHED_BATCH on thread %d: %w", tid, err)
+			return n, fmt.Errorf("setting SCHED_BATCH on thread %d (%d threads already moved): %w", tid, n, err)
 		}
 		n++
 	}
 	return n, nil
 }
 
-// threads lists the ids of this process's threads.
+// threads lists the ids of this process's threads. A thread listed may end
+// before its policy is set (ESRCH, skipped). For its id to name a thread of
+// another process by then, the kernel would have to hand out every other id
+// (pid_max, 32768 or more) in the microseconds between.
 func threads() ([]int, error) {
 	entries, err := os.ReadDir("/proc/self/task")
 	if err != nil {

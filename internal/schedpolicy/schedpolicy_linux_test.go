@@ -102,37 +102,49 @@ func TestBatchMovesEveryThreadAndTheOnesStartedLater(t *testing.T) {
 }
 
 // A process an operator put under another policy (here one thread under
-// SCHED_IDLE) is left as it is, and the error says why.
+// SCHED_IDLE), or whose threads reset the policy of the threads they start,
+// is left as it is, and the error says why.
 func TestBatchLeavesAnotherPolicy(t *testing.T) {
-	var idle int
-	set := func(tid int, policy uint32) {
-		a, err := unix.SchedGetAttr(tid, 0)
-		if err == nil {
-			a.Policy = policy
-			err = unix.SchedSetAttr(tid, a, 0)
-		}
-		if err != nil {
-			t.Errorf("setting policy %d on thread %d: %v", policy, tid, err)
-		}
-	}
-	stop := lockedThreads(t, 1, func(tid int) {
-		set(tid, unix.SCHED_IDLE)
-		idle = tid
-	}, func(tid int) {
-		set(tid, unix.SCHED_NORMAL) // as the runtime handed it out
-	})
-	defer stop()
-	normal := policies(t)
-	moved, err := Batch()
-	if err == nil || moved != 0 || !strings.Contains(err.Error(), "left as it is") {
-		t.Fatalf("Batch with a thread under SCHED_IDLE: moved %d, error %v; want none moved and an error saying so", moved, err)
-	}
-	if p, _ := Policy(idle); p != unix.SCHED_IDLE {
-		t.Errorf("the SCHED_IDLE thread now has policy %d", p)
-	}
-	for tid, p := range policies(t) {
-		if was, ok := normal[tid]; ok && p != was {
-			t.Errorf("thread %d went from policy %d to %d", tid, was, p)
-		}
+	for _, tc := range []struct {
+		name   string
+		policy uint32
+		flags  uint64
+	}{
+		{"SCHED_IDLE", unix.SCHED_IDLE, 0},
+		{"SCHED_RESET_ON_FORK", unix.SCHED_NORMAL, unix.SCHED_FLAG_RESET_ON_FORK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set := func(tid int, policy uint32, flags uint64) {
+				a, err := unix.SchedGetAttr(tid, 0)
+				if err == nil {
+					a.Policy, a.Flags = policy, flags
+					err = unix.SchedSetAttr(tid, a, 0)
+				}
+				if err != nil {
+					t.Errorf("setting policy %d, flags %x on thread %d: %v", policy, flags, tid, err)
+				}
+			}
+			var odd int
+			stop := lockedThreads(t, 1, func(tid int) {
+				set(tid, tc.policy, tc.flags)
+				odd = tid
+			}, func(tid int) {
+				set(tid, unix.SCHED_NORMAL, 0) // as the runtime handed it out
+			})
+			defer stop()
+			before := policies(t)
+			moved, err := Batch()
+			if err == nil || moved != 0 || !strings.Contains(err.Error(), "left as it is") {
+				t.Fatalf("Batch with a thread under %s: moved %d, error %v; want none moved and an error saying so", tc.name, moved, err)
+			}
+			if a, err := unix.SchedGetAttr(odd, 0); err != nil || a.Policy != tc.policy || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK != tc.flags {
+				t.Errorf("the %s thread now has %+v (%v)", tc.name, a, err)
+			}
+			for tid, p := range policies(t) {
+				if was, ok := before[tid]; ok && p != was {
+					t.Errorf("thread %d went from policy %d to %d", tid, was, p)
+				}
+			}
+		})
 	}
 }
