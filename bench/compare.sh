@@ -52,19 +52,14 @@ done
 # PyTorch up to half its speed (267-726 samples/s on one thread within minutes, against
 # 763-794 with this). The references run with it, as a user tuning PyTorch would:
 # nice is compared with PyTorch at its best.
-pyrun() { MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 "$py" "$@"; }
+pyenv=(env MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000)
+pyrun() { "${pyenv[@]}" "$py" "$@"; }
 # nice's workers and ring members run under SCHED_BATCH (nice-worker --sched-batch), which
-# spares the context switches of wake-up preemption; gloo gained as much from it here. So
+# spares the context switches of wake-up preemption; gloo gained more from it than our ring. So
 # the multi-process references (gloo, DDP) run under it too: at their best, as above.
-batch_ok=false
-if command -v chrt >/dev/null && chrt -b 0 true 2>/dev/null; then batch_ok=true; fi
-pybatch() {
-	if $batch_ok; then
-		MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 chrt -b 0 "$py" "$@"
-	else
-		pyrun "$@"
-	fi
-}
+batch=()
+if command -v chrt >/dev/null && chrt -b 0 true 2>/dev/null; then batch=(chrt -b 0); fi
+pybatch() { "${pyenv[@]}" "${batch[@]}" "$py" "$@"; }
 
 work=$(mktemp -d /tmp/nice-compare.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -154,7 +154,6 @@ func runBenchAllReduce(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	res.SchedBatch = o.SchedBatch
 	printBench(os.Stdout, o, res)
 	return nil
 }
@@ -294,7 +293,7 @@ func benchAllReduce(ctx context.Context, o benchOptions, logw io.Writer) (*bench
 	}
 
 	res := &benchResult{Workers: o.Workers, Floats: o.Floats, Bytes: 4 * int64(o.Floats), FrameBytes: o.FrameBytes, Iters: o.Iters, TCP: tcp / 1e9, Tuning: o.Tuning, TCPCPUNsPerByte: tcpCPU, TLS: o.TLSDir != "", Wire: o.Wire,
-		LocalLinks: routes[0], TCPLinks: routes[1]}
+		LocalLinks: routes[0], TCPLinks: routes[1], SchedBatch: o.SchedBatch}
 	var runCPU []float64
 	for _, run := range cpus {
 		sum := 0.0

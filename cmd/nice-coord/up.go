@@ -14,9 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nice-flow/nice/flow"
-
 	"github.com/nice-flow/nice/coordinator/checkpoint"
+	"github.com/nice-flow/nice/flow"
 	"github.com/nice-flow/nice/ring"
 )
 

@@ -18,18 +18,11 @@ import (
 // and says so when a thread runs under a policy other than the default or
 // batch (the operator chose one, such as SCHED_IDLE).
 func Batch() (int, error) {
-	tids, err := threads()
+	attrs, err := readAttrs()
 	if err != nil {
 		return 0, err
 	}
-	for _, tid := range tids {
-		a, err := unix.SchedGetAttr(tid, 0)
-		if errors.Is(err, unix.ESRCH) {
-			continue // it ended
-		}
-		if err != nil {
-			return 0, fmt.Errorf("reading the scheduling policy of thread %d: %w", tid, err)
-		}
+	for tid, a := range attrs {
 		if a.Policy != unix.SCHED_NORMAL && a.Policy != unix.SCHED_BATCH {
 			return 0, fmt.Errorf("thread %d runs under scheduling policy %d, neither the default nor batch: the process is left as it is", tid, a.Policy)
 		}
@@ -39,48 +32,54 @@ func Batch() (int, error) {
 			return 0, fmt.Errorf("thread %d resets its scheduling policy in the threads it starts (SCHED_RESET_ON_FORK): the process is left as it is", tid)
 		}
 	}
-	moved := 0
 	// A thread can be started by one not yet moved while the others are:
-	// go over them again until a pass moves none.
-	for range 5 {
-		n, err := moveAll()
-		moved += n
-		if err != nil || n == 0 {
+	// go over them again until a pass finds none under the default policy.
+	moved := 0
+	for pass := 0; ; pass++ {
+		n := 0
+		for tid, a := range attrs {
+			if a.Policy != unix.SCHED_NORMAL {
+				continue
+			}
+			a.Policy, a.Flags = unix.SCHED_BATCH, 0
+			if err := unix.SchedSetAttr(tid, a, 0); errors.Is(err, unix.ESRCH) {
+				continue // it ended
+			} else if err != nil {
+				return moved, fmt.Errorf("setting SCHED_BATCH on thread %d (%d threads already moved): %w", tid, moved, err)
+			}
+			n++
+			moved++
+		}
+		if n == 0 {
+			return moved, nil
+		}
+		if pass == 4 {
+			return moved, errors.New("threads kept starting under the default policy after 5 passes")
+		}
+		if attrs, err = readAttrs(); err != nil {
 			return moved, err
 		}
 	}
-	return moved, nil
 }
 
-// moveAll puts every thread now under the default policy under batch, and
-// returns how many it moved.
-func moveAll() (int, error) {
+// readAttrs reads the scheduling attributes of every thread of this process.
+func readAttrs() (map[int]*unix.SchedAttr, error) {
 	tids, err := threads()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	out := make(map[int]*unix.SchedAttr, len(tids))
 	for _, tid := range tids {
 		a, err := unix.SchedGetAttr(tid, 0)
 		if errors.Is(err, unix.ESRCH) {
-			continue
+			continue // it ended
 		}
 		if err != nil {
-			return n, fmt.Errorf("reading the scheduling policy of thread %d: %w", tid, err)
+			return nil, fmt.Errorf("reading the scheduling policy of thread %d: %w", tid, err)
 		}
-		if a.Policy != unix.SCHED_NORMAL {
-			continue
-		}
-		a.Policy = unix.SCHED_BATCH
-		a.Flags = 0
-		if err := unix.SchedSetAttr(tid, a, 0); errors.Is(err, unix.ESRCH) {
-			continue
-		} else if err != nil {
-			return n, fmt.Errorf("setting SCHED_BATCH on thread %d (%d threads already moved): %w", tid, n, err)
-		}
-		n++
+		out[tid] = a
 	}
-	return n, nil
+	return out, nil
 }
 
 // threads lists the ids of this process's threads. A thread listed may end
@@ -99,14 +98,4 @@ func threads() ([]int, error) {
 		}
 	}
 	return tids, nil
-}
-
-// Policy returns the scheduling policy of thread tid (0: the calling
-// thread), unix.SCHED_NORMAL or unix.SCHED_BATCH among others.
-func Policy(tid int) (uint32, error) {
-	a, err := unix.SchedGetAttr(tid, 0)
-	if err != nil {
-		return 0, err
-	}
-	return a.Policy, nil
 }

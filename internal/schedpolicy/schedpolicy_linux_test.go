@@ -55,7 +55,7 @@ func policies(t *testing.T) map[int]uint32 {
 	t.Helper()
 	out := map[int]uint32{}
 	for _, tid := range mustThreads(t) {
-		if p, err := Policy(tid); err == nil {
+		if p, err := policyOf(tid); err == nil {
 			out[tid] = p
 		}
 	}
@@ -77,7 +77,7 @@ func TestBatchMovesEveryThreadAndTheOnesStartedLater(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[int]uint32{}
 	stop := lockedThreads(t, len(before)+4, func(tid int) {
-		p, err := Policy(tid)
+		p, err := policyOf(tid)
 		if err != nil {
 			t.Error(err)
 		}
@@ -147,4 +147,13 @@ func TestBatchLeavesAnotherPolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// policyOf returns the scheduling policy of thread tid.
+func policyOf(tid int) (uint32, error) {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return 0, err
+	}
+	return a.Policy, nil
 }
